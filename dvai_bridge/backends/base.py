@@ -1,0 +1,79 @@
+"""The one contract every backend implements.
+
+A backend owns a loaded model. It turns messages into prompt tokens (through the model's chat
+template), turns tokens back into text, and generates: one streaming method that yields a
+``TokenChoice`` per step. Everything else (stop strings, limits, cancellation, queuing, HTTP)
+lives above it. Backend methods run on the engine's thread, which owns the device.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from ..engine.detokenize import IncrementalDetokenizer
+from ..engine.types import CancelToken, GenerationRequest, TokenChoice
+from ..errors import NotSupported
+
+Message = dict[str, Any]
+
+# Used when a model ships no chat template (documented in docs/chat-templates.md).
+FALLBACK_CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    chat: bool = True
+    completions: bool = True
+    embeddings: bool = False
+    vision: bool = False
+    logprobs: bool = True
+
+
+class Backend(ABC):
+    """A loaded model behind one streaming ``generate``."""
+
+    name: ClassVar[str]
+    capabilities: Capabilities = Capabilities()
+    model_id: str
+    context_length: int
+    eos_token_ids: frozenset[int]
+
+    @abstractmethod
+    def chat_tokens(self, messages: list[Message]) -> list[int]:
+        """Apply the chat template to the whole list, with the generation prompt; tokenize."""
+
+    @abstractmethod
+    def tokenize(self, text: str) -> list[int]:
+        """Tokenize a raw completion prompt (adding BOS where the model expects it)."""
+
+    @abstractmethod
+    def decode(self, tokens: Sequence[int]) -> str:
+        """Text of a token sequence."""
+
+    @abstractmethod
+    def generate(self, request: GenerationRequest, cancel: CancelToken) -> Iterator[TokenChoice]:
+        """Yield one choice per generated token until the caller stops iterating.
+
+        The caller enforces limits and stops; the backend checks ``cancel`` only where a step
+        is long (prefill). Library exceptions are translated to ``BridgeError`` here, once.
+        """
+
+    def detokenizer(self) -> IncrementalDetokenizer:
+        return IncrementalDetokenizer(self.decode)
+
+    def token_bytes(self, token_id: int) -> bytes:
+        return self.decode([token_id]).encode("utf-8", errors="replace")
+
+    def embed(self, inputs: list[list[int]] | list[str]) -> list[list[float]]:
+        raise NotSupported(f"The {self.name} backend does not serve embeddings.", param="input")
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Free the model. Called once, from the engine thread."""

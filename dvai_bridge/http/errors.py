@@ -1,0 +1,94 @@
+"""Every error leaves as the OpenAI envelope, mapped here and only here, by class."""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from ..errors import BridgeError
+
+log = logging.getLogger(__name__)
+
+
+def envelope(status: int, message: str, type_: str, param: str | None = None,
+             code: str | None = None, headers: dict[str, str] | None = None) -> JSONResponse:
+    body = {"error": {"message": message, "type": type_, "param": param, "code": code}}
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def _loc(loc: tuple[Any, ...]) -> str | None:
+    parts = [p for p in loc if p != "body"]
+    out = ""
+    for p in parts:
+        out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else str(p))
+    return out or None
+
+
+def _describe(err: dict[str, Any]) -> str:
+    where = _loc(tuple(err.get("loc", ())))
+    if err.get("type") == "json_invalid":
+        ctx = err.get("ctx", {}).get("error", "")
+        return f"The request body is not valid JSON ({ctx})." if ctx else \
+            "The request body is not valid JSON."
+    if tuple(err.get("loc", ())) == ("body",):
+        if isinstance(err.get("input"), (bytes, str)):
+            return ("The request body must be a JSON object; it was not parsed as JSON "
+                    "(send it with Content-Type: application/json).")
+        return "The request body must be a JSON object."
+    if err.get("type") == "missing":
+        return f"Missing required field '{where}'."
+    return f"Invalid value for '{where}': {err.get('msg')}." if where else str(err.get("msg"))
+
+
+async def _on_bridge_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, BridgeError)
+    if exc.status_code >= 500:
+        log.error("%s: %s", type(exc).__name__, exc.message)
+    headers = {"Retry-After": "1"} if exc.status_code in (429, 503) else None
+    return envelope(exc.status_code, exc.message, exc.error_type, exc.param, exc.code, headers)
+
+
+async def _on_validation(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    errors = list(exc.errors())
+    first = errors[0] if errors else {"msg": "invalid request"}
+    if first.get("type") == "json_invalid" or first.get("loc") == ("body",):
+        param = None
+    else:
+        param = _loc(tuple(first.get("loc", ())))
+    message = _describe(first)
+    if len(errors) > 1:
+        message += f" ({len(errors) - 1} more problem(s) in the request.)"
+    return envelope(400, message, "invalid_request_error", param, "invalid_request")
+
+
+async def _on_http(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    type_ = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
+    return envelope(exc.status_code, str(exc.detail), type_, None, None,
+                    dict(exc.headers) if exc.headers else None)
+
+
+async def _on_unexpected(request: Request, exc: Exception) -> JSONResponse:
+    log.exception("unhandled error on %s %s", request.method, request.url.path)
+    return envelope(500, "Internal server error; the server log has the details.",
+                    "internal_error", None, "internal_error")
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(BridgeError, _on_bridge_error)
+    app.add_exception_handler(RequestValidationError, _on_validation)
+    app.add_exception_handler(StarletteHTTPException, _on_http)
+    app.add_exception_handler(json.JSONDecodeError, _on_validation_json)
+    app.add_exception_handler(Exception, _on_unexpected)
+
+
+async def _on_validation_json(request: Request, exc: Exception) -> JSONResponse:
+    return envelope(400, f"The request body is not valid JSON ({exc}).",
+                    "invalid_request_error", None, "invalid_request")

@@ -1,0 +1,96 @@
+"""Thin routes: validate, call the service, answer JSON or SSE."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable
+from typing import Any, TypeVar
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
+
+from ..errors import NotSupported
+from ..protocol.schema import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
+from ..protocol.service import OpenAIService
+from .sse import sse_response
+
+T = TypeVar("T")
+
+router = APIRouter()
+
+
+def _service(request: Request) -> OpenAIService:
+    return request.app.state.service
+
+
+async def _unless_disconnected(request: Request, work: Awaitable[T]) -> T | Response:
+    """Run ``work``; if the client hangs up first, cancel it (which cancels its sequences)."""
+    task = asyncio.ensure_future(work)
+
+    async def watch() -> None:
+        while True:
+            message = await request.receive()
+            if message["type"] == "http.disconnect":
+                return
+
+    watcher = asyncio.ensure_future(watch())
+    try:
+        done, _ = await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watcher.cancel()
+    if task in done:
+        return task.result()
+    task.cancel()
+    return Response(status_code=499)
+
+
+@router.post("/v1/chat/completions")
+async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any:
+    service = _service(request)
+    if body.stream:
+        return sse_response(await service.chat_stream(body))
+    return await _unless_disconnected(request, service.chat(body))
+
+
+@router.post("/v1/completions")
+async def completions(body: CompletionRequest, request: Request) -> Any:
+    service = _service(request)
+    if body.stream:
+        return sse_response(await service.completion_stream(body))
+    return await _unless_disconnected(request, service.completion(body))
+
+
+@router.post("/v1/embeddings")
+async def embeddings(body: EmbeddingRequest, request: Request) -> Any:
+    service = _service(request)
+    service.check_model(body.model)
+    if not service.backend.capabilities.embeddings:
+        raise NotSupported(
+            f"The model {service.backend.model_id!r} on the {service.backend.name} backend is a "
+            "chat model and serves no embeddings. Start the bridge with backend='llama' and "
+            "embedding_mode=True (or a configured embedding model) to use /v1/embeddings.",
+            param="model",
+        )
+    raise NotSupported("Embeddings are not implemented yet.", param="model")
+
+
+@router.get("/v1/models")
+async def models(request: Request) -> Any:
+    return _service(request).models()
+
+
+@router.get("/v1/models/{model_id:path}")
+async def model(model_id: str, request: Request) -> Any:
+    service = _service(request)
+    service.check_model(model_id)
+    return service.models()["data"][0]
+
+
+@router.get("/health")
+async def health(request: Request) -> Any:
+    service = _service(request)
+    m = service.engine.scheduler.metrics
+    return JSONResponse({
+        "status": "ok", "backend": service.backend.name, "model": service.backend.model_id,
+        "queued": m.queue_depth, "running": m.running,
+    })

@@ -1,0 +1,210 @@
+"""OpenAI wire schema for requests. Ranges live in ``Field``; unknown fields are accepted.
+
+Each request converts itself into engine terms (``to_generation``), so the engine never sees
+pydantic and the routes never pick fields apart.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from ..engine.types import GenerationRequest, SamplingParams
+from ..errors import InvalidRequest
+
+log = logging.getLogger(__name__)
+
+
+class OpenAIBaseModel(BaseModel):
+    """Accepts fields it does not know (clients send many) and logs their names once."""
+
+    model_config = ConfigDict(extra="allow")
+
+    @model_validator(mode="after")
+    def _log_extra(self) -> OpenAIBaseModel:
+        if self.model_extra:
+            log.info("%s: ignoring unknown fields %s", type(self).__name__,
+                     sorted(self.model_extra))
+        return self
+
+
+class TextPart(OpenAIBaseModel):
+    type: Literal["text"]
+    text: str
+
+
+class NonTextPart(OpenAIBaseModel):
+    type: Literal["image_url", "input_audio", "file", "refusal"]
+
+
+ContentPart = Annotated[TextPart | NonTextPart, Field(discriminator="type")]
+
+
+class ChatMessage(OpenAIBaseModel):
+    role: Literal["system", "developer", "user", "assistant", "tool", "function"]
+    content: str | list[ContentPart] | None = None
+    name: str | None = None
+    tool_call_id: str | None = None
+    tool_calls: list[dict[str, Any]] | None = None
+
+
+class StreamOptions(OpenAIBaseModel):
+    include_usage: bool = False
+
+
+Stop = str | Annotated[list[str], Field(max_length=16)] | None
+
+
+class _SamplingFields(OpenAIBaseModel):
+    """Fields chat and completions share."""
+
+    model: str | None = None
+    temperature: float | None = Field(default=None, ge=0.0, le=2.0)
+    top_p: float | None = Field(default=None, ge=0.0, le=1.0)
+    n: int = Field(default=1, ge=1, le=16)
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    stop: Stop = None
+    seed: int | None = None
+    presence_penalty: float = Field(default=0.0, ge=-2.0, le=2.0)
+    frequency_penalty: float = Field(default=0.0, ge=-2.0, le=2.0)
+    logit_bias: dict[str, Annotated[float, Field(ge=-100, le=100)]] | None = None
+    user: str | None = None
+    # Extensions most local servers accept.
+    top_k: int = Field(default=0, ge=0)
+    min_p: float = Field(default=0.0, ge=0.0, le=1.0)
+    repetition_penalty: float = Field(default=1.0, gt=0.0, le=10.0)
+
+    @property
+    def include_usage(self) -> bool:
+        return bool(self.stream_options and self.stream_options.include_usage)
+
+    def stop_list(self) -> tuple[str, ...]:
+        if self.stop is None:
+            return ()
+        return (self.stop,) if isinstance(self.stop, str) else tuple(self.stop)
+
+    def sampling(self) -> SamplingParams:
+        bias: list[tuple[int, float]] = []
+        for key, value in (self.logit_bias or {}).items():
+            try:
+                bias.append((int(key), float(value)))
+            except ValueError:
+                raise InvalidRequest(
+                    f"logit_bias keys must be token ids, got {key!r}.", param="logit_bias"
+                ) from None
+        temperature = 1.0 if self.temperature is None else self.temperature
+        top_p = 1.0 if self.top_p is None else self.top_p
+        if top_p == 0.0:  # only the most likely token survives: that is greedy
+            temperature = 0.0
+        return SamplingParams(
+            temperature=temperature,
+            top_p=top_p,
+            top_k=self.top_k,
+            min_p=self.min_p,
+            seed=self.seed,
+            presence_penalty=self.presence_penalty,
+            frequency_penalty=self.frequency_penalty,
+            repetition_penalty=self.repetition_penalty,
+            logit_bias=tuple(bias),
+        )
+
+    def _generation(
+        self, prompt: list[int], max_tokens: int | None, context_length: int,
+        logprobs: bool, top_logprobs: int,
+    ) -> GenerationRequest:
+        from ..errors import ContextLengthExceeded
+
+        room = context_length - len(prompt)
+        if room <= 0:
+            raise ContextLengthExceeded(
+                f"This model's maximum context length is {context_length} tokens; the prompt "
+                f"has {len(prompt)} tokens. Shorten the messages.",
+                param="messages" if hasattr(self, "messages") else "prompt",
+            )
+        return GenerationRequest(
+            prompt_tokens=tuple(prompt),
+            sampling=self.sampling(),
+            max_tokens=min(max_tokens or room, room),
+            stop=self.stop_list(),
+            logprobs=logprobs,
+            top_logprobs=top_logprobs,
+        )
+
+
+class ChatCompletionRequest(_SamplingFields):
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_tokens: int | None = Field(default=None, ge=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1)
+    logprobs: bool = False
+    top_logprobs: int | None = Field(default=None, ge=0, le=20)
+    response_format: dict[str, Any] | None = None
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    parallel_tool_calls: bool | None = None
+
+    def check_supported(self) -> None:
+        """Refuse what this server cannot honour instead of ignoring it."""
+        if self.top_logprobs and not self.logprobs:
+            raise InvalidRequest("top_logprobs requires logprobs: true.", param="top_logprobs")
+        if self.response_format and self.response_format.get("type") not in (None, "text"):
+            raise InvalidRequest(
+                f"response_format type {self.response_format.get('type')!r} is not supported "
+                "yet; only 'text'.", param="response_format")
+        if self.tools:
+            raise InvalidRequest("Tool calling is not supported yet; remove 'tools'.",
+                                 param="tools")
+        if self.tool_choice not in (None, "none", "auto"):
+            raise InvalidRequest("tool_choice requires tools, which are not supported yet.",
+                                 param="tool_choice")
+
+    def to_generation(self, prompt: list[int], context_length: int) -> GenerationRequest:
+        return self._generation(
+            prompt, self.max_completion_tokens or self.max_tokens, context_length,
+            self.logprobs, self.top_logprobs or 0,
+        )
+
+
+PromptInput = str | list[str] | list[int] | list[list[int]]
+
+
+class CompletionRequest(_SamplingFields):
+    prompt: PromptInput
+    max_tokens: int | None = Field(default=16, ge=1)
+    logprobs: int | None = Field(default=None, ge=0, le=20)
+    echo: bool = False
+    suffix: str | None = None
+    best_of: int | None = Field(default=None, ge=1, le=16)
+
+    def check_supported(self) -> None:
+        if self.suffix:
+            raise InvalidRequest("suffix (fill-in-the-middle) is not supported.", param="suffix")
+        if self.best_of is not None and self.best_of != self.n:
+            raise InvalidRequest("best_of other than n is not supported.", param="best_of")
+        if self.echo and self.stream:
+            raise InvalidRequest("echo is not supported with stream.", param="echo")
+
+    def prompts(self) -> list[str | list[int]]:
+        """The prompt as a list of prompts, each text or token ids."""
+        p = self.prompt
+        if isinstance(p, str):
+            return [p]
+        if not p:
+            raise InvalidRequest("prompt must not be empty.", param="prompt")
+        if all(isinstance(x, int) for x in p):
+            return [list(p)]  # type: ignore[arg-type]
+        return list(p)  # type: ignore[arg-type]
+
+    def to_generation(self, prompt: list[int], context_length: int) -> GenerationRequest:
+        want = self.logprobs is not None
+        return self._generation(prompt, self.max_tokens, context_length, want,
+                                self.logprobs or 0)
+
+
+class EmbeddingRequest(OpenAIBaseModel):
+    input: str | list[str] | list[int] | list[list[int]]
+    model: str | None = None
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: int | None = Field(default=None, ge=1)

@@ -1,0 +1,259 @@
+"""The OpenAI API over an engine: requests in, response bodies and stream chunks out."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import time
+from collections.abc import AsyncIterator, Sequence
+from contextlib import AsyncExitStack
+from typing import Any
+
+from ..backends.base import Backend
+from ..engine.scheduler import AsyncEngine, EventStream
+from ..engine.types import Finished, GenerationRequest, TextDelta
+from ..errors import BackendError, BridgeError, InvalidRequest, ModelNotFound, NotSupported
+from .messages import normalize_messages
+from .responses import ChunkFactory, CompletionLogprobs, chat_logprobs, new_id, usage
+from .schema import ChatCompletionRequest, CompletionRequest
+
+
+@dataclasses.dataclass
+class _Result:
+    text: str
+    finish: Finished
+    deltas: list[TextDelta]
+
+
+def _fan_out(gen: GenerationRequest, n: int) -> list[GenerationRequest]:
+    """n choices of one prompt: with a seed, choice i uses seed + i so they differ."""
+    seed = gen.sampling.seed
+    return [gen if i == 0 or seed is None else gen.with_seed(seed + i) for i in range(n)]
+
+
+def _raise_if_failed(finish: Finished) -> None:
+    if finish.reason == "error":
+        err = finish.error
+        raise err if isinstance(err, BridgeError) else BackendError(str(err))
+
+
+async def _merge(streams: Sequence[EventStream]) -> AsyncIterator[tuple[int, Any]]:
+    """Events of several streams as they come, tagged with the stream's index."""
+    if len(streams) == 1:
+        async for event in streams[0]:
+            yield 0, event
+        return
+    queue: asyncio.Queue[tuple[int, Any]] = asyncio.Queue()
+
+    async def pump(i: int, stream: EventStream) -> None:
+        async for event in stream:
+            await queue.put((i, event))
+
+    tasks = [asyncio.create_task(pump(i, s)) for i, s in enumerate(streams)]
+    try:
+        finished = 0
+        while finished < len(streams):
+            i, event = await queue.get()
+            if isinstance(event, Finished):
+                finished += 1
+            yield i, event
+    finally:
+        for t in tasks:
+            t.cancel()
+
+
+class OpenAIService:
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+
+    @property
+    def backend(self) -> Backend:
+        return self.engine.backend
+
+    # -- models ------------------------------------------------------------------------
+    def check_model(self, name: str | None) -> None:
+        if name and name not in (self.backend.model_id, "default"):
+            raise ModelNotFound(
+                f"The model {name!r} does not exist here; this server serves "
+                f"{self.backend.model_id!r}.", param="model")
+
+    def models(self) -> dict[str, Any]:
+        return {"object": "list", "data": [{
+            "id": self.backend.model_id, "object": "model", "created": 0,
+            "owned_by": "dvai-bridge",
+        }]}
+
+    # -- prompts -----------------------------------------------------------------------
+    async def _chat_generation(self, req: ChatCompletionRequest) -> GenerationRequest:
+        self.check_model(req.model)
+        req.check_supported()
+        caps = self.backend.capabilities
+        if not caps.chat:
+            raise NotSupported("This model does not do chat completions.", param="messages")
+        if req.logprobs and not caps.logprobs:
+            raise InvalidRequest("This backend cannot return logprobs.", param="logprobs")
+        messages = normalize_messages(req.messages, vision=caps.vision)
+        prompt = await asyncio.to_thread(self.backend.chat_tokens, messages)
+        return req.to_generation(prompt, self.backend.context_length)
+
+    async def _completion_generations(self, req: CompletionRequest) -> list[GenerationRequest]:
+        self.check_model(req.model)
+        req.check_supported()
+        if not self.backend.capabilities.completions:
+            raise NotSupported("This model does not do text completions.", param="prompt")
+        gens: list[GenerationRequest] = []
+        vocab_hint = getattr(self.backend, "vocab_size", None)
+        for prompt in req.prompts():
+            if isinstance(prompt, str):
+                tokens = await asyncio.to_thread(self.backend.tokenize, prompt)
+            else:
+                if vocab_hint and any(not 0 <= t < vocab_hint for t in prompt):
+                    raise InvalidRequest("prompt holds token ids outside the vocabulary.",
+                                         param="prompt")
+                tokens = list(prompt)
+            gens.append(req.to_generation(tokens, self.backend.context_length))
+        return gens
+
+    def _open(self, gens: list[GenerationRequest]) -> list[EventStream]:
+        streams: list[EventStream] = []
+        try:
+            for gen in gens:
+                streams.append(self.engine.open(gen))
+        except BaseException:
+            for s in streams:
+                asyncio.ensure_future(s.aclose())
+            raise
+        return streams
+
+    async def _collect(self, gens: list[GenerationRequest]) -> list[_Result]:
+        streams = self._open(gens)
+        results = [_Result("", Finished("length", 0, 0), []) for _ in gens]
+        async with AsyncExitStack() as stack:
+            for s in streams:
+                stack.push_async_callback(s.aclose)
+            async for i, event in _merge(streams):
+                if isinstance(event, TextDelta):
+                    results[i].text += event.text
+                    results[i].deltas.append(event)
+                else:
+                    _raise_if_failed(event)
+                    results[i].finish = event
+        return results
+
+    # -- chat ------------------------------------------------------------------------
+    async def chat(self, req: ChatCompletionRequest) -> dict[str, Any]:
+        gen = await self._chat_generation(req)
+        results = await self._collect(_fan_out(gen, req.n))
+        choices = []
+        for i, r in enumerate(results):
+            lp = None
+            if req.logprobs:
+                lp = {"content": [c for d in r.deltas for c in chat_logprobs(d)["content"]]}
+            choices.append({
+                "index": i,
+                "message": {"role": "assistant", "content": r.text},
+                "logprobs": lp,
+                "finish_reason": r.finish.reason,
+            })
+        first = results[0].finish
+        return {
+            "id": new_id("chatcmpl"), "object": "chat.completion", "created": int(time.time()), "model": self.backend.model_id, "choices": choices,
+            "usage": usage(first.prompt_tokens, sum(r.finish.completion_tokens for r in results),
+                           first.cached_tokens),
+        }
+
+    async def chat_stream(self, req: ChatCompletionRequest) -> AsyncIterator[dict[str, Any]]:
+        """Validate and submit now (errors raise before any byte is sent); stream later."""
+        gen = await self._chat_generation(req)
+        streams = self._open(_fan_out(gen, req.n))
+        factory = ChunkFactory("chat.completion.chunk", self.backend.model_id,
+                               new_id("chatcmpl"), req.include_usage)
+        return self._chat_chunks(streams, factory, req.logprobs)
+
+    async def _chat_chunks(self, streams: list[EventStream], f: ChunkFactory,
+                           want_logprobs: bool) -> AsyncIterator[dict[str, Any]]:
+        async with AsyncExitStack() as stack:
+            for s in streams:
+                stack.push_async_callback(s.aclose)
+            for i in range(len(streams)):
+                yield f.chunk([{"index": i, "delta": {"role": "assistant", "content": ""},
+                                "logprobs": None, "finish_reason": None}])
+            prompt = completion = cached = 0
+            async for i, event in _merge(streams):
+                if isinstance(event, TextDelta):
+                    lp = chat_logprobs(event) if want_logprobs else None
+                    yield f.chunk([{"index": i, "delta": {"content": event.text},
+                                    "logprobs": lp, "finish_reason": None}])
+                    continue
+                if event.reason == "error":
+                    yield _error_frame(event)
+                    return
+                prompt, cached = event.prompt_tokens, event.cached_tokens
+                completion += event.completion_tokens
+                yield f.chunk([{"index": i, "delta": {}, "logprobs": None,
+                                "finish_reason": event.reason}])
+            if f.include_usage:
+                yield f.usage_chunk(prompt, completion, cached)
+
+    # -- completions -------------------------------------------------------------------
+    async def completion(self, req: CompletionRequest) -> dict[str, Any]:
+        gens = [g for gen in await self._completion_generations(req) for g in _fan_out(gen, req.n)]
+        results = await self._collect(gens)
+        choices = []
+        for i, r in enumerate(results):
+            text = r.text
+            lp = None
+            if req.logprobs is not None:
+                acc = CompletionLogprobs()
+                for d in r.deltas:
+                    acc.add(d)
+                lp = acc.whole()
+            if req.echo:
+                text = self.backend.decode(gens[i].prompt_tokens) + text
+            choices.append({"index": i, "text": text, "logprobs": lp,
+                            "finish_reason": r.finish.reason})
+        prompt_total = sum(len(g.prompt_tokens) for g in gens[:: req.n])
+        return {
+            "id": new_id("cmpl"), "object": "text_completion",
+            "created": int(time.time()), "model": self.backend.model_id,
+            "choices": choices,
+            "usage": usage(prompt_total, sum(r.finish.completion_tokens for r in results)),
+        }
+
+    async def completion_stream(self, req: CompletionRequest) -> AsyncIterator[dict[str, Any]]:
+        gens = [g for gen in await self._completion_generations(req) for g in _fan_out(gen, req.n)]
+        streams = self._open(gens)
+        f = ChunkFactory("text_completion", self.backend.model_id, new_id("cmpl"),
+                         req.include_usage)
+        return self._completion_chunks(streams, f, req.logprobs is not None,
+                                       sum(len(g.prompt_tokens) for g in gens[:: req.n]))
+
+    async def _completion_chunks(self, streams: list[EventStream], f: ChunkFactory,
+                                 want_logprobs: bool, prompt_total: int
+                                 ) -> AsyncIterator[dict[str, Any]]:
+        async with AsyncExitStack() as stack:
+            for s in streams:
+                stack.push_async_callback(s.aclose)
+            lps = [CompletionLogprobs() for _ in streams]
+            completion = 0
+            async for i, event in _merge(streams):
+                if isinstance(event, TextDelta):
+                    lp = lps[i].add(event) if want_logprobs else None
+                    yield f.chunk([{"index": i, "text": event.text, "logprobs": lp,
+                                    "finish_reason": None}])
+                    continue
+                if event.reason == "error":
+                    yield _error_frame(event)
+                    return
+                completion += event.completion_tokens
+                yield f.chunk([{"index": i, "text": "", "logprobs": None,
+                                "finish_reason": event.reason}])
+            if f.include_usage:
+                yield f.usage_chunk(prompt_total, completion)
+
+
+def _error_frame(finish: Finished) -> dict[str, Any]:
+    err = finish.error
+    if not isinstance(err, BridgeError):
+        err = BackendError(f"Generation failed: {err}")
+    return err.to_openai()
