@@ -1,0 +1,55 @@
+"""dvai-bridge: on-device LLM inference behind a local OpenAI-compatible HTTP server."""
+
+from .bridge import Bridge, BoundServer, BridgeStatus, shared
+from .config import StartConfig
+from .errors import (
+    AlreadyStarted,
+    BackendError,
+    BackendUnavailable,
+    BridgeError,
+    ChecksumMismatch,
+    ConfigurationInvalid,
+    ContextLengthExceeded,
+    DownloadFailed,
+    InvalidRequest,
+    ModelLoadFailed,
+    ModelNotFound,
+    NotStarted,
+    NotSupported,
+    PortsExhausted,
+    RequestError,
+    ServerBusy,
+    ServiceUnavailable,
+)
+from .progress import ListenerHandle, ProgressEvent, ProgressHub
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AlreadyStarted",
+    "BackendError",
+    "BackendUnavailable",
+    "BoundServer",
+    "Bridge",
+    "BridgeError",
+    "BridgeStatus",
+    "ChecksumMismatch",
+    "ConfigurationInvalid",
+    "ContextLengthExceeded",
+    "DownloadFailed",
+    "InvalidRequest",
+    "ListenerHandle",
+    "ModelLoadFailed",
+    "ModelNotFound",
+    "NotStarted",
+    "NotSupported",
+    "PortsExhausted",
+    "ProgressEvent",
+    "ProgressHub",
+    "RequestError",
+    "ServerBusy",
+    "ServiceUnavailable",
+    "StartConfig",
+    "__version__",
+    "shared",
+]

@@ -1,0 +1,175 @@
+"""The MLX backend: a model loaded through mlx-lm, generating through ``generate_step``."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import jinja2
+
+from ...engine.types import CancelToken, GenerationRequest, TokenChoice
+from ...errors import BackendError, BridgeError, InvalidRequest, ModelLoadFailed
+from ...progress import ProgressEvent, ProgressHub
+from ...store.resolve import EMBEDDED_ID, embedded_default_gguf, hf_snapshot, is_repo_id
+from ..base import FALLBACK_CHAT_TEMPLATE, Backend, Capabilities, Message
+from .device import MLXDevice, select_device
+
+log = logging.getLogger(__name__)
+
+PREFILL_STEP = 512
+
+
+class _Cancelled(Exception):
+    pass
+
+
+@contextmanager
+def _boundary(what: str) -> Iterator[None]:
+    """Translate mlx / mlx-lm exceptions into BridgeErrors, once, here."""
+    try:
+        yield
+    except (BridgeError, _Cancelled, GeneratorExit):
+        raise
+    except Exception as exc:
+        log.exception("MLX failed while %s", what)
+        raise BackendError(f"MLX failed while {what}: {exc}") from exc
+
+
+def resolve_model(model_path: str | None, progress: ProgressHub) -> tuple[Path, str]:
+    """A local MLX checkpoint folder for a reference, and the id to serve it under."""
+    if model_path is None:
+        gguf, model_id = embedded_default_gguf(), EMBEDDED_ID
+    else:
+        path = Path(model_path).expanduser()
+        if path.is_dir():
+            if not (path / "config.json").is_file():
+                raise ModelLoadFailed(f"{path} is not an MLX checkpoint (no config.json).")
+            return path, path.name
+        if is_repo_id(model_path):
+            progress.emit(ProgressEvent("download", message=f"Resolving {model_path}"))
+            return hf_snapshot(model_path), model_path
+        if path.suffix.lower() != ".gguf" or not path.is_file():
+            raise ModelLoadFailed(
+                f"Model {model_path!r} not found: give an MLX folder, a .gguf file or an "
+                "HF repo id (org/name).")
+        gguf, model_id = path, path.stem
+    from .gguf_import import cached_import
+
+    progress.emit(ProgressEvent("load", message=f"Importing {gguf.name} into MLX (cached)"))
+    return cached_import(gguf), model_id
+
+
+class MLXBackend(Backend):
+    name = "mlx"
+    capabilities = Capabilities(chat=True, completions=True, embeddings=False, logprobs=True)
+
+    def __init__(self, model: Any, tokenizer: Any, *, model_id: str, context_length: int,
+                 device: MLXDevice) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.model_id = model_id
+        self.context_length = context_length
+        self.device = device
+        self.vocab_size = int(getattr(model.args, "vocab_size", 0)) or None
+        self.eos_token_ids = frozenset(int(t) for t in tokenizer.eos_token_ids)
+        self._fallback = None
+        if not getattr(tokenizer, "chat_template", None):
+            log.warning("%s has no chat template; using the documented fallback", model_id)
+            self._fallback = jinja2.Environment().from_string(FALLBACK_CHAT_TEMPLATE)
+
+    @classmethod
+    def load(cls, model_path: str | None, *, context_size: int | None,
+             progress: ProgressHub) -> MLXBackend:
+        device = select_device()
+        folder, model_id = resolve_model(model_path, progress)
+        progress.emit(ProgressEvent("load", message=f"Loading {model_id} on MLX ({device.kind})"))
+        try:
+            from mlx_lm import load
+
+            model, tokenizer = load(str(folder))
+        except BridgeError:
+            raise
+        except Exception as exc:
+            raise ModelLoadFailed(f"MLX could not load {model_id}: {exc}") from exc
+        if device.is_cpu:
+            from .cpu import prepare_model_for_cpu
+
+            form = prepare_model_for_cpu(model)
+            log.info("weights on the CPU device: %s", form)
+        config = json.loads((folder / "config.json").read_text())
+        native = int(config.get("max_position_embeddings") or 4096)
+        return cls(model, tokenizer, model_id=model_id,
+                   context_length=min(context_size or native, native), device=device)
+
+    # -- text <-> tokens ------------------------------------------------------------
+    def chat_tokens(self, messages: list[Message]) -> list[int]:
+        try:
+            if self._fallback is not None:
+                text = self._fallback.render(messages=messages, add_generation_prompt=True)
+            else:
+                text = self.tokenizer.apply_chat_template(
+                    messages, add_generation_prompt=True, tokenize=False)
+        except jinja2.TemplateError as exc:
+            raise InvalidRequest(f"The model's chat template rejected the messages: {exc}",
+                                 param="messages") from None
+        return list(self.tokenizer.encode(text, add_special_tokens=False))
+
+    def tokenize(self, text: str) -> list[int]:
+        return list(self.tokenizer.encode(text))
+
+    def decode(self, tokens: Sequence[int]) -> str:
+        return self.tokenizer.decode(list(tokens))
+
+    # -- generation ------------------------------------------------------------------
+    def generate(self, request: GenerationRequest, cancel: CancelToken) -> Iterator[TokenChoice]:
+        import mlx.core as mx
+        from mlx_lm.generate import generate_step
+
+        from . import sampling
+
+        def on_prefill(done: int, total: int) -> None:
+            if cancel.cancelled:
+                raise _Cancelled
+
+        with _boundary("preparing generation"):
+            if request.sampling.seed is not None:
+                mx.random.seed(request.sampling.seed)
+            sampler, processors = sampling.build(request.sampling, len(request.prompt_tokens))
+            steps = generate_step(
+                mx.array(request.prompt_tokens), self.model,
+                max_tokens=request.max_tokens, sampler=sampler,
+                logits_processors=processors or None,
+                prefill_step_size=PREFILL_STEP, prompt_progress_callback=on_prefill,
+            )
+        want = request.top_logprobs if request.logprobs else -1
+        try:
+            while True:
+                with _boundary("generating"):
+                    try:
+                        token, logprobs = next(steps)
+                    except StopIteration:
+                        return
+                    yield self._choice(int(token), logprobs, want)
+        except _Cancelled:
+            return
+        finally:
+            steps.close()
+
+    @staticmethod
+    def _choice(token: int, logprobs: Any, top_n: int) -> TokenChoice:
+        if top_n < 0:
+            return TokenChoice(token)
+        import mlx.core as mx
+
+        chosen = float(logprobs[token].item())
+        if top_n == 0:
+            return TokenChoice(token, chosen)
+        idx = mx.argpartition(-logprobs, kth=top_n - 1)[:top_n]
+        vals = logprobs[idx]
+        order = mx.argsort(-vals)
+        top = tuple(zip(idx[order].tolist(), vals[order].tolist(), strict=True))
+        return TokenChoice(token, chosen, top)

@@ -1,0 +1,73 @@
+"""Sampling pieces for MLX: small pure functions over logits, testable without a model."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import mlx.core as mx
+from mlx_lm.sample_utils import make_sampler
+
+from ...engine.types import SamplingParams
+
+LogitsProcessor = Callable[[mx.array, mx.array], mx.array]
+
+
+def openai_penalties(presence: float, frequency: float, prompt_len: int) -> LogitsProcessor:
+    """OpenAI's presence/frequency penalties over the tokens generated so far.
+
+    ``logits[j] -= presence * (count[j] > 0) + frequency * count[j]``, where counts cover the
+    completion only (not the prompt), as OpenAI documents it.
+    """
+
+    def process(tokens: mx.array, logits: mx.array) -> mx.array:
+        generated = tokens[prompt_len:]
+        if generated.size == 0:
+            return logits
+        vocab = logits.shape[-1]
+        counts = mx.zeros((vocab,), dtype=logits.dtype).at[generated].add(1.0)
+        penalty = frequency * counts + presence * (counts > 0).astype(logits.dtype)
+        return logits - penalty
+
+    return process
+
+
+def repetition_penalty(penalty: float, context: int = 64) -> LogitsProcessor:
+    """CTRL-style repetition penalty over the last ``context`` tokens (prompt included)."""
+
+    def process(tokens: mx.array, logits: mx.array) -> mx.array:
+        recent = tokens[-context:]
+        if recent.size == 0:
+            return logits
+        selected = logits[:, recent]
+        selected = mx.where(selected < 0, selected * penalty, selected / penalty)
+        logits[:, recent] = selected
+        return logits
+
+    return process
+
+
+def logit_bias(bias: tuple[tuple[int, float], ...]) -> LogitsProcessor:
+    ids = mx.array([i for i, _ in bias])
+    values = mx.array([v for _, v in bias])
+
+    def process(tokens: mx.array, logits: mx.array) -> mx.array:
+        return logits.at[:, ids].add(values.astype(logits.dtype))
+
+    return process
+
+
+def build(params: SamplingParams, prompt_len: int) -> tuple[Callable, list[LogitsProcessor]]:
+    """A sampler and the logits processors for one request."""
+    sampler = make_sampler(
+        temp=params.temperature, top_p=params.top_p if params.top_p < 1.0 else 0.0,
+        min_p=params.min_p, top_k=params.top_k,
+    )
+    processors: list[LogitsProcessor] = []
+    if params.logit_bias:
+        processors.append(logit_bias(params.logit_bias))
+    if params.presence_penalty or params.frequency_penalty:
+        processors.append(openai_penalties(params.presence_penalty, params.frequency_penalty,
+                                           prompt_len))
+    if params.repetition_penalty != 1.0:
+        processors.append(repetition_penalty(params.repetition_penalty))
+    return sampler, processors

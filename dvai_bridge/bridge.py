@@ -1,0 +1,189 @@
+"""The process-wide bridge: load a model, serve it on loopback, stop cleanly.
+
+    from dvai_bridge import shared, StartConfig
+
+    server = shared.start_blocking(StartConfig(backend="mlx"))   # or: await shared.start(...)
+    print(server.base_url)                                       # http://127.0.0.1:38883/v1
+    shared.stop()
+
+    with shared.serving(StartConfig()) as server:                # stops on exit
+        ...
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import socket
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import uvicorn
+
+from .backends.registry import create_backend
+from .config import StartConfig
+from .engine.scheduler import AsyncEngine, Scheduler
+from .errors import AlreadyStarted, BridgeError, ConfigurationInvalid, PortsExhausted
+from .http.app import create_app
+from .progress import ProgressEvent, ProgressHub
+from .protocol.service import OpenAIService
+
+log = logging.getLogger(__name__)
+
+SHUTDOWN_GRACE_S = 5.0
+
+
+@dataclass(frozen=True)
+class BoundServer:
+    base_url: str
+    port: int
+    backend: str
+    model_id: str
+    host: str = "127.0.0.1"
+
+
+@dataclass(frozen=True)
+class BridgeStatus:
+    running: bool
+    backend: str | None = None
+    base_url: str | None = None
+    model_id: str | None = None
+
+
+def bind_port(host: str, base: int, attempts: int) -> socket.socket:
+    """A listening-ready socket on the first free port of base, base+1, ... base+attempts-1."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    ports = [0] if base == 0 else range(base, min(base + attempts, 65536))
+    for port in ports:
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            sock.close()
+            if exc.errno in (errno.EADDRINUSE, errno.EACCES):
+                continue
+            raise ConfigurationInvalid(f"Cannot bind {host}:{port}: {exc}", param="host") \
+                from None
+        sock.set_inheritable(True)
+        return sock
+    last = base + len(ports) - 1
+    raise PortsExhausted(
+        f"Every port from {base} to {last} on {host} is busy; free one, or set "
+        "http_base_port / http_max_port_attempts.", param="http_base_port")
+
+
+class _Running:
+    def __init__(self, bound: BoundServer, server: uvicorn.Server, thread: threading.Thread,
+                 scheduler: Scheduler) -> None:
+        self.bound, self.server, self.thread, self.scheduler = bound, server, thread, scheduler
+
+
+class Bridge:
+    """Starts and stops one server. ``dvai_bridge.shared`` is the process-wide instance."""
+
+    def __init__(self) -> None:
+        self.progress = ProgressHub()
+        self._lock = threading.Lock()
+        self._starting = False
+        self._running: _Running | None = None
+
+    # -- lifecycle -------------------------------------------------------------------
+    async def start(self, config: StartConfig | None = None, **options: Any) -> BoundServer:
+        """Load the model and serve it. Returns once the server accepts requests."""
+        return await asyncio.to_thread(self.start_blocking, config, **options)
+
+    def start_blocking(self, config: StartConfig | None = None, **options: Any) -> BoundServer:
+        config = config or StartConfig.build(**options)
+        with self._lock:
+            if self._running is not None or self._starting:
+                raise AlreadyStarted("The bridge is already running; call stop() first.")
+            self._starting = True
+        try:
+            self._running = self._start(config)
+            return self._running.bound
+        except BaseException as exc:
+            message = exc.message if isinstance(exc, BridgeError) else str(exc)
+            self.progress.emit(ProgressEvent("error", message=message))
+            raise
+        finally:
+            self._starting = False
+
+    def _start(self, config: StartConfig) -> _Running:
+        sock = bind_port(config.host, config.http_base_port, config.http_max_port_attempts)
+        scheduler = None
+        try:
+            backend = create_backend(config, self.progress)
+            scheduler = Scheduler(backend, max_queued=config.max_queued)
+            app = create_app(OpenAIService(AsyncEngine(scheduler)),
+                             cors_origin=config.cors_origin, api_key=config.api_key)
+            server = uvicorn.Server(uvicorn.Config(
+                app, log_level=config.log_level.lower(), lifespan="off",
+                timeout_graceful_shutdown=int(SHUTDOWN_GRACE_S), access_log=False))
+            server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+            thread = threading.Thread(target=lambda: asyncio.run(server.serve(sockets=[sock])),
+                                      name="dvai-http", daemon=True)
+            thread.start()
+            while not server.started:
+                if not thread.is_alive():
+                    raise ConfigurationInvalid("The HTTP server failed to start; see the log.")
+                time.sleep(0.01)
+        except BaseException:
+            sock.close()
+            if scheduler is not None:
+                scheduler.close()
+            raise
+        host, port = sock.getsockname()[:2]
+        url_host = f"[{host}]" if ":" in host else host
+        bound = BoundServer(f"http://{url_host}:{port}/v1", port, backend.name,
+                            backend.model_id, host)
+        self.progress.emit(ProgressEvent("ready", percent=100.0,
+                                         message=f"Serving {bound.model_id} at {bound.base_url}"))
+        return _Running(bound, server, thread, scheduler)
+
+    def stop(self) -> None:
+        """Stop serving and free the model. Safe to call twice, or when never started."""
+        with self._lock:
+            running, self._running = self._running, None
+        if running is None:
+            return
+        running.server.should_exit = True
+        running.thread.join(SHUTDOWN_GRACE_S + 5)
+        running.scheduler.close()
+
+    async def astop(self) -> None:
+        await asyncio.to_thread(self.stop)
+
+    def status(self) -> BridgeStatus:
+        r = self._running
+        if r is None:
+            return BridgeStatus(False)
+        return BridgeStatus(True, r.bound.backend, r.bound.base_url, r.bound.model_id)
+
+    # -- context manager -------------------------------------------------------------
+    def serving(self, config: StartConfig | None = None, **options: Any) -> _Serving:
+        """``with bridge.serving(cfg) as server:`` (or ``async with``): stops on exit."""
+        return _Serving(self, config, options)
+
+
+class _Serving:
+    def __init__(self, bridge: Bridge, config: StartConfig | None, options: dict) -> None:
+        self.bridge, self.config, self.options = bridge, config, options
+
+    def __enter__(self) -> BoundServer:
+        return self.bridge.start_blocking(self.config, **self.options)
+
+    def __exit__(self, *exc: object) -> None:
+        self.bridge.stop()
+
+    async def __aenter__(self) -> BoundServer:
+        return await self.bridge.start(self.config, **self.options)
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.bridge.astop()
+
+
+shared = Bridge()

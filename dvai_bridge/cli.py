@@ -1,0 +1,92 @@
+"""Command line: ``dvai-bridge serve``, ``dvai-bridge doctor``."""
+
+from __future__ import annotations
+
+import logging
+import platform
+import signal
+import sys
+import threading
+from typing import Any
+
+import click
+
+from .bridge import shared
+from .config import StartConfig
+from .errors import BridgeError
+from .progress import ProgressEvent
+
+
+def _help(field: str) -> str:
+    return StartConfig.model_fields[field].description or ""
+
+
+def _print_progress(event: ProgressEvent) -> None:
+    if event.phase in ("load", "download", "verify") and event.message:
+        click.echo(f"[{event.phase}] {event.message}", err=True)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="dvai-bridge")
+def main() -> None:
+    """On-device LLM inference behind a local OpenAI-compatible server."""
+
+
+@main.command()
+@click.option("--backend", type=click.Choice(["auto", "mlx", "llama", "coreml"]),
+              default="auto", show_default=True, help=_help("backend"))
+@click.option("--model", "model_path", default=None, help=_help("model_path"))
+@click.option("--host", default="127.0.0.1", show_default=True, help=_help("host"))
+@click.option("--port", "http_base_port", type=int, default=38883, show_default=True,
+              help=_help("http_base_port"))
+@click.option("--port-attempts", "http_max_port_attempts", type=int, default=16,
+              show_default=True, help=_help("http_max_port_attempts"))
+@click.option("--context-size", type=int, default=None, help=_help("context_size"))
+@click.option("--api-key", envvar="DVAI_BRIDGE_API_KEY", default=None, help=_help("api_key"))
+@click.option("--log-level", default="info", show_default=True, help=_help("log_level"))
+def serve(**options: Any) -> None:
+    """Serve a model until Ctrl-C. Prints the base_url for OpenAI clients."""
+    logging.basicConfig(level=options["log_level"].upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    handle = shared.progress.add_listener(_print_progress)
+    try:
+        server = shared.start_blocking(StartConfig.build(**options))
+    except BridgeError as exc:
+        click.echo(f"error: {exc.message}", err=True)
+        sys.exit(1)
+    finally:
+        handle.remove()
+    click.echo(f"Serving {server.model_id} ({server.backend}) at {server.base_url}")
+    click.echo("Press Ctrl-C to stop.", err=True)
+    sys.stdout.flush()
+    try:
+        while not stop.wait(0.5):
+            pass
+    finally:
+        click.echo("Stopping...", err=True)
+        shared.stop()
+        click.echo("Stopped.", err=True)
+
+
+@main.command()
+def doctor() -> None:
+    """Show what this machine offers each backend."""
+    click.echo(f"python    {platform.python_version()} on {platform.system()} "
+               f"{platform.machine()}")
+    try:
+        from .backends.mlx.device import select_device
+
+        device = select_device()
+        extra = f", BLAS: {device.blas}" if device.is_cpu else ""
+        click.echo(f"mlx       device {device.kind}{extra}")
+    except BridgeError as exc:
+        click.echo(f"mlx       unavailable: {exc.message}")
+    try:
+        from .store.resolve import embedded_default_gguf
+
+        click.echo(f"default   {embedded_default_gguf()}")
+    except BridgeError as exc:
+        click.echo(f"default   {exc.message}")

@@ -1,0 +1,49 @@
+"""How to start the bridge. The CLI's help text comes from these descriptions."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from .errors import ConfigurationInvalid
+
+BackendName = Literal["auto", "mlx", "llama", "coreml", "fake"]
+
+
+class StartConfig(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    backend: BackendName = Field(
+        "auto", description="Inference backend: mlx, llama, coreml, or auto (by model kind).")
+    model_path: str | None = Field(
+        None, description="Model: an HF repo id (mlx-community/...), a local MLX folder or a "
+        ".gguf file. Empty: the embedded SmolLM2-135M-Instruct.")
+    context_size: int | None = Field(
+        None, ge=16, description="Context window in tokens. Default: the model's own.")
+    embedding_mode: bool = Field(False, description="Serve /v1/embeddings with this model.")
+    host: str = Field("127.0.0.1", description="Address to bind. Keep it loopback.")
+    http_base_port: int = Field(38883, ge=0, le=65535,
+                                description="First port to try (0: any free port).")
+    http_max_port_attempts: int = Field(16, ge=1, le=1024,
+                                        description="Ports to try: base, base+1, ...")
+    cors_origin: str | list[str] | None = Field(
+        "*", description="CORS: '*', one origin, a list of origins, or None for no CORS.")
+    api_key: str | None = Field(None, description="Require this bearer token (optional).")
+    max_queued: int = Field(64, ge=1, description="Requests allowed to wait; more get 429.")
+    log_level: str = Field("info", description="Log level: debug, info, warning, error.")
+
+    @field_validator("model_path")
+    @classmethod
+    def _strip(cls, v: str | None) -> str | None:
+        return v.strip() or None if v is not None else None
+
+    @classmethod
+    def build(cls, **kwargs: object) -> StartConfig:
+        """Construct, turning validation problems into ``ConfigurationInvalid``."""
+        try:
+            return cls(**kwargs)  # type: ignore[arg-type]
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            field = ".".join(str(p) for p in first["loc"])
+            raise ConfigurationInvalid(f"Invalid {field}: {first['msg']}", param=field) from None
