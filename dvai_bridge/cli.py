@@ -33,8 +33,7 @@ def main() -> None:
 
 
 @main.command()
-@click.option("--backend", type=click.Choice(["auto", "mlx", "llama", "coreml"]),
-              default="auto", show_default=True, help=_help("backend"))
+@click.option("--backend", default="auto", show_default=True, help=_help("backend"))
 @click.option("--model", "model_path", default=None, help=_help("model_path"))
 @click.option("--host", default="127.0.0.1", show_default=True, help=_help("host"))
 @click.option("--port", "http_base_port", type=int, default=38883, show_default=True,

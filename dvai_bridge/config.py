@@ -2,20 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Literal
-
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from .errors import ConfigurationInvalid
 
-BackendName = Literal["auto", "mlx", "llama", "coreml", "fake"]
 
 
 class StartConfig(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    backend: BackendName = Field(
-        "auto", description="Inference backend: mlx, llama, coreml, or auto (by model kind).")
+    backend: str = Field(
+        "auto", description="Inference backend: mlx, llama, coreml, or auto (by model kind). "
+        "Backends from plugins register more names.")
     model_path: str | None = Field(
         None, description="Model: an HF repo id (mlx-community/...), a local MLX folder or a "
         ".gguf file. Empty: the embedded SmolLM2-135M-Instruct.")
@@ -32,6 +30,11 @@ class StartConfig(BaseModel):
     api_key: str | None = Field(None, description="Require this bearer token (optional).")
     max_queued: int = Field(64, ge=1, description="Requests allowed to wait; more get 429.")
     log_level: str = Field("info", description="Log level: debug, info, warning, error.")
+
+    @field_validator("backend")
+    @classmethod
+    def _lower(cls, v: str) -> str:
+        return v.strip().lower()
 
     @field_validator("model_path")
     @classmethod
