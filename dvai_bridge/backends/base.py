@@ -19,7 +19,7 @@ from ..errors import NotSupported
 
 Message = dict[str, Any]
 
-# Used when a model ships no chat template (documented in docs/chat-templates.md).
+# Used when a model ships no chat template (documented in docs/usage.md, "Chat templates").
 FALLBACK_CHAT_TEMPLATE = (
     "{% for message in messages %}"
     "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
