@@ -9,6 +9,7 @@ import re
 from pathlib import Path
 
 from ..errors import DownloadFailed, ModelLoadFailed
+from ..progress import ProgressHub
 
 log = logging.getLogger(__name__)
 
@@ -39,10 +40,12 @@ def is_repo_id(ref: str) -> bool:
     return bool(_REPO_ID.match(ref)) and not Path(ref).expanduser().exists()
 
 
-def hf_snapshot(ref: str, patterns: list[str] | None = None) -> Path:
+def hf_snapshot(ref: str, patterns: list[str] | None = None,
+                progress: ProgressHub | None = None) -> Path:
     """A repo's files from the Hugging Face cache; downloaded first unless offline.
 
-    ``ref`` is ``org/name`` with an optional ``@revision``.
+    ``ref`` is ``org/name`` with an optional ``@revision``. Download progress goes to
+    ``progress`` as ``download`` events.
     """
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import LocalEntryNotFoundError

@@ -50,8 +50,7 @@ def resolve_model(model_path: str | None, progress: ProgressHub) -> tuple[Path, 
                 raise ModelLoadFailed(f"{path} is not an MLX checkpoint (no config.json).")
             return path, path.name
         if is_repo_id(model_path):
-            progress.emit(ProgressEvent("download", message=f"Resolving {model_path}"))
-            return hf_snapshot(model_path), model_path
+            return hf_snapshot(model_path, progress=progress), model_path
         if path.suffix.lower() != ".gguf" or not path.is_file():
             raise ModelLoadFailed(
                 f"Model {model_path!r} not found: give an MLX folder, a .gguf file or an "
