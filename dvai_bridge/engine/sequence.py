@@ -1,8 +1,13 @@
-"""Drive one sequence through a backend: limits, stops, detokenization, logprobs."""
+"""One sequence's life: limits, stops, detokenization, logprobs, and its final event.
+
+``SequenceState`` is fed one ``TokenChoice`` at a time, by the serial loop (``run_sequence``)
+or by the batching loop; both end a sequence the same way.
+"""
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 
 from ..backends.base import Backend
@@ -28,78 +33,110 @@ def _token_logprob(backend: Backend, token_id: int, logprob: float) -> TokenLogp
     return TokenLogprob(raw.decode("utf-8", errors="replace"), logprob, tuple(raw))
 
 
-def _logprob_entry(
-    backend: Backend, choice: TokenChoice, top_n: int
-) -> tuple[TokenLogprob, tuple[TokenLogprob, ...]]:
-    chosen = _token_logprob(backend, choice.token_id, choice.logprob or 0.0)
-    top = tuple(_token_logprob(backend, t, lp) for t, lp in choice.top[:top_n])
-    return chosen, top
+class SequenceState:
+    """Turns token choices into text deltas and, at the end, one ``Finished``."""
+
+    def __init__(self, backend: Backend, request: GenerationRequest,
+                 sink: Callable[[EngineEvent], None], metrics: EngineMetrics,
+                 cached_tokens: int = 0) -> None:
+        self.backend = backend
+        self.request = request
+        self.sink = sink
+        self.metrics = metrics
+        self.cached_tokens = cached_tokens
+        self.produced = 0
+        self.done = False
+        self._detok = backend.detokenizer()
+        self._stops = StopMatcher(request.stop)
+        self._stop_ids = backend.eos_token_ids | frozenset(request.stop_token_ids)
+        self._pending: list = []
+        self._reason: FinishReason = "length"
+        self._started = time.monotonic()
+        self._last = self._started
+        metrics.sequences_total += 1
+        metrics.prompt_tokens_total += len(request.prompt_tokens)
+        metrics.prompt_cached_tokens_total += cached_tokens
+
+    def on_token(self, choice: TokenChoice) -> bool:
+        """Take one generated token. Returns False once the sequence is over."""
+        if self.done:
+            return False
+        now = time.monotonic()
+        if self.produced == 0:
+            self.metrics.observe_ttft(now - self._started)
+        else:
+            self.metrics.observe_token_latency(now - self._last)
+        self._last = now
+        self.produced += 1
+        if choice.token_id in self._stop_ids:
+            self._reason = "stop"
+            return False
+        if self.request.logprobs:
+            self._pending.append(self._logprob_entry(choice))
+        text = self._stops.feed(self._detok.add(choice.token_id))
+        if text:
+            self._emit(text)
+        if self._stops.stopped:
+            self._reason = "stop"
+            return False
+        return self.produced < self.request.max_tokens
+
+    def finish(self, reason: FinishReason | None = None, error: BaseException | None = None
+               ) -> None:
+        """Flush held text (unless cancelled or failed) and send ``Finished``. Once."""
+        if self.done:
+            return
+        self.done = True
+        reason = reason or self._reason
+        if error is not None:
+            reason = "error"
+            if not isinstance(error, BridgeError):
+                error = BackendError(f"Generation failed: {error}")
+        if reason in ("length", "stop") and not self._stops.stopped:
+            tail = self._stops.feed(self._detok.flush()) + self._stops.flush()
+            if self._stops.stopped:
+                reason = "stop"
+            if tail or self._pending:
+                self._emit(tail)
+        self.metrics.generated_tokens_total += self.produced
+        if reason == "cancelled":
+            self.metrics.sequences_cancelled += 1
+        elif reason == "error":
+            self.metrics.sequences_failed += 1
+        self.sink(Finished(reason, len(self.request.prompt_tokens), self.produced,
+                           self.cached_tokens, error))
+
+    def _emit(self, text: str) -> None:
+        self.sink(TextDelta(text, tuple(self._pending)))
+        self._pending = []
+
+    def _logprob_entry(self, choice: TokenChoice) -> tuple[TokenLogprob, tuple]:
+        chosen = _token_logprob(self.backend, choice.token_id, choice.logprob or 0.0)
+        top = tuple(_token_logprob(self.backend, t, lp)
+                    for t, lp in choice.top[: self.request.top_logprobs])
+        return chosen, top
 
 
-def run_sequence(
-    backend: Backend,
-    request: GenerationRequest,
-    sink: Callable[[EngineEvent], None],
-    cancel: CancelToken,
-    metrics: EngineMetrics,
-) -> None:
-    """Generate until EOS, a stop string, the token limit, cancellation or an error."""
-    detok = backend.detokenizer()
-    stops = StopMatcher(request.stop)
-    stop_ids = backend.eos_token_ids | frozenset(request.stop_token_ids)
-    pending_logprobs: list = []
-    produced = 0
-    reason: FinishReason = "length"
-    error: BridgeError | None = None
-    prompt_len = len(request.prompt_tokens)
-    metrics.sequences_total += 1
-    metrics.prompt_tokens_total += prompt_len
-
+def run_sequence(backend: Backend, request: GenerationRequest,
+                 sink: Callable[[EngineEvent], None], cancel: CancelToken,
+                 metrics: EngineMetrics) -> None:
+    """The serial path: generate one sequence to its end on this thread."""
+    state = SequenceState(backend, request, sink, metrics)
     steps = backend.generate(request, cancel)
     try:
-        while produced < request.max_tokens:
+        for choice in steps:
             if cancel.cancelled:
-                reason = "cancelled"
+                state.finish("cancelled")
+                return
+            if not state.on_token(choice):
                 break
-            try:
-                choice = next(steps)
-            except StopIteration:
-                break
-            if cancel.cancelled:
-                reason = "cancelled"
-                break
-            produced += 1
-            if choice.token_id in stop_ids:
-                reason = "stop"
-                break
-            if request.logprobs:
-                pending_logprobs.append(_logprob_entry(backend, choice, request.top_logprobs))
-            text = stops.feed(detok.add(choice.token_id))
-            if stops.stopped:
-                reason = "stop"
-                if text:
-                    sink(TextDelta(text, tuple(pending_logprobs)))
-                pending_logprobs = []
-                break
-            if text:
-                sink(TextDelta(text, tuple(pending_logprobs)))
-                pending_logprobs = []
-    except BridgeError as exc:
-        reason, error = "error", exc
-    except Exception as exc:  # a backend that forgot to translate: still an error frame
-        log.exception("backend raised during generation")
-        reason, error = "error", BackendError(f"Generation failed: {exc}")
+        if cancel.cancelled:
+            state.finish("cancelled")
+        else:
+            state.finish()
+    except Exception as exc:  # noqa: BLE001 - any failure ends this sequence, not the engine
+        if not isinstance(exc, BridgeError):
+            log.exception("backend raised during generation")
+        state.finish(error=exc)
     finally:
         steps.close()
-
-    if reason in ("length", "stop") and not stops.stopped:
-        tail = stops.feed(detok.flush())
-        tail += stops.flush()
-        if tail or pending_logprobs:
-            sink(TextDelta(tail, tuple(pending_logprobs)))
-    metrics.generated_tokens_total += produced
-    if reason == "cancelled":
-        metrics.sequences_cancelled += 1
-    elif reason == "error":
-        metrics.sequences_failed += 1
-    sink(Finished(reason, prompt_len, produced, error=error))

@@ -30,6 +30,15 @@ class SamplingParams:
 
 
 @dataclass(frozen=True)
+class BatchLimits:
+    """How much the engine may batch and cache."""
+
+    max_batch: int = 8
+    prefill_chunk: int = 512
+    prompt_cache_bytes: int = 1 << 30
+
+
+@dataclass(frozen=True)
 class GenerationRequest:
     """One sequence to generate: a tokenized prompt and how to continue it."""
 

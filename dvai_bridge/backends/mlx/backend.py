@@ -11,11 +11,11 @@ from typing import Any
 
 import jinja2
 
-from ...engine.types import CancelToken, GenerationRequest, TokenChoice
+from ...engine.types import BatchLimits, CancelToken, GenerationRequest, TokenChoice
 from ...errors import BackendError, BridgeError, InvalidRequest, ModelLoadFailed
 from ...progress import ProgressEvent, ProgressHub
 from ...store.resolve import EMBEDDED_ID, embedded_default_gguf, hf_snapshot, is_repo_id
-from ..base import FALLBACK_CHAT_TEMPLATE, Backend, Capabilities, Message
+from ..base import FALLBACK_CHAT_TEMPLATE, Backend, Batch, Capabilities, Message
 from .device import MLXDevice, select_device
 
 log = logging.getLogger(__name__)
@@ -135,9 +135,9 @@ class MLXBackend(Backend):
                 raise _Cancelled
 
         with _boundary("preparing generation"):
-            if request.sampling.seed is not None:
-                mx.random.seed(request.sampling.seed)
-            sampler, processors = sampling.build(request.sampling, len(request.prompt_tokens))
+            sampler = sampling.make_sequence_sampler(request.sampling)
+            processors = sampling.logits_processors(request.sampling,
+                                                    len(request.prompt_tokens))
             steps = generate_step(
                 mx.array(request.prompt_tokens), self.model,
                 max_tokens=request.max_tokens, sampler=sampler,
@@ -152,14 +152,21 @@ class MLXBackend(Backend):
                         token, logprobs = next(steps)
                     except StopIteration:
                         return
-                    yield self._choice(int(token), logprobs, want)
+                    yield self.choice(int(token), logprobs, want)
         except _Cancelled:
             return
         finally:
             steps.close()
 
+    def open_batch(self, limits: BatchLimits) -> Batch | None:
+        from .batch import MLXBatch
+
+        return MLXBatch(self, max_batch=limits.max_batch, prefill_step=limits.prefill_chunk,
+                        prompt_cache_bytes=limits.prompt_cache_bytes)
+
     @staticmethod
-    def _choice(token: int, logprobs: Any, top_n: int) -> TokenChoice:
+    def choice(token: int, logprobs: Any, top_n: int) -> TokenChoice:
+        """The chosen token with its logprob and the ``top_n`` best (-1: no logprobs)."""
         if top_n < 0:
             return TokenChoice(token)
         import mlx.core as mx

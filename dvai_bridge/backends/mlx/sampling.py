@@ -5,7 +5,9 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import mlx.core as mx
-from mlx_lm.sample_utils import make_sampler
+from mlx_lm.sample_utils import apply_min_p, apply_top_k, apply_top_p, greedy_sampler
+
+Sampler = Callable[[mx.array], mx.array]
 
 from ...engine.types import SamplingParams
 
@@ -56,12 +58,35 @@ def logit_bias(bias: tuple[tuple[int, float], ...]) -> LogitsProcessor:
     return process
 
 
-def build(params: SamplingParams, prompt_len: int) -> tuple[Callable, list[LogitsProcessor]]:
-    """A sampler and the logits processors for one request."""
-    sampler = make_sampler(
-        temp=params.temperature, top_p=params.top_p if params.top_p < 1.0 else 0.0,
-        min_p=params.min_p, top_k=params.top_k,
-    )
+def make_sequence_sampler(params: SamplingParams) -> Sampler:
+    """A sampler for one sequence. With a seed it draws from its own random key, so its
+    output does not depend on which other sequences share the batch."""
+    if params.temperature == 0.0:
+        return greedy_sampler  # one shared object: the batch samples greedy rows in one call
+    filters: list[Callable[[mx.array], mx.array]] = []
+    if 0.0 < params.top_p < 1.0:
+        filters.append(lambda x: apply_top_p(x, params.top_p))
+    if params.min_p > 0.0:
+        filters.append(lambda x: apply_min_p(x, params.min_p, 1))
+    if params.top_k > 0:
+        filters.append(lambda x: apply_top_k(x, params.top_k))
+    inv_temp = 1.0 / params.temperature
+    state = {"key": mx.random.key(params.seed) if params.seed is not None else None}
+
+    def sample(logprobs: mx.array) -> mx.array:
+        for f in filters:
+            logprobs = f(logprobs)
+        key = state["key"]
+        if key is None:
+            return mx.random.categorical(logprobs * inv_temp)
+        state["key"], sub = mx.random.split(key)
+        return mx.random.categorical(logprobs * inv_temp, key=sub)
+
+    return sample
+
+
+def logits_processors(params: SamplingParams, prompt_len: int) -> list[LogitsProcessor]:
+    """The logits processors one request asks for (in the order OpenAI applies them)."""
     processors: list[LogitsProcessor] = []
     if params.logit_bias:
         processors.append(logit_bias(params.logit_bias))
@@ -70,4 +95,4 @@ def build(params: SamplingParams, prompt_len: int) -> tuple[Callable, list[Logit
                                            prompt_len))
     if params.repetition_penalty != 1.0:
         processors.append(repetition_penalty(params.repetition_penalty))
-    return sampler, processors
+    return processors
