@@ -1,0 +1,119 @@
+"""The engine's loops on the fake backend: admission, retirement, cancellation, caching."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from dvai_bridge.backends.fake import FakeBackend
+from dvai_bridge.engine.scheduler import Scheduler
+from dvai_bridge.engine.types import BatchLimits, CancelToken, Finished, GenerationRequest, TextDelta
+from dvai_bridge.errors import ServerBusy
+
+
+class Collector:
+    def __init__(self):
+        self.text = ""
+        self.finished: Finished | None = None
+        self.done = threading.Event()
+
+    def __call__(self, event):
+        if isinstance(event, TextDelta):
+            self.text += event.text
+        else:
+            self.finished = event
+            self.done.set()
+
+
+def request(backend: FakeBackend, text: str, **kw) -> GenerationRequest:
+    return GenerationRequest(tuple(backend.tokenize(text)), max_tokens=kw.pop("max_tokens", 500),
+                             **kw)
+
+
+
+
+@pytest.mark.parametrize("batched", [True, False], ids=["batched", "serial"])
+def test_every_sequence_gets_its_own_answer(batched):
+    backend = FakeBackend(batched=batched, token_delay=0.001)
+    s = Scheduler(backend, limits=BatchLimits(max_batch=4))
+    sinks = [Collector() for _ in range(10)]
+    for i, sink in enumerate(sinks):
+        s.submit(request(backend, f"q{i}"), sink, CancelToken())
+    for i, sink in enumerate(sinks):
+        assert sink.done.wait(10)
+        assert sink.text == f"echo: q{i}" and sink.finished.reason == "stop"
+    s.close()
+    assert backend.closed
+
+
+def test_batch_runs_sequences_together_up_to_the_limit():
+    backend = FakeBackend(token_delay=0.002)
+    s = Scheduler(backend, limits=BatchLimits(max_batch=3))
+    peak = 0
+    sinks = [Collector() for _ in range(6)]
+    for sink in sinks:
+        s.submit(request(backend, "x" * 40), sink, CancelToken())
+    while not all(k.done.is_set() for k in sinks):
+        peak = max(peak, s.metrics.running)
+        time.sleep(0.001)
+    assert peak == 3
+    assert s.metrics.running == 0
+    s.close()
+
+
+def test_cancelling_frees_the_slot_at_once_and_others_continue():
+    backend = FakeBackend(token_delay=0.01)
+    s = Scheduler(backend, limits=BatchLimits(max_batch=1))
+    long, short = Collector(), Collector()
+    cancel = CancelToken()
+    s.submit(request(backend, "y" * 1000), long, cancel)
+    s.submit(request(backend, "short"), short, CancelToken())
+    time.sleep(0.1)
+    cancel.cancel()
+    assert long.done.wait(2) and long.finished.reason == "cancelled"
+    assert short.done.wait(2) and short.text == "echo: short"
+    assert s.metrics.sequences_cancelled == 1
+    s.close()
+
+
+def test_second_turn_reports_cached_prompt_tokens():
+    backend = FakeBackend()
+    s = Scheduler(backend)
+    first, second = Collector(), Collector()
+    s.submit(request(backend, "a conversation"), first, CancelToken())
+    assert first.done.wait(5) and first.finished.cached_tokens == 0
+    s.submit(request(backend, "a conversation goes on"), second, CancelToken())
+    assert second.done.wait(5)
+    a, b = backend.tokenize("a conversation"), backend.tokenize("a conversation goes on")
+    shared = next(i for i, (x, y) in enumerate(zip(a, b)) if x != y)  # BOS + the common text
+    assert shared == 1 + len("a conversation")
+    assert second.finished.cached_tokens == shared
+    assert s.metrics.prompt_cache_entries >= 1
+    s.close()
+
+
+def test_a_full_queue_raises_server_busy():
+    backend = FakeBackend(token_delay=0.05)
+    s = Scheduler(backend, max_queued=1, limits=BatchLimits(max_batch=1))
+    s.submit(request(backend, "z" * 50), Collector(), CancelToken())
+    time.sleep(0.1)  # the first is running, the queue is empty again
+    s.submit(request(backend, "z"), Collector(), CancelToken())
+    with pytest.raises(ServerBusy):
+        s.submit(request(backend, "z"), Collector(), CancelToken())
+    s.close()
+
+
+def test_close_cancels_queued_work_and_frees_the_backend():
+    backend = FakeBackend(token_delay=0.01)
+    s = Scheduler(backend, limits=BatchLimits(max_batch=1))
+    running, queued = Collector(), Collector()
+    cancel = CancelToken()
+    s.submit(request(backend, "r" * 30), running, cancel)
+    s.submit(request(backend, "q"), queued, CancelToken())
+    time.sleep(0.05)
+    s.close()
+    assert queued.finished.reason == "cancelled"
+    assert running.done.is_set()
+    assert backend.closed
