@@ -10,6 +10,7 @@ from fastapi.middleware.cors import CORSMiddleware
 
 from ..protocol.service import OpenAIService
 from .errors import envelope, install_error_handlers
+from .metrics import install_metrics
 from .routes import router
 
 OPEN_PATHS = ("/health",)
@@ -20,6 +21,7 @@ def create_app(service: OpenAIService, *, cors_origin: str | list[str] | None = 
     app = FastAPI(title="dvai-bridge", version="0.1.0", docs_url=None, redoc_url=None)
     app.state.service = service
     install_error_handlers(app)
+    install_metrics(app, service.engine.scheduler.metrics)
     if api_key:
         expected = f"Bearer {api_key}".encode()
 

@@ -121,3 +121,22 @@ def test_the_model_field_may_be_omitted_or_default(client):
         if model:
             payload["model"] = model
         assert client.post("/v1/chat/completions", json=payload).status_code == 200
+
+
+def test_metrics_are_prometheus_text_and_count_what_happened(client):
+    client.post("/v1/chat/completions", json=chat("count me"))
+    client.post("/v1/chat/completions", json={"bad": 1})
+    client.post("/v1/chat/completions", json=chat("count me too"))
+    r = client.get("/metrics")
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
+    lines = dict(line.rsplit(" ", 1) for line in r.text.splitlines()
+                 if line and not line.startswith("#"))
+    assert float(lines['dvai_bridge_http_requests_total{route="/v1/chat/completions",'
+                       'status="200"}']) == 2
+    assert float(lines['dvai_bridge_http_requests_total{route="/v1/chat/completions",'
+                       'status="400"}']) == 1
+    assert float(lines["dvai_bridge_generated_tokens_total"]) == 2 * 1 + len(
+        "echo: count me") + len("echo: count me too")
+    assert float(lines["dvai_bridge_time_to_first_token_seconds_count"]) == 2
+    assert float(lines["dvai_bridge_prompt_cache_hit_tokens_total"]) > 0  # shared prefix
+    assert "dvai_bridge_queue_depth" in lines and "dvai_bridge_prompt_cache_bytes" in lines
