@@ -22,6 +22,14 @@ from .errors import (
     ServiceUnavailable,
 )
 from .progress import ListenerHandle, ProgressEvent, ProgressHub
+from .store import (
+    CachedModel,
+    DeletePlan,
+    ModelInUse,
+    delete_cached_model,
+    download_model,
+    list_cached_models,
+)
 
 __version__ = "0.1.0"
 
@@ -33,12 +41,15 @@ __all__ = [
     "Bridge",
     "BridgeError",
     "BridgeStatus",
+    "CachedModel",
     "ChecksumMismatch",
     "ConfigurationInvalid",
     "ContextLengthExceeded",
+    "DeletePlan",
     "DownloadFailed",
     "InvalidRequest",
     "ListenerHandle",
+    "ModelInUse",
     "ModelLoadFailed",
     "ModelNotFound",
     "NotStarted",
@@ -51,5 +62,8 @@ __all__ = [
     "ServiceUnavailable",
     "StartConfig",
     "__version__",
+    "delete_cached_model",
+    "download_model",
+    "list_cached_models",
     "shared",
 ]

@@ -235,10 +235,11 @@ def test_a_full_queue_answers_429_with_retry_after(bridge):
 def test_public_names_are_pinned():
     assert sorted(dvai_bridge.__all__) == sorted([
         "AlreadyStarted", "BackendError", "BackendUnavailable", "BoundServer", "Bridge",
-        "BridgeError", "BridgeStatus", "ChecksumMismatch", "ConfigurationInvalid",
-        "ContextLengthExceeded", "DownloadFailed", "InvalidRequest", "ListenerHandle",
-        "ModelLoadFailed", "ModelNotFound", "NotStarted", "NotSupported", "PortsExhausted",
-        "ProgressEvent", "ProgressHub", "RequestError", "ServerBusy", "ServiceUnavailable",
-        "StartConfig", "__version__", "shared",
+        "BridgeError", "BridgeStatus", "CachedModel", "ChecksumMismatch",
+        "ConfigurationInvalid", "ContextLengthExceeded", "DeletePlan", "DownloadFailed",
+        "InvalidRequest", "ListenerHandle", "ModelInUse", "ModelLoadFailed", "ModelNotFound",
+        "NotStarted", "NotSupported", "PortsExhausted", "ProgressEvent", "ProgressHub",
+        "RequestError", "ServerBusy", "ServiceUnavailable", "StartConfig", "__version__",
+        "delete_cached_model", "download_model", "list_cached_models", "shared",
     ])
     assert isinstance(dvai_bridge.shared, Bridge)

@@ -14,7 +14,8 @@ import jinja2
 from ...engine.types import BatchLimits, CancelToken, GenerationRequest, TokenChoice
 from ...errors import BackendError, BridgeError, InvalidRequest, ModelLoadFailed
 from ...progress import ProgressEvent, ProgressHub
-from ...store.resolve import EMBEDDED_ID, embedded_default_gguf, hf_snapshot, is_repo_id
+from ...store.resolve import (EMBEDDED_ID, download_model, embedded_default_gguf, hf_snapshot,
+                              is_remote_reference, is_repo_id)
 from ..base import FALLBACK_CHAT_TEMPLATE, Backend, Batch, Capabilities, Message
 from .device import MLXDevice, select_device
 
@@ -51,6 +52,8 @@ def resolve_model(model_path: str | None, progress: ProgressHub) -> tuple[Path, 
             return path, path.name
         if is_repo_id(model_path):
             return hf_snapshot(model_path, progress=progress), model_path
+        if is_remote_reference(model_path):  # org/name/file.gguf, or a URL to a .gguf
+            path = download_model(model_path, progress=progress)
         if path.suffix.lower() != ".gguf" or not path.is_file():
             raise ModelLoadFailed(
                 f"Model {model_path!r} not found: give an MLX folder, a .gguf file or an "
