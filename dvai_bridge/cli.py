@@ -50,7 +50,7 @@ def serve(**options: Any) -> None:
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    handle = shared.progress.add_listener(_print_progress)
+    handle = shared.progress.add_listener(download_bar(_print_progress))
     try:
         server = shared.start_blocking(StartConfig.build(**options))
     except BridgeError as exc:
@@ -89,3 +89,7 @@ def doctor() -> None:
         click.echo(f"default   {embedded_default_gguf()}")
     except BridgeError as exc:
         click.echo(f"default   {exc.message}")
+
+
+from .cli_store import download_bar, register  # noqa: E402  (pull, models ls/rm)
+register(main)
