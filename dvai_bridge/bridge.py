@@ -30,6 +30,8 @@ from .engine.scheduler import AsyncEngine, Scheduler
 from .engine.types import BatchLimits
 from .errors import AlreadyStarted, BridgeError, ConfigurationInvalid, PortsExhausted
 from .http.app import create_app
+from .http.drain import Drain
+from .http.security import SecurityOptions
 from .progress import ProgressEvent, ProgressHub
 from .protocol.service import OpenAIService
 from .store.inuse import ServingLease, take_lease
@@ -118,14 +120,15 @@ class Bridge:
             self._starting = False
 
     def _start(self, config: StartConfig) -> _Running:
+        security = SecurityOptions.from_config(config)  # a bad key file fails before the load
         sock = bind_port(config.host, config.http_base_port, config.http_max_port_attempts)
         scheduler = None
         try:
             backend = create_backend(config, self.progress)
             scheduler = Scheduler(backend, max_queued=config.max_queued, limits=BatchLimits(
                 config.max_batch_size, config.prefill_chunk, config.prompt_cache_mb << 20))
-            app = create_app(OpenAIService(AsyncEngine(scheduler)),
-                             cors_origin=config.cors_origin, api_key=config.api_key)
+            app = create_app(OpenAIService(AsyncEngine(scheduler)), **security.app_options(),
+                             shutdown_grace_s=config.shutdown_grace_s)
             server = uvicorn.Server(uvicorn.Config(
                 app, log_level=config.log_level.lower(), lifespan="off",
                 timeout_graceful_shutdown=int(SHUTDOWN_GRACE_S), access_log=False))
@@ -151,11 +154,17 @@ class Bridge:
         return _Running(bound, server, thread, scheduler)
 
     def stop(self) -> None:
-        """Stop serving and free the model. Safe to call twice, or when never started."""
+        """Stop serving and free the model. Safe to call twice, or when never started.
+
+        New requests get 503 at once; those in flight run on for ``shutdown_grace_s``, after
+        which streams end with an error frame and ``[DONE]`` (others with a 503 envelope).
+        Then the port is closed and the model freed.
+        """
         with self._lock:
             running, self._running = self._running, None
         if running is None:
             return
+        _drain(running.server.config.app.state.drain)
         running.server.should_exit = True
         running.thread.join(SHUTDOWN_GRACE_S + 5)
         running.scheduler.close()
@@ -182,6 +191,17 @@ class Bridge:
     def serving(self, config: StartConfig | None = None, **options: Any) -> _Serving:
         """``with bridge.serving(cfg) as server:`` (or ``async with``): stops on exit."""
         return _Serving(self, config, options)
+
+
+def _drain(drain: Drain) -> None:
+    drain.begin()
+    if drain.wait_idle(drain.grace_s):
+        return
+    log.warning("%d request(s) still running after the %gs grace period; ending them with an "
+                "error", drain.inflight, drain.grace_s)
+    drain.abort()
+    if not drain.wait_idle(SHUTDOWN_GRACE_S):
+        log.error("%d request(s) did not end after being cancelled", drain.inflight)
 
 
 class _Serving:

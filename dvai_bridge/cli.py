@@ -41,7 +41,18 @@ def main() -> None:
 @click.option("--port-attempts", "http_max_port_attempts", type=int, default=16,
               show_default=True, help=_help("http_max_port_attempts"))
 @click.option("--context-size", type=int, default=None, help=_help("context_size"))
-@click.option("--api-key", envvar="DVAI_BRIDGE_API_KEY", default=None, help=_help("api_key"))
+@click.option("--api-key", multiple=True, envvar="DVAI_BRIDGE_API_KEY",
+              help=_help("api_key") + " Repeat for several keys; DVAI_BRIDGE_API_KEY may hold "
+              "several, separated by spaces.")
+@click.option("--api-key-file", envvar="DVAI_BRIDGE_API_KEY_FILE", default=None,
+              type=click.Path(dir_okay=False), help=_help("api_key_file"))
+@click.option("--allowed-host", "allowed_hosts", multiple=True, help=_help("allowed_hosts"))
+@click.option("--cors-origin", multiple=True,
+              callback=lambda _c, _p, v: None if "none" in v else (list(v) if v else "*"),
+              help=_help("cors_origin") + " Repeat for a list; 'none' turns CORS off.")
+@click.option("--max-body-mb", type=int, default=16, show_default=True, help=_help("max_body_mb"))
+@click.option("--shutdown-grace", "shutdown_grace_s", type=float, default=5.0, show_default=True,
+              help=_help("shutdown_grace_s"))
 @click.option("--log-level", default="info", show_default=True, help=_help("log_level"))
 def serve(**options: Any) -> None:
     """Serve a model until Ctrl-C. Prints the base_url for OpenAI clients."""

@@ -29,14 +29,31 @@ class StartConfig(BaseModel):
         None, ge=1, description="llama backend: CPU threads. Default: the physical cores.")
     gpu_layers: int = Field(
         0, ge=-1, description="llama backend: layers to offload to the GPU (-1: all, 0: none).")
-    host: str = Field("127.0.0.1", description="Address to bind. Keep it loopback.")
+    host: str = Field(
+        "127.0.0.1", description="Address to bind. Keep it loopback; any other address without "
+        "an API key logs a loud warning.")
     http_base_port: int = Field(38883, ge=0, le=65535,
                                 description="First port to try (0: any free port).")
     http_max_port_attempts: int = Field(16, ge=1, le=1024,
                                         description="Ports to try: base, base+1, ...")
     cors_origin: str | list[str] | None = Field(
-        "*", description="CORS: '*', one origin, a list of origins, or None for no CORS.")
-    api_key: str | None = Field(None, description="Require this bearer token (optional).")
+        "*", description="CORS: '*' (any web page may call the server), one origin, a list of "
+        "origins, or None (no web page may). A request whose Origin is not allowed gets 403.")
+    api_key: str | list[str] | None = Field(
+        None, description="Require 'Authorization: Bearer <key>' with this key, or one of these "
+        "keys, on every route but /health (optional).")
+    api_key_file: str | None = Field(
+        None, description="A file of API keys, one per line ('#' comments and blank lines are "
+        "skipped), accepted besides api_key. Read when the server starts.")
+    allowed_hosts: list[str] = Field(
+        default_factory=list, description="Host header names accepted besides the loopback "
+        "names (127.0.0.1, localhost, [::1]) and the bound address; '.example.com' matches its "
+        "subdomains, '*' any name. Others get 403: this guards against DNS rebinding.")
+    max_body_mb: int = Field(16, ge=1, le=1024,
+                             description="Largest request body, in MiB; larger ones get 413.")
+    shutdown_grace_s: float = Field(
+        5.0, ge=0, le=3600, description="On stop, seconds in-flight requests may run on (new "
+        "ones get 503); then streams end with an error frame.")
     max_queued: int = Field(64, ge=1, description="Requests allowed to wait; more get 429.")
     max_batch_size: int = Field(
         8, ge=1, le=256, description="Sequences decoded together (1: one at a time).")
@@ -52,6 +69,14 @@ class StartConfig(BaseModel):
     @classmethod
     def _lower(cls, v: str) -> str:
         return v.strip().lower()
+
+    @field_validator("api_key")
+    @classmethod
+    def _keys(cls, v: str | list[str] | None) -> str | list[str] | None:
+        if isinstance(v, list):
+            v = [k.strip() for k in v if k.strip()]
+            return v or None
+        return v.strip() or None if v is not None else None
 
     @field_validator("model_path", "embedding_model")
     @classmethod

@@ -1,43 +1,43 @@
-"""The ASGI app: routes, error handlers, CORS, API key. No inference logic."""
+"""The ASGI app: routes, error handlers, metrics, and the guards around them. No inference."""
 
 from __future__ import annotations
 
-import hmac
-from collections.abc import Awaitable, Callable
+from collections.abc import Iterable
 
-from fastapi import FastAPI, Request, Response
-from fastapi.middleware.cors import CORSMiddleware
+from fastapi import FastAPI
 
 from ..protocol.service import OpenAIService
-from .errors import envelope, install_error_handlers
+from .drain import Drain, DrainGuard
+from .errors import install_error_handlers
 from .metrics import install_metrics
 from .routes import router
-
-OPEN_PATHS = ("/health",)
+from .security import MAX_BODY_BYTES, BodyLimit, Cors, HostGuard, KeyCheck, Options204
 
 
 def create_app(service: OpenAIService, *, cors_origin: str | list[str] | None = "*",
-               api_key: str | None = None) -> FastAPI:
+               api_key: str | Iterable[str] | None = None,
+               allowed_hosts: Iterable[str] = (), max_body_bytes: int = MAX_BODY_BYTES,
+               shutdown_grace_s: float = 5.0) -> FastAPI:
+    """The app over ``service``. ``app.state.drain`` lets whoever stops the server drain it.
+
+    Requests pass, outermost first: metrics, HostGuard (Host and Origin), CORS, DrainGuard,
+    KeyCheck (when keys are given), BodyLimit, then the routes.
+    """
     app = FastAPI(title="dvai-bridge", version="0.1.0", docs_url=None, redoc_url=None)
     app.state.service = service
+    app.state.drain = drain = Drain(shutdown_grace_s)
     install_error_handlers(app)
-    install_metrics(app, service.engine.scheduler.metrics)
-    if api_key:
-        expected = f"Bearer {api_key}".encode()
-
-        @app.middleware("http")
-        async def require_key(request: Request,
-                              call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-            if request.method == "OPTIONS" or request.url.path in OPEN_PATHS:
-                return await call_next(request)
-            given = request.headers.get("authorization", "").encode()
-            if not hmac.compare_digest(given, expected):
-                return envelope(401, "Missing or wrong API key (Authorization: Bearer ...).",
-                                "invalid_request_error", None, "invalid_api_key")
-            return await call_next(request)
+    keys = [api_key] if isinstance(api_key, str) else [k for k in api_key or () if k]
+    # add_middleware wraps what is already there: the last one added sees a request first.
+    app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
+    if keys:
+        app.add_middleware(KeyCheck, keys=keys)
+    app.add_middleware(DrainGuard, drain=drain)
     if cors_origin:
-        origins = [cors_origin] if isinstance(cors_origin, str) else list(cors_origin)
-        app.add_middleware(CORSMiddleware, allow_origins=origins, allow_methods=["*"],
-                           allow_headers=["*"])
+        app.add_middleware(Cors, cors_origin=cors_origin)
+    else:
+        app.add_middleware(Options204)
+    app.add_middleware(HostGuard, allowed_hosts=allowed_hosts, cors_origin=cors_origin)
+    install_metrics(app, service.engine.scheduler.metrics)
     app.include_router(router)
     return app

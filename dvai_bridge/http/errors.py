@@ -46,12 +46,17 @@ def _describe(err: dict[str, Any]) -> str:
     return f"Invalid value for '{where}': {err.get('msg')}." if where else str(err.get("msg"))
 
 
-async def _on_bridge_error(request: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, BridgeError)
+def error_response(exc: BridgeError) -> JSONResponse:
+    """The response for a ``BridgeError``: its status, type, code and param, in the envelope."""
     if exc.status_code >= 500:
         log.error("%s: %s", type(exc).__name__, exc.message)
     headers = {"Retry-After": "1"} if exc.status_code in (429, 503) else None
     return envelope(exc.status_code, exc.message, exc.error_type, exc.param, exc.code, headers)
+
+
+async def _on_bridge_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, BridgeError)
+    return error_response(exc)
 
 
 async def _on_validation(request: Request, exc: Exception) -> JSONResponse:
@@ -68,9 +73,22 @@ async def _on_validation(request: Request, exc: Exception) -> JSONResponse:
     return envelope(400, message, "invalid_request_error", param, "invalid_request")
 
 
+def _body_problem(cause: BaseException | None) -> str | None:
+    """Why FastAPI could not parse a body, in words (it says only 'error parsing the body')."""
+    if isinstance(cause, UnicodeDecodeError):
+        return (f"The request body is not valid UTF-8 ({cause.reason} at byte {cause.start}); "
+                "send JSON encoded as UTF-8.")
+    if isinstance(cause, RecursionError):
+        return "The request body is nested too deeply to parse as JSON."
+    return None
+
+
 async def _on_http(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     type_ = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
+    message = _body_problem(exc.__cause__) if exc.status_code == 400 else None
+    if message is not None:
+        return envelope(400, message, type_, None, "invalid_request")
     return envelope(exc.status_code, str(exc.detail), type_, None, None,
                     dict(exc.headers) if exc.headers else None)
 

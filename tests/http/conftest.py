@@ -27,7 +27,8 @@ def client_for():
 
     def build(backend: FakeBackend | None = None, **options) -> TestClient:
         app, scheduler = make_app(backend, **options)
-        client = TestClient(app, raise_server_exceptions=False)
+        # A loopback base URL: the app refuses other Host names (DNS rebinding guard).
+        client = TestClient(app, base_url="http://127.0.0.1", raise_server_exceptions=False)
         made.append((client, scheduler))
         return client
 

@@ -1,0 +1,336 @@
+"""Who may drive the server: Host and Origin checks, API keys, CORS, and a body-size limit.
+
+A loopback server is reachable by every process on the machine and, through the browser, by
+every web page the user opens. The guards, outermost first:
+
+    HostGuard      403  Host header not a loopback name or an allowed host (DNS rebinding);
+                        Origin header from a web page that CORS does not allow
+    Cors                preflight OPTIONS -> 204 (Access-Control-Allow-Private-Network too)
+    (Drain)        503  the server is stopping (see ``drain.py``)
+    KeyCheck       401  no or wrong ``Authorization: Bearer <key>`` (``/health`` stays open)
+    BodyLimit      413  a body over the limit, with or without Content-Length
+
+Each is a small ASGI middleware that answers with the OpenAI error envelope; docs/security.md
+says what each one protects against.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import ipaddress
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fastapi.middleware.cors import CORSMiddleware
+from starlette.datastructures import Headers
+from starlette.responses import Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from ..errors import ConfigurationInvalid, RequestError
+from .errors import error_response
+
+log = logging.getLogger(__name__)
+
+MAX_BODY_BYTES = 16 << 20
+LOOPBACK_NAMES = frozenset({"127.0.0.1", "localhost", "::1"})
+OPEN_PATHS = frozenset({"/health"})
+_BODY_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE", "QUERY"})
+
+
+# -- the errors these guards answer with ---------------------------------------------------
+class Unauthorized(RequestError):
+    status_code = 401
+    code = "invalid_api_key"
+
+
+class Forbidden(RequestError):
+    status_code = 403
+    error_type = "permission_error"
+
+
+class HostNotAllowed(Forbidden):
+    code = "host_not_allowed"
+
+
+class OriginNotAllowed(Forbidden):
+    code = "origin_not_allowed"
+
+
+class PayloadTooLarge(RequestError):
+    status_code = 413
+    code = "request_too_large"
+
+
+# -- policy ----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class SecurityOptions:
+    """What ``create_app`` needs to guard the app; ``from_config`` builds it from a StartConfig."""
+
+    api_keys: frozenset[str] = frozenset()
+    allowed_hosts: tuple[str, ...] = ()
+    cors_origin: str | list[str] | None = "*"
+    max_body_bytes: int = MAX_BODY_BYTES
+
+    @classmethod
+    def from_config(cls, config: Any) -> SecurityOptions:
+        """Read the key file, add the bound address to the allowed hosts, warn if exposed."""
+        keys = load_api_keys(config.api_key, config.api_key_file)
+        hosts = list(config.allowed_hosts)
+        if not _is_wildcard(config.host):
+            hosts.append(config.host)
+        warn_if_exposed(config.host, keys)
+        return cls(keys, tuple(hosts), config.cors_origin, config.max_body_mb << 20)
+
+    def app_options(self) -> dict[str, Any]:
+        return {"api_key": self.api_keys, "allowed_hosts": self.allowed_hosts,
+                "cors_origin": self.cors_origin, "max_body_bytes": self.max_body_bytes}
+
+
+def load_api_keys(api_key: str | Iterable[str] | None, api_key_file: str | None
+                  ) -> frozenset[str]:
+    """Keys from the option (one or several) and from a file of one key per line."""
+    given = [api_key] if isinstance(api_key, str) else list(api_key or ())
+    keys = {k.strip() for k in given if k and k.strip()}
+    if api_key_file:
+        path = Path(api_key_file).expanduser()
+        try:
+            lines = path.read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigurationInvalid(f"Cannot read the API key file {path}: {exc}",
+                                       param="api_key_file") from None
+        from_file = {ln.strip() for ln in lines if ln.strip() and not ln.lstrip().startswith("#")}
+        if not from_file:
+            raise ConfigurationInvalid(f"The API key file {path} holds no key.",
+                                       param="api_key_file")
+        keys |= from_file
+    return frozenset(keys)
+
+
+def is_loopback(host: str) -> bool:
+    name = _normalize(host)
+    if name == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
+def _is_wildcard(host: str) -> bool:
+    return _normalize(host) in ("", "0.0.0.0", "::")
+
+
+def warn_if_exposed(host: str, keys: frozenset[str]) -> None:
+    if is_loopback(host) or keys:
+        return
+    log.warning(
+        "\n" + "!" * 78 + "\n"
+        "!! dvai-bridge is listening on %s, which is NOT a loopback address, and no API key\n"
+        "!! is set: anyone who can reach this machine on the network can use the model.\n"
+        "!! Set --api-key / api_key (or DVAI_BRIDGE_API_KEY), or bind 127.0.0.1.\n"
+        + "!" * 78, host)
+
+
+def _normalize(host: str) -> str:
+    """A Host header or host name without port, brackets, case or trailing dot."""
+    h = host.strip().lower()
+    if h.startswith("["):
+        h = h[1:h.find("]")] if "]" in h else h[1:]
+    elif h.count(":") == 1:
+        h = h.split(":", 1)[0]
+    return h.rstrip(".")
+
+
+# -- middleware ------------------------------------------------------------------------------
+async def _refuse(exc: RequestError, scope: Scope, receive: Receive, send: Send,
+                  headers: dict[str, str] | None = None) -> None:
+    response = error_response(exc)
+    if headers:
+        response.headers.update(headers)
+    await response(scope, receive, send)
+
+
+class HostGuard:
+    """Answer only Host names we serve (DNS rebinding) and Origins CORS allows (drive-by POSTs).
+
+    A page on ``evil.example`` that rebinds its name to 127.0.0.1 still sends
+    ``Host: evil.example``; only loopback names and ``allowed_hosts`` pass. A browser sends
+    ``Origin`` with every cross-origin POST, even those it sends without a preflight; an Origin
+    the CORS policy does not allow is refused before the request does anything.
+    """
+
+    def __init__(self, app: ASGIApp, *, allowed_hosts: Iterable[str] = (),
+                 cors_origin: str | list[str] | None = "*") -> None:
+        self.app = app
+        names = {_normalize(h) for h in allowed_hosts}
+        self.any_host = "*" in names
+        self.suffixes = tuple(n for n in names if n.startswith("."))
+        self.names = LOOPBACK_NAMES | {n for n in names if not n.startswith(".")}
+        origins = [cors_origin] if isinstance(cors_origin, str) else list(cors_origin or ())
+        self.any_origin = "*" in origins
+        self.origins = frozenset(o.rstrip("/").lower() for o in origins)
+
+    def host_allowed(self, host: str | None) -> bool:
+        if host is None or self.any_host:  # HTTP/1.0 without Host: not a browser
+            return True
+        name = _normalize(host)
+        if name in self.names or (self.suffixes and name.endswith(self.suffixes)):
+            return True
+        try:  # an IP literal cannot be rebound; loopback ones are ours
+            return ipaddress.ip_address(name).is_loopback
+        except ValueError:
+            return False
+
+    def origin_allowed(self, origin: str | None) -> bool:
+        return origin is None or self.any_origin or origin.rstrip("/").lower() in self.origins
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        headers = Headers(scope=scope)
+        host = headers.get("host")
+        if not self.host_allowed(host):
+            log.warning("refused a request for Host %r (not a loopback name or allowed host)",
+                        host)
+            return await _refuse(HostNotAllowed(
+                f"Host {host!r} is not served here. This server answers loopback names "
+                "(127.0.0.1, localhost, [::1]) and its allowed_hosts; this guards against "
+                "DNS rebinding. Add the name to allowed_hosts (--allowed-host) if you meant it.",
+                param="host"), scope, receive, send)
+        origin = headers.get("origin")
+        if not self.origin_allowed(origin):
+            log.warning("refused a request from Origin %r (not allowed by cors_origin)", origin)
+            return await _refuse(OriginNotAllowed(
+                f"Origin {origin!r} may not use this server; allow it with cors_origin "
+                "(--cors-origin).", param="origin"), scope, receive, send)
+        await self.app(scope, receive, send)
+
+
+class Cors(CORSMiddleware):
+    """Starlette's CORS, with preflights answered 204 and a refused preflight as an envelope.
+
+    ``Access-Control-Allow-Private-Network: true`` goes on preflights that ask for it (Chrome's
+    Private Network Access: a public page calling a loopback server). An OPTIONS request that is
+    not a preflight is answered 204 as well.
+    """
+
+    def __init__(self, app: ASGIApp, *, cors_origin: str | list[str]) -> None:
+        origins = [cors_origin] if isinstance(cors_origin, str) else list(cors_origin)
+        super().__init__(app, allow_origins=origins, allow_methods=["*"], allow_headers=["*"],
+                         allow_private_network=True, max_age=3600)
+
+    def preflight_response(self, request_headers: Headers) -> Response:
+        response = super().preflight_response(request_headers)
+        headers = {k: v for k, v in response.headers.items()
+                   if k not in ("content-length", "content-type")}
+        if response.status_code == 200:
+            return Response(status_code=204, headers=headers)
+        why = bytes(response.body).decode()
+        out = error_response(Forbidden(f"{why} (preflight for {request_headers['origin']!r}).",
+                                       param="origin", code="cors_preflight_refused"))
+        out.headers.update(headers)
+        return out
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "OPTIONS" and not (
+                "access-control-request-method" in Headers(scope=scope)):
+            return await Response(status_code=204, headers={"Allow": "GET, POST, OPTIONS"})(
+                scope, receive, send)
+        await super().__call__(scope, receive, send)
+
+
+class Options204:
+    """Without CORS, OPTIONS is still answered 204 (and browsers get no CORS headers)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "OPTIONS":
+            return await Response(status_code=204, headers={"Allow": "GET, POST, OPTIONS"})(
+                scope, receive, send)
+        await self.app(scope, receive, send)
+
+
+class KeyCheck:
+    """``Authorization: Bearer <key>`` must name one of the keys; compared in constant time.
+
+    Both sides are hashed first, so neither the key's length nor which key matched shows in the
+    time an answer takes.
+    """
+
+    def __init__(self, app: ASGIApp, *, keys: Iterable[str]) -> None:
+        self.app = app
+        self.digests = tuple(hashlib.sha256(k.encode()).digest() for k in keys)
+
+    def authorized(self, header: str | None) -> bool:
+        scheme, _, token = (header or "").partition(" ")
+        given = hashlib.sha256(token.strip().encode()).digest()
+        ok = False
+        for digest in self.digests:
+            ok |= hmac.compare_digest(given, digest)
+        return ok and scheme.lower() == "bearer"
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] == "OPTIONS" or \
+                scope["path"] in OPEN_PATHS:
+            return await self.app(scope, receive, send)
+        if not self.authorized(Headers(scope=scope).get("authorization")):
+            return await _refuse(Unauthorized(
+                "Missing or wrong API key (send Authorization: Bearer <key>)."),
+                scope, receive, send, {"WWW-Authenticate": "Bearer"})
+        await self.app(scope, receive, send)
+
+
+class BodyLimit:
+    """Read the whole body first, refusing it past ``max_bytes``, then hand it on.
+
+    Content-Length over the limit is refused before a byte is read; a chunked body is counted
+    as it arrives. After the body, ``receive`` passes through (the routes watch it for the
+    client's disconnect).
+    """
+
+    def __init__(self, app: ASGIApp, *, max_bytes: int = MAX_BODY_BYTES) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    def _too_large(self) -> PayloadTooLarge:
+        return PayloadTooLarge(
+            f"The request body is larger than this server's limit of "
+            f"{self.max_bytes:,} bytes ({self.max_bytes / (1 << 20):g} MiB).")
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] not in _BODY_METHODS:
+            return await self.app(scope, receive, send)
+        length = Headers(scope=scope).get("content-length")
+        if length is not None and length.isdigit() and int(length) > self.max_bytes:
+            return await _refuse(self._too_large(), scope, receive, send,
+                                 {"Connection": "close"})
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":  # the client left before the body ended
+                return
+            body = message.get("body", b"")
+            size += len(body)
+            if size > self.max_bytes:
+                return await _refuse(self._too_large(), scope, receive, send,
+                                     {"Connection": "close"})
+            chunks.append(body)
+            if not message.get("more_body", False):
+                break
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
