@@ -22,12 +22,56 @@ def envelope(status: int, message: str, type_: str, param: str | None = None,
     return JSONResponse(body, status_code=status, headers=headers)
 
 
+_SCALAR_TAGS = frozenset({"str", "int", "float", "bool", "bytes", "none", "any"})
+
+
+def _field_path(loc: tuple[Any, ...]) -> tuple[Any, ...]:
+    """``loc`` without "body" and without pydantic's union-branch tags.
+
+    pydantic names the branch of a union it tried (``str``, ``list[str]``, ``function-after[...]``)
+    and, in a tagged union, the tag value; neither is a field the client sent.
+    """
+    out: list[Any] = []
+    skip_tag = False
+    for p in loc:
+        if p == "body" and not out:
+            continue
+        if isinstance(p, str) and (p in _SCALAR_TAGS or ("[" in p and p.endswith("]"))):
+            skip_tag = skip_tag or "tagged-union[" in p
+            continue
+        if skip_tag and isinstance(p, str):
+            skip_tag = False  # the discriminator's value, e.g. "text" in content[0].text.text
+            continue
+        out.append(p)
+    return tuple(out)
+
+
 def _loc(loc: tuple[Any, ...]) -> str | None:
-    parts = [p for p in loc if p != "body"]
     out = ""
-    for p in parts:
+    for p in _field_path(loc):
         out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else str(p))
     return out or None
+
+
+def _primary(errors: list[dict[str, Any]]) -> tuple[dict[str, Any], int]:
+    """The error to report, and how many errors concern other fields.
+
+    A value that fails a union fails every branch; the branch that got furthest says most
+    (``content[0].text`` missing beats "content should be a string"), and a failed constraint
+    beats a wrong type. Branches that all failed on type are merged: "a valid string or a
+    valid list".
+    """
+    first = errors[0]
+    field = _field_path(tuple(first.get("loc", ())))
+    same = [e for e in errors if _field_path(tuple(e.get("loc", ())))[:len(field)] == field]
+    depth = max(len(_field_path(tuple(e.get("loc", ())))) for e in same)
+    deepest = [e for e in same if len(_field_path(tuple(e.get("loc", ())))) == depth]
+    chosen = [e for e in deepest if not str(e.get("type", "")).endswith("_type")] or deepest
+    best = dict(chosen[0])
+    msgs = list(dict.fromkeys(str(e.get("msg", "")) for e in chosen))
+    if len(msgs) > 1 and all(m.startswith("Input should be ") for m in msgs):
+        best["msg"] = "Input should be " + " or ".join(m[len("Input should be "):] for m in msgs)
+    return best, len(errors) - len(same)
 
 
 def _describe(err: dict[str, Any]) -> str:
@@ -62,14 +106,14 @@ async def _on_bridge_error(request: Request, exc: Exception) -> JSONResponse:
 async def _on_validation(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
     errors = list(exc.errors())
-    first = errors[0] if errors else {"msg": "invalid request"}
+    first, others = _primary(errors) if errors else ({"msg": "invalid request"}, 0)
     if first.get("type") == "json_invalid" or first.get("loc") == ("body",):
         param = None
     else:
         param = _loc(tuple(first.get("loc", ())))
     message = _describe(first)
-    if len(errors) > 1:
-        message += f" ({len(errors) - 1} more problem(s) in the request.)"
+    if others:
+        message += f" ({others} more problem(s) in the request.)"
     return envelope(400, message, "invalid_request_error", param, "invalid_request")
 
 

@@ -139,9 +139,15 @@ def _normalize(host: str) -> str:
     """A Host header or host name without port, brackets, case or trailing dot."""
     h = host.strip().lower()
     if h.startswith("["):
-        h = h[1:h.find("]")] if "]" in h else h[1:]
+        end = h.find("]")
+        port = h[end + 1:] if end > 0 else "?"
+        if port and not (port[0] == ":" and port[1:].isdigit()):
+            return h  # malformed: matches nothing
+        h = h[1:end]
     elif h.count(":") == 1:
-        h = h.split(":", 1)[0]
+        h, port = h.split(":")
+        if not port.isdigit():
+            return host  # malformed: matches nothing
     return h.rstrip(".")
 
 
