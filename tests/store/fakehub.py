@@ -263,10 +263,14 @@ class _Handler(BaseHTTPRequestHandler):
         if cut is not None and cut.times > 0:
             cut.times -= 1
             count = max(0, min(count, cut.after - start))
-        self.wfile.flush()
-        with local.open("rb") as f:
-            if count:
-                self.connection.sendfile(f, start, count)
+        try:
+            self.wfile.flush()
+            with local.open("rb") as f:
+                if count:
+                    self.connection.sendfile(f, start, count)
+        except (BrokenPipeError, ConnectionResetError):  # the client went away (Ctrl-C)
+            self.close_connection = True
+            return
         if count < size - start:  # drop the connection mid-body
             if self.fake.fail_after_cut:
                 self.fake._broken = True
