@@ -1,0 +1,82 @@
+// One chat round trip and one streaming round trip through the official openai npm package.
+//
+//   node client.mjs <base_url> <model> [prompt]
+//   DVAI_BASE_URL=... DVAI_MODEL=... [DVAI_PROMPT=...] [DVAI_MAX_TOKENS=8] node client.mjs
+//
+// Prints one JSON object on stdout; on failure, {"error": {...}} and exit status 1.
+import OpenAI from "openai";
+
+const baseURL = process.argv[2] ?? process.env.DVAI_BASE_URL;
+const model = process.argv[3] ?? process.env.DVAI_MODEL;
+const prompt = process.argv[4] ?? process.env.DVAI_PROMPT ?? "Say hello.";
+const maxTokens = Number(process.env.DVAI_MAX_TOKENS ?? 8);
+
+if (!baseURL || !model) {
+  console.error("usage: node client.mjs <base_url> <model> [prompt]  (or DVAI_BASE_URL, DVAI_MODEL)");
+  process.exit(2);
+}
+
+const client = new OpenAI({ baseURL, apiKey: "unused", maxRetries: 0, timeout: 180_000 });
+const request = {
+  model,
+  messages: [{ role: "user", content: prompt }],
+  temperature: 0,
+  max_tokens: maxTokens,
+};
+
+try {
+  const models = await client.models.list();
+  const modelIds = [];
+  for await (const m of models) modelIds.push(m.id);
+
+  const chat = await client.chat.completions.create(request);
+
+  const stream = await client.chat.completions.create({
+    ...request,
+    stream: true,
+    stream_options: { include_usage: true },
+  });
+  const ids = new Set();
+  const finishReasons = [];
+  let firstRole = null;
+  let text = "";
+  let chunks = 0;
+  let usage = null;
+  for await (const chunk of stream) {
+    chunks += 1;
+    ids.add(chunk.id);
+    if (chunk.usage) usage = chunk.usage;
+    for (const choice of chunk.choices) {
+      if (chunks === 1) firstRole = choice.delta?.role ?? null;
+      text += choice.delta?.content ?? "";
+      if (choice.finish_reason) finishReasons.push(choice.finish_reason);
+    }
+  }
+
+  console.log(JSON.stringify({
+    node: process.version,
+    models: modelIds,
+    chat: {
+      id: chat.id,
+      object: chat.object,
+      model: chat.model,
+      content: chat.choices[0].message.content,
+      role: chat.choices[0].message.role,
+      finish_reason: chat.choices[0].finish_reason,
+      usage: chat.usage,
+    },
+    stream: {
+      content: text,
+      chunks,
+      ids: [...ids],
+      first_role: firstRole,
+      finish_reasons: finishReasons,
+      usage,
+    },
+  }));
+} catch (err) {
+  console.log(JSON.stringify({
+    error: { name: err?.name, message: err?.message, status: err?.status ?? null },
+  }));
+  process.exit(1);
+}
