@@ -161,6 +161,12 @@ class _BatchLoop:
             self.s.metrics.prompt_cache_entries = entries
 
     def _admit(self) -> None:
+        try:
+            self._admit_waiting()
+        finally:
+            self.s.metrics.running = len(self.active)
+
+    def _admit_waiting(self) -> None:
         block = not self.active and not self.stopping
         while not self.stopping and len(self.active) < self.s.max_batch:
             job = self.s._next_job(block=block)
@@ -185,7 +191,6 @@ class _BatchLoop:
                 continue
             state = SequenceState(self.s.backend, job.request, job.sink, self.s.metrics, cached)
             self.active[key] = (job, state)
-        self.s.metrics.running = len(self.active)
 
     def _retire_cancelled(self) -> None:
         for key, (job, _) in list(self.active.items()):

@@ -185,6 +185,10 @@ class CompletionRequest(_SamplingFields):
             raise InvalidRequest("best_of other than n is not supported.", param="best_of")
         if self.echo and self.stream:
             raise InvalidRequest("echo is not supported with stream.", param="echo")
+        if self.echo and self.logprobs is not None:
+            raise InvalidRequest(
+                "echo with logprobs is not supported: logprobs are computed for generated "
+                "tokens only. Drop echo or logprobs.", param="echo")
 
     def prompts(self) -> list[str | list[int]]:
         """The prompt as a list of prompts, each text or token ids."""

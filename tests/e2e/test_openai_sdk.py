@@ -281,18 +281,13 @@ def test_completion_echo(client: openai.OpenAI, model: str, fox: Any) -> None:
     assert r.usage.prompt_tokens == fox.usage.prompt_tokens
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "product bug: with echo, logprobs cover only the completion and text_offset counts from "
-    "0, not from the start of the returned text (dvai_bridge/protocol/service.py, "
-    "OpenAIService.completion); OpenAI's logprobs cover the echoed prompt too"))
-def test_completion_echo_logprobs_cover_the_text(client: openai.OpenAI, model: str) -> None:
-    r = client.completions.create(model=model, prompt=FOX, max_tokens=2, temperature=0,
+def test_completion_echo_with_logprobs_is_refused_not_misreported(client: openai.OpenAI,
+                                                                 model: str) -> None:
+    # Prompt-token logprobs are not computed, so echo + logprobs would misreport offsets.
+    with pytest.raises(openai.BadRequestError) as info:
+        client.completions.create(model=model, prompt=FOX, max_tokens=2, temperature=0,
                                   echo=True, logprobs=1)
-    choice = r.choices[0]
-    lp = choice.logprobs
-    for tok, off in zip(lp.tokens, lp.text_offset, strict=True):
-        assert choice.text[off:off + len(tok)] == tok  # each offset points into the text
-    assert "".join(lp.tokens) == choice.text
+    assert info.value.body["param"] == "echo"
 
 
 def test_completion_stream(client: openai.OpenAI, model: str, fox: Any) -> None:

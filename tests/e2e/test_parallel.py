@@ -200,10 +200,6 @@ def test_non_stream_disconnect_cancels_generation(e2e_server: Any, client: opena
     _assert_generation_stops(e2e_server, before, bound, tok_per_s, "non-stream")
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "product bug: with the batching engine, /health 'running' stays 0 while a sequence "
-    "decodes (dvai_bridge/engine/scheduler.py, _BatchLoop._admit returns on an empty queue "
-    "before it sets metrics.running)"))
 def test_health_counts_a_running_sequence(e2e_server: Any, model: str) -> None:
     idle, _, health = e2e_server.wait_idle(30.0)
     assert idle, f"precondition: the server is idle, got {health}"

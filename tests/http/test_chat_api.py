@@ -86,16 +86,20 @@ def test_unknown_fields_are_accepted(client):
     assert r.status_code == 200
 
 
-def test_completions_with_logprobs_and_echo(client):
-    r = client.post("/v1/completions", json={"prompt": "hey", "max_tokens": 3, "logprobs": 1,
-                                             "echo": True})
-    body = r.json()
+def test_completions_with_logprobs_and_with_echo(client):
+    body = client.post("/v1/completions",
+                       json={"prompt": "hey", "max_tokens": 3, "logprobs": 1}).json()
     assert body["object"] == "text_completion"
     (choice,) = body["choices"]
-    assert choice["text"].endswith("ech") and choice["text"].startswith("hey")
+    assert choice["text"] == "ech" and choice["finish_reason"] == "length"
     assert choice["logprobs"]["tokens"] == ["e", "c", "h"]
     assert choice["logprobs"]["text_offset"] == [0, 1, 2]
-    assert choice["finish_reason"] == "length"
+    echoed = client.post("/v1/completions", json={"prompt": "hey", "max_tokens": 3,
+                                                   "echo": True}).json()
+    assert echoed["choices"][0]["text"] == "heyech"
+    refused = client.post("/v1/completions", json={"prompt": "hey", "max_tokens": 3,
+                                                   "echo": True, "logprobs": 1})
+    assert refused.status_code == 400 and refused.json()["error"]["param"] == "echo"
 
 
 def test_completions_stream_and_several_prompts(client):
