@@ -57,10 +57,13 @@ for _names, _spec in (
     for _name in _names:
         _BPE_PRE[_name] = _spec
 
-# Texts llama.cpp treats as end-of-generation (and forces to control type) when present.
-_EOG_TEXTS = (
-    "<|eot_id|>", "<|im_end|>", "<|end|>", "<end_of_turn>", "<|endoftext|>", "<|eom_id|>",
-    "<EOT>", "<|end_of_text|>",
+# Texts llama.cpp treats as end-of-generation, and forces to control type, wherever they occur
+# in a vocabulary (llama-vocab.cpp).
+_EOG_TEXTS = frozenset(
+    ("<|eot_id|>", "<|im_end|>", "<|end|>", "<|return|>", "<|call|>", "<|flush|>", "<|calls|>")
+    + ("<end_of_turn>", "<|endoftext|>", "</s>", "<|eom_id|>", "<EOT>", "_<EOT>", "[EOT]")
+    + ("[EOS]", "<|end_of_text|>", "<end_of_utterance>", "<eos>", "<turn|>", "<|tool_response>")
+    + ("<\uff5cend\u2581of\u2581sentence\uff5c>", "[e~[")
 )
 
 
@@ -104,6 +107,8 @@ def _bpe_tokenizer(md: dict[str, Any], tokens: list[str]) -> tuple[Any, bool]:
         pos = line.find(" ", 1)  # like llama.cpp: a merge's left part may start with a space
         if pos > 0:
             merges.append((line[:pos], line[pos + 1 :]))
+    if not merges:
+        raise ModelLoadFailed("byte-level BPE GGUF vocabulary without tokenizer.ggml.merges")
     vocab = {text: i for i, text in enumerate(tokens)}
     model = models.BPE(vocab=vocab, merges=merges, ignore_merges=ignore_merges, fuse_unk=False)
     tok = Tokenizer(model)
@@ -142,17 +147,15 @@ def _spm_tokenizer(md: dict[str, Any], tokens: list[str], types: list[int]) -> t
         byte_fallback=_BYTE in types,
     )
     tok = Tokenizer(model)
+    prefix = bool(_get(md, "tokenizer.ggml.add_space_prefix", True))
     steps = [normalizers.Replace(" ", "\u2581")]
-    if bool(_get(md, "tokenizer.ggml.add_space_prefix", True)):
-        steps.insert(0, normalizers.Prepend("\u2581"))
-    tok.normalizer = normalizers.Sequence(steps)
+    tok.normalizer = normalizers.Sequence(
+        [normalizers.Prepend("\u2581"), *steps] if prefix else steps
+    )
+    dec = [decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse()]
+    # mlx-lm picks its SentencePiece streaming detokenizer from exactly these decoder shapes
     tok.decoder = decoders.Sequence(
-        [
-            decoders.Replace("\u2581", " "),
-            decoders.ByteFallback(),
-            decoders.Fuse(),
-            decoders.Strip(content=" ", left=1, right=0),
-        ]
+        [*dec, decoders.Strip(content=" ", left=1, right=0)] if prefix else dec
     )
     return tok, True
 
@@ -181,7 +184,7 @@ def build_tokenizer_files(md: dict[str, Any]) -> dict[str, str]:
     tok.add_tokens(_added_tokens(tokens, types))
 
     n = len(tokens)
-    ids = {name: _token_id(md, name, n) for name in ("bos", "eos", "unknown", "padding", "eot")}
+    ids = {name: _token_id(md, name, n) for name in ("bos", "eos", "unknown", "padding")}
     add_bos = bool(_get(md, "tokenizer.ggml.add_bos_token", add_bos)) and ids["bos"] is not None
     add_eos = bool(_get(md, "tokenizer.ggml.add_eos_token", False)) and ids["eos"] is not None
     bos, eos = tokens[ids["bos"]] if add_bos else None, tokens[ids["eos"]] if add_eos else None
