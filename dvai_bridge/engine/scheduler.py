@@ -154,7 +154,15 @@ class _BatchLoop:
                 continue
             for key, choice in outputs:
                 entry = self.active.get(key)
-                if entry is not None and not entry[1].on_token(choice):
+                if entry is None:
+                    continue
+                try:
+                    more = entry[1].on_token(choice)
+                except Exception as exc:  # noqa: BLE001 - this sequence fails, the rest go on
+                    log.exception("handling a generated token failed")
+                    self._retire(key, error=exc)
+                    continue
+                if not more:
                     self._retire(key)
             bytes_, entries = self.batch.cache_stats()
             self.s.metrics.prompt_cache_bytes = bytes_

@@ -6,6 +6,7 @@ from typing import Any
 
 from ..errors import InvalidRequest
 from .schema import ChatMessage, TextPart
+from .text import require_encodable
 
 
 def normalize_messages(messages: list[ChatMessage], *, vision: bool = False) -> list[dict[str, Any]]:
@@ -28,6 +29,8 @@ def normalize_messages(messages: list[ChatMessage], *, vision: bool = False) -> 
                         param=f"messages[{i}].content[{j}]",
                     )
             content = "\n".join(texts)
+        if isinstance(content, str):
+            require_encodable(content, f"messages[{i}].content")
         if content is None and not msg.tool_calls:
             if msg.role != "assistant":
                 raise InvalidRequest(f"messages[{i}] ({msg.role}) has no content.",

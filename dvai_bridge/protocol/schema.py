@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ..engine.types import GenerationRequest, SamplingParams
 from ..errors import InvalidRequest
+from .text import require_encodable
 
 log = logging.getLogger(__name__)
 
@@ -194,12 +195,18 @@ class CompletionRequest(_SamplingFields):
         """The prompt as a list of prompts, each text or token ids."""
         p = self.prompt
         if isinstance(p, str):
+            require_encodable(p, "prompt")
             return [p]
         if not p:
             raise InvalidRequest("prompt must not be empty.", param="prompt")
-        if all(isinstance(x, int) for x in p):
-            return [list(p)]  # type: ignore[arg-type]
-        return list(p)  # type: ignore[arg-type]
+        prompts = [list(p)] if all(isinstance(x, int) for x in p) else list(p)
+        for i, one in enumerate(prompts):
+            if isinstance(one, str):
+                require_encodable(one, f"prompt[{i}]")
+            elif not one:
+                raise InvalidRequest(f"prompt[{i}] is an empty list of token ids.",
+                                     param="prompt")
+        return prompts  # type: ignore[return-value]
 
     def to_generation(self, prompt: list[int], context_length: int) -> GenerationRequest:
         want = self.logprobs is not None

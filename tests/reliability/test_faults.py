@@ -92,9 +92,6 @@ def test_queue_overflow_is_429_at_once_not_a_hang(bridge):
     assert (health(server.base_url)["running"], health(server.base_url)["queued"]) == (0, 0)
 
 
-@pytest.mark.xfail(strict=True, reason="engine/scheduler.py: an exception raised while a "
-                   "sequence's token is handled (detokenizer, stops, logprobs) escapes "
-                   "_BatchLoop.run and ends the engine thread; every later request then hangs")
 def test_a_fault_in_token_handling_fails_that_request_only(bridge):
     server = bridge.start_blocking(cfg(backend="rel-bad-decode"))
     url = server.base_url + "/chat/completions"
