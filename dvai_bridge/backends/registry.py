@@ -8,6 +8,7 @@ entries name a factory with the same signature.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import logging
 import platform
 from collections.abc import Callable
@@ -47,12 +48,41 @@ def available() -> list[str]:
 
 
 def resolve_name(config: StartConfig) -> str:
-    """The backend ``auto`` stands for, given the model reference."""
+    """The backend ``auto`` stands for, given the model reference; logged when it chooses.
+
+    A ``.gguf`` file (and the embedded default, which is one) goes to MLX where MLX has a GPU
+    (Metal, CUDA), and to llama.cpp where MLX would run on the CPU or is not installed (when
+    llama-cpp-python is installed; else MLX imports the GGUF). Everything else is MLX's.
+    """
     if config.backend != "auto":
         return config.backend
-    # MLX serves every kind of reference this release knows, .gguf included (imported into
-    # MLX). When the llama backend ships, auto will weigh it for .gguf files.
-    return "mlx"
+    ref = config.model_path
+    if ref is not None and not ref.lower().endswith(".gguf"):
+        name, why = "mlx", "an MLX model reference"
+    elif config.embedding_mode and importlib.util.find_spec("llama_cpp") is not None:
+        name, why = "llama", "embedding_mode is served by the llama backend"
+    else:
+        name, why = _choose_for_gguf()
+    log.info("backend auto: chose %s for %s (%s)", name, ref or "the embedded default", why)
+    return name
+
+
+def _choose_for_gguf() -> tuple[str, str]:
+    try:
+        from .mlx.device import select_device
+
+        mlx_device: str | None = select_device().kind
+    except (BackendUnavailable, ImportError) as exc:
+        mlx_device, reason = None, getattr(exc, "message", str(exc))
+    if mlx_device is not None and mlx_device != "cpu":
+        return "mlx", f"MLX has a {mlx_device} device"
+    if importlib.util.find_spec("llama_cpp") is None:
+        if mlx_device is None:
+            return "llama", f"MLX is unavailable ({reason}) and so is llama-cpp-python"
+        return "mlx", "llama-cpp-python is not installed; MLX imports the GGUF (CPU device)"
+    if mlx_device is None:
+        return "llama", "MLX is unavailable here"
+    return "llama", "MLX would run on the CPU; llama.cpp is the faster CPU engine for GGUF"
 
 
 def create_backend(config: StartConfig, progress: ProgressHub) -> Backend:
@@ -69,10 +99,22 @@ def create_backend(config: StartConfig, progress: ProgressHub) -> Backend:
 
 
 def _mlx(config: StartConfig, progress: ProgressHub) -> Backend:
+    from .embeddings.mlx import attach_embedder, load_embedding_backend
+
+    only = load_embedding_backend(config, progress)  # model_path is an embedding model
+    if only is not None:
+        return only
     from .mlx.backend import MLXBackend
 
-    return MLXBackend.load(config.model_path, context_size=config.context_size,
-                           progress=progress)
+    backend = MLXBackend.load(config.model_path, context_size=config.context_size,
+                              progress=progress)
+    if config.embedding_model:
+        try:
+            attach_embedder(backend, config.embedding_model, progress)
+        except BaseException:
+            backend.close()
+            raise
+    return backend
 
 
 def _coreml(config: StartConfig, progress: ProgressHub) -> Backend:
@@ -85,9 +127,13 @@ def _coreml(config: StartConfig, progress: ProgressHub) -> Backend:
 
 
 def _llama(config: StartConfig, progress: ProgressHub) -> Backend:
-    raise BackendUnavailable(
-        "The llama (GGUF) backend is not available in this release yet; backend='mlx' "
-        "serves .gguf files of llama architecture by importing them into MLX.")
+    if config.embedding_model:
+        raise ConfigurationInvalid(
+            "embedding_model is for the mlx backend; the llama backend serves embeddings "
+            "from its own GGUF with embedding_mode=True.", param="embedding_model")
+    from .llama_cpp.backend import LlamaBackend
+
+    return LlamaBackend.load(config, progress)
 
 
 def _fake(config: StartConfig, progress: ProgressHub) -> Backend:

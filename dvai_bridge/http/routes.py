@@ -9,7 +9,6 @@ from typing import Any, TypeVar
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
-from ..errors import NotSupported
 from ..protocol.schema import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 from ..protocol.service import OpenAIService
 from .sse import sse_response
@@ -62,16 +61,7 @@ async def completions(body: CompletionRequest, request: Request) -> Any:
 
 @router.post("/v1/embeddings")
 async def embeddings(body: EmbeddingRequest, request: Request) -> Any:
-    service = _service(request)
-    service.check_model(body.model)
-    if not service.backend.capabilities.embeddings:
-        raise NotSupported(
-            f"The model {service.backend.model_id!r} on the {service.backend.name} backend is a "
-            "chat model and serves no embeddings. Start the bridge with backend='llama' and "
-            "embedding_mode=True (or a configured embedding model) to use /v1/embeddings.",
-            param="model",
-        )
-    raise NotSupported("Embeddings are not implemented yet.", param="model")
+    return await _unless_disconnected(request, _service(request).embeddings(body))
 
 
 @router.get("/v1/models")

@@ -13,9 +13,11 @@ from ..backends.base import Backend
 from ..engine.scheduler import AsyncEngine, EventStream
 from ..engine.types import Finished, GenerationRequest, TextDelta
 from ..errors import BackendError, BridgeError, InvalidRequest, ModelNotFound, NotSupported
+from .embeddings import create_embeddings
+from .embeddings import unavailable as embeddings_unavailable
 from .messages import normalize_messages
 from .responses import ChunkFactory, CompletionLogprobs, chat_logprobs, new_id, usage
-from .schema import ChatCompletionRequest, CompletionRequest
+from .schema import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 
 
 @dataclasses.dataclass
@@ -250,6 +252,18 @@ class OpenAIService:
                                 "finish_reason": event.reason}])
             if f.include_usage:
                 yield f.usage_chunk(prompt_total, completion)
+
+    # -- embeddings --------------------------------------------------------------------
+    async def embeddings(self, req: EmbeddingRequest) -> dict[str, Any]:
+        embedder = getattr(self.backend, "embedder", None)
+        if embedder is None:
+            self.check_model(req.model)
+            raise embeddings_unavailable(self.backend)
+        if req.model and req.model not in (embedder.model_id, self.backend.model_id, "default"):
+            raise ModelNotFound(
+                f"The model {req.model!r} does not exist here; this server embeds with "
+                f"{embedder.model_id!r}.", param="model")
+        return await create_embeddings(embedder, req)
 
 
 def _error_frame(finish: Finished) -> dict[str, Any]:
