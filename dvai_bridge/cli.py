@@ -41,6 +41,10 @@ def main() -> None:
 @click.option("--port-attempts", "http_max_port_attempts", type=int, default=16,
               show_default=True, help=_help("http_max_port_attempts"))
 @click.option("--context-size", type=int, default=None, help=_help("context_size"))
+@click.option("--threads", type=int, default=None, help=_help("threads"))
+@click.option("--gpu-layers", type=int, default=0, show_default=True, help=_help("gpu_layers"))
+@click.option("--embedding-mode", is_flag=True, default=False, help=_help("embedding_mode"))
+@click.option("--embedding-model", default=None, help=_help("embedding_model"))
 @click.option("--api-key", multiple=True, envvar="DVAI_BRIDGE_API_KEY",
               help=_help("api_key") + " Repeat for several keys; DVAI_BRIDGE_API_KEY may hold "
               "several, separated by spaces.")
