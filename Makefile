@@ -2,7 +2,7 @@
 
 serve:  ## set up .venv and serve the embedded SmolLM2 model on 127.0.0.1:38883
 	scripts/setup.sh
-	.venv/bin/dvai-bridge serve
+	.venv/bin/dvai-bridge serve --backend mlx
 
 test:  ## set up .venv with the dev tools and run the whole test suite
 	scripts/setup.sh --dev
