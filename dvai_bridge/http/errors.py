@@ -92,7 +92,7 @@ def _describe(err: dict[str, Any]) -> str:
 
 def error_response(exc: BridgeError) -> JSONResponse:
     """The response for a ``BridgeError``: its status, type, code and param, in the envelope."""
-    if exc.status_code >= 500 and exc.status_code != 501:  # 501: a capability, not a fault
+    if exc.status_code >= 500 and exc.status_code not in (501, 503):  # a capability; stopping
         log.error("%s: %s", type(exc).__name__, exc.message)
     headers = {"Retry-After": "1"} if exc.status_code in (429, 503) else None
     return envelope(exc.status_code, exc.message, exc.error_type, exc.param, exc.code, headers)

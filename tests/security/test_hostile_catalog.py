@@ -182,8 +182,6 @@ CATALOG = [
          "empty", path=COMP),
 ]
 
-# Known gaps: fixed in protocol/ (not in the HTTP layer); see docs/security.md.
-
 
 @pytest.fixture(scope="module")
 def server():

@@ -26,8 +26,8 @@ BASE = "http://127.0.0.1"
 class VocabFake(FakeBackend):
     """The fake with a vocabulary size, as real backends have: token-id prompts get checked.
 
-    (The plain fake has none, and a negative id in a prompt then kills the engine thread;
-    tests/reliability/test_faults.py pins that.)
+    (The plain fake has none: a prompt of out-of-range ids then reaches its decoder, which
+    fails, and the request is a 500 backend_error; a real backend refuses it with a 400.)
     """
 
     vocab_size = 259
