@@ -96,7 +96,18 @@ class OpenAIService:
             raise InvalidRequest("This backend cannot return logprobs.", param="logprobs")
         messages = normalize_messages(req.messages, vision=caps.vision)
         prompt = await asyncio.to_thread(self.backend.chat_tokens, messages)
-        return req.to_generation(prompt, self.backend.context_length)
+        return self._checked(req.to_generation(prompt, self.backend.context_length))
+
+    def _checked(self, gen: GenerationRequest) -> GenerationRequest:
+        """Token ids a client sent (logit_bias keys) must exist in the vocabulary."""
+        vocab = getattr(self.backend, "vocab_size", None)
+        if vocab:
+            bad = [t for t, _ in gen.sampling.logit_bias if not 0 <= t < vocab]
+            if bad:
+                raise InvalidRequest(
+                    f"logit_bias names token ids outside the vocabulary (0-{vocab - 1}): "
+                    f"{bad[:5]}.", param="logit_bias")
+        return gen
 
     async def _completion_generations(self, req: CompletionRequest) -> list[GenerationRequest]:
         self.check_model(req.model)
@@ -113,7 +124,7 @@ class OpenAIService:
                     raise InvalidRequest("prompt holds token ids outside the vocabulary.",
                                          param="prompt")
                 tokens = list(prompt)
-            gens.append(req.to_generation(tokens, self.backend.context_length))
+            gens.append(self._checked(req.to_generation(tokens, self.backend.context_length)))
         return gens
 
     def _open(self, gens: list[GenerationRequest]) -> list[EventStream]:

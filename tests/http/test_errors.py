@@ -124,3 +124,18 @@ def test_api_key_is_required_when_configured_but_health_stays_open(client_for):
     ok = {"Authorization": "Bearer s3cret"}
     assert client.post("/v1/chat/completions", json=chat("x"), headers=ok).status_code == 200
     assert client.get("/health").status_code == 200
+
+
+def test_logit_bias_outside_the_vocabulary_is_refused(client_for):
+    backend = FakeBackend()
+    backend.vocab_size = 259
+    client = client_for(backend)
+    r = client.post("/v1/chat/completions", json=chat("x", logit_bias={"5000": 1}))
+    assert_envelope(r, 400, param="logit_bias", mentions="5000")
+    assert client.post("/v1/chat/completions",
+                       json=chat("x", logit_bias={"5": 1})).status_code == 200
+
+
+def test_a_seed_beyond_64_bits_is_refused(client):
+    assert_envelope(client.post("/v1/chat/completions", json=chat("x", seed=10**30)), 400,
+                    param="seed")

@@ -71,7 +71,8 @@ def make_sequence_sampler(params: SamplingParams) -> Sampler:
     if params.top_k > 0:
         filters.append(lambda x: apply_top_k(x, params.top_k))
     inv_temp = 1.0 / params.temperature
-    state = {"key": mx.random.key(params.seed) if params.seed is not None else None}
+    seed = None if params.seed is None else params.seed % (2**64)
+    state = {"key": mx.random.key(seed) if seed is not None else None}
 
     def sample(logprobs: mx.array) -> mx.array:
         for f in filters:
