@@ -86,7 +86,9 @@ def e2e_server() -> Iterator[E2EServer]:
         yield E2EServer(base_url, models["data"][0]["id"])
         return
 
-    from dvai_bridge import StartConfig, shared
+    from dvai_bridge import Bridge, StartConfig
+
+    bridge = Bridge()  # not the process-wide `shared`: other suites start their own
 
     if not (os.environ.get("DVAI_BRIDGE_BLAS_THREADS") or os.environ.get("OPENBLAS_NUM_THREADS")):
         # One BLAS thread. On this 2-core machine, shared with other CPU-heavy work, the
@@ -94,14 +96,14 @@ def e2e_server() -> Iterator[E2EServer]:
         # with one thread. Set either variable to test another count.
         os.environ["DVAI_BRIDGE_BLAS_THREADS"] = "1"
     started = time.monotonic()
-    bound = shared.start_blocking(
+    bound = bridge.start_blocking(
         StartConfig(backend="mlx", http_base_port=0, log_level="warning"))
     print(f"\n[e2e] serving {bound.model_id} at {bound.base_url} "
           f"(started in {time.monotonic() - started:.1f}s)")
     try:
         yield E2EServer(bound.base_url, bound.model_id)
     finally:
-        shared.stop()
+        bridge.stop()
 
 
 @pytest.fixture(scope="session")

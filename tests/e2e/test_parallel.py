@@ -213,8 +213,10 @@ def test_health_counts_a_running_sequence(e2e_server: Any, model: str) -> None:
             if chunk and chunk["choices"] and chunk["choices"][0]["delta"].get("content"):
                 contents += 1
                 if contents >= 2:
+                    # Ask while still reading: leaving iter_lines closes the response, which
+                    # is a disconnect, and the server then rightly frees the sequence.
+                    during = e2e_server.health()
                     break
-        during = e2e_server.health()
     idle, _, _ = e2e_server.wait_idle(IDLE_CAP_S)
     assert during["running"] == 1, f"/health while one stream was generating: {during}"
     assert during["queued"] == 0

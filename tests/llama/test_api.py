@@ -13,18 +13,19 @@ import numpy as np
 import openai
 import pytest
 
-from dvai_bridge import StartConfig, shared
+from dvai_bridge import Bridge, StartConfig
 
 TIMEOUT = 300.0
 
 
 @pytest.fixture(scope="module")
 def server(gguf_path):
-    bound = shared.start_blocking(StartConfig(backend="llama", model_path=gguf_path,
+    bridge = Bridge()  # not the process-wide `shared`: the e2e suite may hold it
+    bound = bridge.start_blocking(StartConfig(backend="llama", model_path=gguf_path,
                                               http_base_port=0, embedding_mode=True,
                                               context_size=2048))
     yield bound
-    shared.stop()
+    bridge.stop()
 
 
 @pytest.fixture(scope="module")
