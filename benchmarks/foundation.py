@@ -281,8 +281,12 @@ class HttpEngine:
                                      stderr=self.log, text=True, cwd=ROOT)
         self.pid = self.proc.pid
         t0 = time.perf_counter()
-        self.base_url = base_url or self._wait_for_banner(load_timeout)
-        self._wait_for_models(load_timeout - (time.perf_counter() - t0))
+        try:
+            self.base_url = base_url or self._wait_for_banner(load_timeout)
+            self._wait_for_models(load_timeout - (time.perf_counter() - t0))
+        except BaseException:
+            self.stop()  # never leave a server behind
+            raise
         self.load_s = round(time.perf_counter() - t0, 2)
 
     def _wait_for_banner(self, timeout: float) -> str:
