@@ -100,8 +100,7 @@ class MLXBackend(Backend):
         if device.is_cpu:
             from .cpu import prepare_model_for_cpu
 
-            form = prepare_model_for_cpu(model)
-            log.info("weights on the CPU device: %s", form)
+            prepare_model_for_cpu(model)  # logs the form it chose
         config = json.loads((folder / "config.json").read_text())
         native = int(config.get("max_position_embeddings") or 4096)
         return cls(model, tokenizer, model_id=model_id,
