@@ -508,6 +508,18 @@ def write_same_weights(src: Path, dst: Path) -> dict:
     return info
 
 
+def foreign_cpus(servers: dict) -> list[float]:
+    """``foreign_cpu`` (cores used by other processes) of every scenario of every server."""
+    out = []
+    for e in servers.values():
+        for k, v in e.get("scenarios", {}).items():
+            if k.startswith("concurrency"):
+                out += [c["cpu"]["foreign_cpu"] for c in v.values()]
+            elif isinstance(v, dict) and "cpu" in v:
+                out.append(v["cpu"]["foreign_cpu"])
+    return out
+
+
 def ratio(a, b) -> float | None:
     return round(a / b, 3) if a is not None and b not in (None, 0) else None
 
@@ -731,6 +743,10 @@ def main() -> None:
                                                             sv[peer].get("scenarios", {}))
         res["cache_benefit"] = {k: cache_benefit(v.get("scenarios", {})) for k, v in sv.items()}
         res["machine"]["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
+        foreign = foreign_cpus(sv)
+        if foreign:
+            res["foreign_cpu_range"] = [min(foreign), max(foreign)]
+            res["quiet_machine"] = max(foreign) < 0.25
         args.out.write_text(json.dumps(res, indent=1) + "\n")
 
     full_steps = [("single", max_tokens), ("concurrency", max_tokens, levels),
@@ -833,7 +849,8 @@ def plot(res: dict, path: Path) -> None:
         ax0.bar_label(bars, fmt="%.1f", fontsize=7)
     ax0.set_xticks(range(len(groups)), [g[1] for g in groups], fontsize=8)
     ax0.set(ylabel="decode tok/s (one stream)", title="Single stream")
-    ax0.legend(fontsize=7)
+    ax0.set_ylim(top=ax0.get_ylim()[1] * 1.3)  # room for the legend above the bars
+    ax0.legend(fontsize=7, loc="upper center")
     ax0.grid(True, axis="y", alpha=0.3)
     xt1: set[int] = set()
     xt2: set[int] = set()
@@ -855,8 +872,11 @@ def plot(res: dict, path: Path) -> None:
             ax2.plot(turns, mt["ttft_s"], "-o", color=COLORS.get(name),
                      label=LABELS.get(name, name))
             if "cold" in sc:
-                ax2.plot([turns[-1]], [sc["cold"]["ttft_s"]], "*", ms=16, color=COLORS.get(name),
+                cold = sc["cold"]["ttft_s"]
+                ax2.plot([turns[-1]], [cold], "*", ms=16, color=COLORS.get(name),
                          label=f"{LABELS.get(name, name)}: last history, cold (restarted)")
+                ax2.annotate(f"{cold:.1f} s", (turns[-1], cold), textcoords="offset points",
+                             xytext=(-38, -3), fontsize=7, color=COLORS.get(name))
             ax3.plot(turns, [t["prompt_tokens"] for t in mt["per_turn"]], ":",
                      color=COLORS.get(name), alpha=0.6)
             ax3.plot(turns, [t["cached_tokens"] or 0 for t in mt["per_turn"]], "-o",
@@ -885,9 +905,13 @@ def plot(res: dict, path: Path) -> None:
     ax3.grid(True, alpha=0.3)
     ax3.legend(fontsize=7)
     m = res["machine"]
+    foreign = foreign_cpus(servers)
     title = (f"Serving benchmark: {Path(res['model_folder']).name} on {m['cpu']} "
              f"({m['affinity_cpus']} cpus); load avg {m['loadavg_start'][0]} at start, "
              f"{m.get('loadavg_end', ['?'])[0]} at end")
+    if foreign:
+        title += (f"; other processes used {min(foreign):.1f}-{max(foreign):.1f} cores "
+                  "during the scenarios")
     if res.get("quick"):
         title += "  [--quick smoke run: reduced workload, shared machine]"
     fig.suptitle(title, fontsize=10)
