@@ -253,6 +253,13 @@ class Server:
         self.load_s: list[float] = []
 
     def start(self) -> None:
+        try:
+            self._start()
+        except BaseException:
+            self.stop()  # never leave a half-started server behind
+            raise
+
+    def _start(self) -> None:
         self.starts += 1
         self.log_path = self.log_dir / f"{self.name}.{self.starts}.log"
         t0 = time.perf_counter()
@@ -273,7 +280,6 @@ class Server:
             except OSError:
                 pass
             if time.monotonic() > deadline:
-                self.stop()
                 raise RuntimeError(f"{self.name} did not answer in {self.load_timeout}s:\n"
                                    + self.log_tail())
             time.sleep(0.25)
