@@ -13,11 +13,17 @@ envelope ``{"error": {"message", "type", "param", "code"}}`` in exactly one plac
     ├── ModelLoadFailed                 500
     ├── DownloadFailed                  502
     │   └── ChecksumMismatch            502
+    ├── ModelInUse                      409  (a served model cannot be deleted)
     ├── BackendError                    500  (the engine failed while generating)
     └── RequestError                    400  invalid_request_error
         ├── InvalidRequest              400
         ├── ContextLengthExceeded       400  code=context_length_exceeded
         ├── ModelNotFound               404  code=model_not_found
+        ├── Unauthorized                401  code=invalid_api_key
+        ├── Forbidden                   403
+        │   ├── HostNotAllowed          403  (DNS-rebinding guard)
+        │   └── OriginNotAllowed        403
+        ├── PayloadTooLarge             413
         ├── NotSupported                501  (a capability this model or backend lacks)
         ├── ServerBusy                  429  (queue full)
         └── ServiceUnavailable          503  (shutting down)
@@ -96,6 +102,14 @@ class ChecksumMismatch(DownloadFailed):
     code = "checksum_mismatch"
 
 
+class ModelInUse(BridgeError):
+    """A cached model cannot be deleted while a bridge serves it."""
+
+    status_code = 409
+    error_type = "conflict"
+    code = "model_in_use"
+
+
 class BackendError(BridgeError):
     status_code = 500
     error_type = "internal_error"
@@ -118,6 +132,29 @@ class ContextLengthExceeded(RequestError):
 class ModelNotFound(RequestError):
     status_code = 404
     code = "model_not_found"
+
+
+class Unauthorized(RequestError):
+    status_code = 401
+    code = "invalid_api_key"
+
+
+class Forbidden(RequestError):
+    status_code = 403
+    error_type = "permission_error"
+
+
+class HostNotAllowed(Forbidden):
+    code = "host_not_allowed"
+
+
+class OriginNotAllowed(Forbidden):
+    code = "origin_not_allowed"
+
+
+class PayloadTooLarge(RequestError):
+    status_code = 413
+    code = "request_too_large"
 
 
 class NotSupported(RequestError):
@@ -147,13 +184,19 @@ __all__ = [
     "ConfigurationInvalid",
     "ContextLengthExceeded",
     "DownloadFailed",
+    "Forbidden",
+    "HostNotAllowed",
     "InvalidRequest",
+    "ModelInUse",
     "ModelLoadFailed",
     "ModelNotFound",
     "NotStarted",
     "NotSupported",
+    "OriginNotAllowed",
+    "PayloadTooLarge",
     "PortsExhausted",
     "RequestError",
     "ServerBusy",
     "ServiceUnavailable",
+    "Unauthorized",
 ]

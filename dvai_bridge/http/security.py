@@ -30,7 +30,15 @@ from starlette.datastructures import Headers
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ..errors import ConfigurationInvalid, RequestError
+from ..errors import (
+    ConfigurationInvalid,
+    Forbidden,
+    HostNotAllowed,
+    OriginNotAllowed,
+    PayloadTooLarge,
+    RequestError,
+    Unauthorized,
+)
 from .errors import error_response
 
 log = logging.getLogger(__name__)
@@ -39,30 +47,6 @@ MAX_BODY_BYTES = 16 << 20
 LOOPBACK_NAMES = frozenset({"127.0.0.1", "localhost", "::1"})
 OPEN_PATHS = frozenset({"/health"})
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE", "QUERY"})
-
-
-# -- the errors these guards answer with ---------------------------------------------------
-class Unauthorized(RequestError):
-    status_code = 401
-    code = "invalid_api_key"
-
-
-class Forbidden(RequestError):
-    status_code = 403
-    error_type = "permission_error"
-
-
-class HostNotAllowed(Forbidden):
-    code = "host_not_allowed"
-
-
-class OriginNotAllowed(Forbidden):
-    code = "origin_not_allowed"
-
-
-class PayloadTooLarge(RequestError):
-    status_code = 413
-    code = "request_too_large"
 
 
 # -- policy ----------------------------------------------------------------------------------

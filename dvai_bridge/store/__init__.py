@@ -11,8 +11,9 @@
     locations  where the caches are (read from the environment at call time)
 """
 
+from ..errors import ModelInUse
 from .cache import CachedModel, DeletePlan, delete_cached_model, list_cached_models
-from .inuse import ModelInUse, RunningServer, running_servers
+from .inuse import RunningServer, running_servers
 from .refs import ModelRef, parse_reference
 from .resolve import download_model, locate_model
 

@@ -21,9 +21,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal
 
-from ..errors import ModelNotFound
+from ..errors import ModelInUse, ModelNotFound
 from . import gguf
-from .inuse import ModelInUse, running_servers, server_using
+from .inuse import running_servers, server_using
 from .locations import gguf_cache_dir, hf_cache_dir
 from .refs import ModelRef, parse_reference
 

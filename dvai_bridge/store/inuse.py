@@ -25,14 +25,6 @@ from .locations import serving_dir
 log = logging.getLogger(__name__)
 
 
-class ModelInUse(BridgeError):
-    """A cached model cannot be deleted while a bridge serves it."""
-
-    status_code = 409
-    error_type = "conflict"
-    code = "model_in_use"
-
-
 @dataclass(frozen=True)
 class RunningServer:
     pid: int
