@@ -74,8 +74,23 @@ class Backend(ABC):
     eos_token_ids: frozenset[int]
 
     @abstractmethod
-    def chat_tokens(self, messages: list[Message]) -> list[int]:
-        """Apply the chat template to the whole list, with the generation prompt; tokenize."""
+    def chat_tokens(self, messages: list[Message], tools: list[dict[str, Any]] | None = None
+                    ) -> list[int]:
+        """Apply the chat template to the whole list, with the generation prompt; tokenize.
+
+        ``tools`` (OpenAI function definitions) go to the template as its ``tools`` variable;
+        the protocol layer passes them only when ``chat_template_source`` uses them.
+        """
+
+    @property
+    def chat_template_source(self) -> str | None:
+        """The Jinja source of the model's own chat template (None: none, fallback in use)."""
+        return None
+
+    def grammar_tokenizer(self) -> Any:
+        """The llguidance tokenizer constrained decoding masks with (built once, ~1 s)."""
+        raise NotSupported(f"The {self.name} backend cannot constrain its output "
+                           "(response_format, tool_choice).", param="response_format")
 
     @abstractmethod
     def tokenize(self, text: str) -> list[int]:

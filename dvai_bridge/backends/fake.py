@@ -45,7 +45,8 @@ class FakeBackend(Backend):
         self.batched = batched
         self.closed = False
 
-    def chat_tokens(self, messages: list[Message]) -> list[int]:
+    def chat_tokens(self, messages: list[Message], tools: list[dict] | None = None
+                    ) -> list[int]:
         text = self._template.render(messages=messages, add_generation_prompt=True)
         answer = self.reply if self.reply is not None else f"echo: {messages[-1]['content']}"
         return [BOS, *text.encode("utf-8"), _MARK, *answer.encode("utf-8")]

@@ -28,9 +28,15 @@ from .types import (
 log = logging.getLogger(__name__)
 
 
+# A token a grammar (or a -100 logit_bias) rules out has logprob -inf, which JSON cannot carry;
+# OpenAI reports such tokens as -9999.0.
+MIN_LOGPROB = -9999.0
+
+
 def _token_logprob(backend: Backend, token_id: int, logprob: float) -> TokenLogprob:
     raw = backend.token_bytes(token_id)
-    return TokenLogprob(raw.decode("utf-8", errors="replace"), logprob, tuple(raw))
+    return TokenLogprob(raw.decode("utf-8", errors="replace"), max(logprob, MIN_LOGPROB),
+                        tuple(raw))
 
 
 class SequenceState:

@@ -5,7 +5,10 @@ from __future__ import annotations
 import dataclasses
 import threading
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
+
+if TYPE_CHECKING:
+    from .grammar import Grammar
 
 FinishReason = Literal["stop", "length", "cancelled", "error"]
 
@@ -49,6 +52,7 @@ class GenerationRequest:
     stop_token_ids: tuple[int, ...] = ()
     logprobs: bool = False
     top_logprobs: int = 0
+    grammar: Grammar | None = None  # constrained decoding: each sequence gets its own matcher
 
     def with_seed(self, seed: int | None) -> GenerationRequest:
         return dataclasses.replace(self, sampling=dataclasses.replace(self.sampling, seed=seed))

@@ -150,16 +150,8 @@ class ChatCompletionRequest(_SamplingFields):
         """Refuse what this server cannot honour instead of ignoring it."""
         if self.top_logprobs and not self.logprobs:
             raise InvalidRequest("top_logprobs requires logprobs: true.", param="top_logprobs")
-        if self.response_format and self.response_format.get("type") not in (None, "text"):
-            raise InvalidRequest(
-                f"response_format type {self.response_format.get('type')!r} is not supported "
-                "yet; only 'text'.", param="response_format")
-        if self.tools:
-            raise InvalidRequest("Tool calling is not supported yet; remove 'tools'.",
-                                 param="tools")
-        if self.tool_choice not in (None, "none", "auto"):
-            raise InvalidRequest("tool_choice requires tools, which are not supported yet.",
-                                 param="tool_choice")
+        # tools, tool_choice and response_format are checked where they are used
+        # (protocol/tools.py, protocol/structured.py), against the model's template.
 
     def to_generation(self, prompt: list[int], context_length: int) -> GenerationRequest:
         return self._generation(

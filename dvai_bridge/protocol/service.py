@@ -5,11 +5,12 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import AsyncExitStack
 from typing import Any
 
 from ..backends.base import Backend
+from ..engine.grammar import Grammar
 from ..engine.scheduler import AsyncEngine, EventStream
 from ..engine.types import Finished, GenerationRequest, TextDelta
 from ..errors import BackendError, BridgeError, InvalidRequest, ModelNotFound, NotSupported
@@ -18,6 +19,9 @@ from .embeddings import unavailable as embeddings_unavailable
 from .messages import normalize_messages
 from .responses import ChunkFactory, CompletionLogprobs, chat_logprobs, new_id, usage
 from .schema import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
+from .structured import compile_grammar, grammar_text, response_schema
+from .tool_stream import Split
+from .tools import ToolPlan, openai_call
 
 
 @dataclasses.dataclass
@@ -86,7 +90,8 @@ class OpenAIService:
         }]}
 
     # -- prompts -----------------------------------------------------------------------
-    async def _chat_generation(self, req: ChatCompletionRequest) -> GenerationRequest:
+    async def _chat_generation(self, req: ChatCompletionRequest
+                               ) -> tuple[GenerationRequest, ToolPlan | None]:
         self.check_model(req.model)
         req.check_supported()
         caps = self.backend.capabilities
@@ -95,8 +100,32 @@ class OpenAIService:
         if req.logprobs and not caps.logprobs:
             raise InvalidRequest("This backend cannot return logprobs.", param="logprobs")
         messages = normalize_messages(req.messages, vision=caps.vision)
-        prompt = await asyncio.to_thread(self.backend.chat_tokens, messages)
-        return self._checked(req.to_generation(prompt, self.backend.context_length))
+        plan = ToolPlan.build(req.tools, req.tool_choice, req.parallel_tool_calls,
+                              self.backend.chat_template_source,
+                              any(m["role"] == "tool" or m.get("tool_calls") for m in messages))
+        schema = response_schema(req.response_format)
+        tools = None
+        if plan is not None:
+            messages, tools = plan.messages(messages), plan.template_tools()
+        prompt = await asyncio.to_thread(self.backend.chat_tokens, messages, tools)
+        gen = self._checked(req.to_generation(prompt, self.backend.context_length))
+        calls = None  # auto with a response_format: the reply is calls or the JSON answer
+        if plan is not None and plan.active and (plan.forced or schema is not None):
+            calls = plan.calls_grammar()
+        if plan is not None and plan.forced:
+            schema = None  # the reply is calls only; response_format applies to content
+        text = grammar_text(schema, calls)
+        if text is not None:
+            grammar = await asyncio.to_thread(self._grammar, *text)
+            gen = dataclasses.replace(gen, grammar=grammar)
+        return gen, plan
+
+    def _grammar(self, text: str, param: str) -> Grammar:
+        try:
+            tokenizer = self.backend.grammar_tokenizer()
+        except NotSupported as exc:
+            raise InvalidRequest(exc.message, param=param) from None
+        return compile_grammar(text, param, tokenizer)
 
     def _checked(self, gen: GenerationRequest) -> GenerationRequest:
         """Token ids a client sent (logit_bias keys) must exist in the vocabulary."""
@@ -155,18 +184,29 @@ class OpenAIService:
 
     # -- chat ------------------------------------------------------------------------
     async def chat(self, req: ChatCompletionRequest) -> dict[str, Any]:
-        gen = await self._chat_generation(req)
+        gen, plan = await self._chat_generation(req)
         results = await self._collect(_fan_out(gen, req.n))
         choices = []
         for i, r in enumerate(results):
             lp = None
             if req.logprobs:
                 lp = {"content": [c for d in r.deltas for c in chat_logprobs(d)["content"]]}
+            message: dict[str, Any] = {"role": "assistant", "content": r.text}
+            reason = r.finish.reason
+            splitter = plan.splitter() if plan is not None else None
+            if splitter is not None:
+                head, tail = splitter.feed(r.text), splitter.finish()
+                calls = head.calls + tail.calls
+                content = head.content + tail.content
+                if calls:
+                    message["content"] = content if content.strip() else None
+                    message["tool_calls"] = [openai_call(c) for c in calls]
+                    reason = "tool_calls" if reason == "stop" else reason
             choices.append({
                 "index": i,
-                "message": {"role": "assistant", "content": r.text},
+                "message": message,
                 "logprobs": lp,
-                "finish_reason": r.finish.reason,
+                "finish_reason": reason,
             })
         first = results[0].finish
         return {
@@ -177,14 +217,35 @@ class OpenAIService:
 
     async def chat_stream(self, req: ChatCompletionRequest) -> AsyncIterator[dict[str, Any]]:
         """Validate and submit now (errors raise before any byte is sent); stream later."""
-        gen = await self._chat_generation(req)
+        gen, plan = await self._chat_generation(req)
         streams = self._open(_fan_out(gen, req.n))
         factory = ChunkFactory("chat.completion.chunk", self.backend.model_id,
                                new_id("chatcmpl"), req.include_usage)
-        return self._chat_chunks(streams, factory, req.logprobs)
+        return self._chat_chunks(streams, factory, req.logprobs, plan)
 
     async def _chat_chunks(self, streams: list[EventStream], f: ChunkFactory,
-                           want_logprobs: bool) -> AsyncIterator[dict[str, Any]]:
+                           want_logprobs: bool, plan: ToolPlan | None
+                           ) -> AsyncIterator[dict[str, Any]]:
+        splitters = [plan.splitter() if plan is not None else None for _ in streams]
+        called = [0] * len(streams)
+
+        def pieces(i: int, split: Split, lp: Any = None) -> Iterator[dict[str, Any]]:
+            """Chunks for one piece of split reply: its content, then each finished call
+            (index, id and name first, then its arguments)."""
+            if split.content or lp is not None:
+                yield f.chunk([{"index": i, "delta": {"content": split.content},
+                                "logprobs": lp, "finish_reason": None}])
+            for call in split.calls:
+                body = openai_call(call, called[i])
+                args = body["function"]["arguments"]
+                body["function"]["arguments"] = ""
+                yield f.chunk([{"index": i, "delta": {"tool_calls": [body]},
+                                "logprobs": None, "finish_reason": None}])
+                yield f.chunk([{"index": i, "delta": {"tool_calls": [
+                    {"index": called[i], "function": {"arguments": args}}]},
+                    "logprobs": None, "finish_reason": None}])
+                called[i] += 1
+
         async with AsyncExitStack() as stack:
             for s in streams:
                 stack.push_async_callback(s.aclose)
@@ -193,18 +254,24 @@ class OpenAIService:
                                 "logprobs": None, "finish_reason": None}])
             prompt = completion = cached = 0
             async for i, event in _merge(streams):
+                splitter = splitters[i]
                 if isinstance(event, TextDelta):
                     lp = chat_logprobs(event) if want_logprobs else None
-                    yield f.chunk([{"index": i, "delta": {"content": event.text},
-                                    "logprobs": lp, "finish_reason": None}])
+                    split = splitter.feed(event.text) if splitter else Split(event.text)
+                    for chunk in pieces(i, split, lp):
+                        yield chunk
                     continue
                 if event.reason == "error":
                     yield _error_frame(event)
                     return
+                if splitter is not None:
+                    for chunk in pieces(i, splitter.finish()):
+                        yield chunk
                 prompt, cached = event.prompt_tokens, event.cached_tokens
                 completion += event.completion_tokens
+                reason = "tool_calls" if called[i] and event.reason == "stop" else event.reason
                 yield f.chunk([{"index": i, "delta": {}, "logprobs": None,
-                                "finish_reason": event.reason}])
+                                "finish_reason": reason}])
             if f.include_usage:
                 yield f.usage_chunk(prompt, completion, cached)
 

@@ -133,13 +133,24 @@ CATALOG = [
     Case("tools a string", chat(tools="search"), 400, "tools", "valid list"),
     Case("tools of strings", chat(tools=["search"]), 400, "tools[0]", "dictionary"),
     Case("tool without a name", chat(tools=[{"type": "function", "function": {}}]), 400,
-         "tools", "tools"),
+         "tools[0].function.name", "name"),
     Case("tool with a broken schema", chat(tools=[{"type": "function", "function": {
-        "name": "f", "parameters": {"type": "bogus", "properties": 3}}}]), 400, "tools"),
+        "name": "f", "parameters": {"type": "bogus", "properties": 3}}}]), 400,
+         "tools[0].function.parameters", "schema"),
+    Case("tool_choice naming an unknown function", chat(
+        tools=[{"type": "function", "function": {"name": "f"}}],
+        tool_choice={"type": "function", "function": {"name": "g"}}), 400, "tool_choice", "'g'"),
+    Case("tools declaring a name twice", chat(tools=[{"type": "function", "function": {
+        "name": "f"}}] * 2), 400, "tools[1].function.name", "twice"),
+    Case("response_format of an unknown type", chat(response_format={"type": "xml"}), 400,
+         "response_format.type", "xml"),
+    Case("response_format schema that is no schema", chat(response_format={
+        "type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "bogus"}}}), 400,
+         "response_format.json_schema.schema", "bogus"),
     Case("tool_choice required", chat(tool_choice="required"), 400, "tool_choice"),
     Case("tool_choice a number", chat(tool_choice=3), 400, "tool_choice", "valid string"),
     Case("response_format json_schema", chat(response_format={"type": "json_schema"}), 400,
-         "response_format", "json_schema"),
+         "response_format.json_schema", "json_schema"),
     Case("response_format a string", chat(response_format="json"), 400, "response_format"),
     # -- model -------------------------------------------------------------------------------
     Case("model a path", chat(model="../../etc/passwd"), 404, "model", "../../etc/passwd"),

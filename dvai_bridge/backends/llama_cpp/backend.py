@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import ctypes
 import logging
+import threading
+import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -113,6 +115,8 @@ class LlamaBackend(Backend):
         self._abort_cb = lc.ggml_abort_callback(self._should_abort)
         self._no_abort = lc.ggml_abort_callback()
         self._closed = False
+        self._llg: Any = None  # llguidance tokenizer, built on the first constrained request
+        self._llg_lock = threading.Lock()
         self.embedder = None
         if embedding_mode:
             from .embeddings import LlamaEmbedder
@@ -179,8 +183,24 @@ class LlamaBackend(Backend):
             tokens.insert(0, self._bos)  # once: a template that writes bos_token keeps its own
         return tokens
 
-    def chat_tokens(self, messages: list[Message]) -> list[int]:
-        return self._tokenize(self.template.render(messages), add_bos=True)
+    def chat_tokens(self, messages: list[Message], tools: list[dict[str, Any]] | None = None
+                    ) -> list[int]:
+        return self._tokenize(self.template.render(messages, tools), add_bos=True)
+
+    @property
+    def chat_template_source(self) -> str | None:
+        return self.template.own_source
+
+    def grammar_tokenizer(self) -> Any:
+        with self._llg_lock:
+            if self._llg is None:
+                from llguidance.llamacpp import lltokenizer_from_vocab
+
+                with warnings.catch_warnings():  # it reads attributes with a deprecated call
+                    warnings.simplefilter("ignore", DeprecationWarning)
+                    self._llg = lltokenizer_from_vocab(self._vocab, n_vocab=self.vocab_size,
+                                                       eos_token=sorted(self.eos_token_ids))
+            return self._llg
 
     def tokenize(self, text: str) -> list[int]:
         return self._tokenize(text, add_bos=True)
@@ -274,11 +294,16 @@ class LlamaBackend(Backend):
         with _boundary("preparing the sampler"):
             chain = SamplerChain(params, n_vocab=self.vocab_size, prompt=prompt,
                                  max_tokens=request.max_tokens)
+        matcher = request.grammar.matcher() if request.grammar is not None else None
         generated: list[int] = []
         try:
             while True:
                 with _boundary("sampling"):
+                    if matcher is not None:
+                        self._mask(matcher)
                     choice = self._next(chain, params, want, prompt, generated)
+                    if matcher is not None:
+                        matcher.advance(choice.token_id)
                 generated.append(choice.token_id)
                 yield choice
                 if len(self._cached) + 1 >= self.context_length:
@@ -287,6 +312,13 @@ class LlamaBackend(Backend):
                     self._decode([choice.token_id])
         finally:
             chain.close()
+
+    def _mask(self, matcher: Any) -> None:
+        """Constrained decoding: -inf, in place, on the logits of tokens the grammar forbids
+        (the sampler chain and the logprobs both read that row next)."""
+        ptr = self._lc.llama_get_logits_ith(self._ctx, -1)
+        raw = np.ctypeslib.as_array(ptr, shape=(self.vocab_size,))
+        raw[~matcher.allowed(self.vocab_size)] = -np.inf
 
     def _next(self, chain: SamplerChain, params: Any, want: int, prompt: list[int],
               generated: list[int]) -> TokenChoice:

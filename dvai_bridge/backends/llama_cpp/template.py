@@ -38,6 +38,7 @@ class ChatTemplate:
                  model_id: str) -> None:
         if not source:
             log.warning("%s carries no chat template; using the documented fallback", model_id)
+        self.own_source = source or None
         self.source = source or FALLBACK_CHAT_TEMPLATE
         env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
                                             extensions=[loopcontrols])
@@ -47,10 +48,10 @@ class ChatTemplate:
         self._template = env.from_string(self.source)
         self._special = {"bos_token": bos_token, "eos_token": eos_token}
 
-    def render(self, messages: list[Message]) -> str:
+    def render(self, messages: list[Message], tools: list[dict[str, Any]] | None = None) -> str:
         try:
-            return self._template.render(messages=messages, add_generation_prompt=True,
-                                         **self._special)
+            return self._template.render(messages=messages, tools=tools or None,
+                                         add_generation_prompt=True, **self._special)
         except jinja2.TemplateError as exc:
             raise InvalidRequest(f"The model's chat template rejected the messages: {exc}",
                                  param="messages") from None

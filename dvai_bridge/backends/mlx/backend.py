@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -14,8 +15,14 @@ import jinja2
 from ...engine.types import BatchLimits, CancelToken, GenerationRequest, TokenChoice
 from ...errors import BackendError, BridgeError, InvalidRequest, ModelLoadFailed
 from ...progress import ProgressEvent, ProgressHub
-from ...store.resolve import (EMBEDDED_ID, download_model, embedded_default_gguf, hf_snapshot,
-                              is_remote_reference, is_repo_id)
+from ...store.resolve import (
+    EMBEDDED_ID,
+    download_model,
+    embedded_default_gguf,
+    hf_snapshot,
+    is_remote_reference,
+    is_repo_id,
+)
 from ..base import FALLBACK_CHAT_TEMPLATE, Backend, Batch, Capabilities, Message
 from .device import MLXDevice, select_device
 
@@ -78,6 +85,8 @@ class MLXBackend(Backend):
         self.device = device
         self.vocab_size = int(getattr(model.args, "vocab_size", 0)) or None
         self.eos_token_ids = frozenset(int(t) for t in tokenizer.eos_token_ids)
+        self._llg: Any = None  # llguidance tokenizer, built on the first constrained request
+        self._llg_lock = threading.Lock()
         self._fallback = None
         if not getattr(tokenizer, "chat_template", None):
             log.warning("%s has no chat template; using the documented fallback", model_id)
@@ -107,17 +116,31 @@ class MLXBackend(Backend):
                    context_length=min(context_size or native, native), device=device)
 
     # -- text <-> tokens ------------------------------------------------------------
-    def chat_tokens(self, messages: list[Message]) -> list[int]:
+    def chat_tokens(self, messages: list[Message], tools: list[dict[str, Any]] | None = None
+                    ) -> list[int]:
         try:
             if self._fallback is not None:
                 text = self._fallback.render(messages=messages, add_generation_prompt=True)
             else:
                 text = self.tokenizer.apply_chat_template(
-                    messages, add_generation_prompt=True, tokenize=False)
+                    messages, tools=tools or None, add_generation_prompt=True, tokenize=False)
         except jinja2.TemplateError as exc:
             raise InvalidRequest(f"The model's chat template rejected the messages: {exc}",
                                  param="messages") from None
         return list(self.tokenizer.encode(text, add_special_tokens=False))
+
+    @property
+    def chat_template_source(self) -> str | None:
+        return None if self._fallback is not None else self.tokenizer.chat_template
+
+    def grammar_tokenizer(self) -> Any:
+        with self._llg_lock:
+            if self._llg is None:
+                from llguidance.hf import from_tokenizer
+
+                self._llg = from_tokenizer(self.tokenizer._tokenizer, n_vocab=self.vocab_size,
+                                           eos_token=sorted(self.eos_token_ids))
+            return self._llg
 
     def tokenize(self, text: str) -> list[int]:
         return list(self.tokenizer.encode(text))
@@ -139,7 +162,7 @@ class MLXBackend(Backend):
         with _boundary("preparing generation"):
             sampler = sampling.make_sequence_sampler(request.sampling)
             processors = sampling.logits_processors(request.sampling,
-                                                    len(request.prompt_tokens))
+                                                    len(request.prompt_tokens), request.grammar)
             steps = generate_step(
                 mx.array(request.prompt_tokens), self.model,
                 max_tokens=request.max_tokens, sampler=sampler,

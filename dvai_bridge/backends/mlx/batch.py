@@ -67,7 +67,8 @@ class MLXBatch(Batch):
             caches=[snapshot],
             all_tokens=[tokens[:cached]],
             samplers=[sampling.make_sequence_sampler(request.sampling)],
-            logits_processors=[sampling.logits_processors(request.sampling, len(tokens))],
+            logits_processors=[sampling.logits_processors(request.sampling, len(tokens),
+                                                          request.grammar)],
         )
         self._uid[key], self._key[uid] = uid, key
         self._top[key] = request.top_logprobs if request.logprobs else -1

@@ -7,10 +7,10 @@ from collections.abc import Callable
 import mlx.core as mx
 from mlx_lm.sample_utils import apply_min_p, apply_top_k, apply_top_p, greedy_sampler
 
-Sampler = Callable[[mx.array], mx.array]
-
+from ...engine.grammar import Grammar, TokenMatcher
 from ...engine.types import SamplingParams
 
+Sampler = Callable[[mx.array], mx.array]
 LogitsProcessor = Callable[[mx.array, mx.array], mx.array]
 
 
@@ -58,6 +58,26 @@ def logit_bias(bias: tuple[tuple[int, float], ...]) -> LogitsProcessor:
     return process
 
 
+def grammar_mask(matcher: TokenMatcher) -> LogitsProcessor:
+    """Constrained decoding: tokens the grammar forbids get -inf.
+
+    Called once per step with the context so far; from the second call on, the context's last
+    token is the one chosen at the previous step, which the matcher consumes first. (A grammar
+    is its own state machine, so this needs the tokens in order, not the whole context.)
+    """
+    state = {"first": True}
+
+    def process(tokens: mx.array, logits: mx.array) -> mx.array:
+        if state["first"]:
+            state["first"] = False
+        else:
+            matcher.advance(int(tokens[-1].item()))
+        allowed = mx.array(matcher.allowed(logits.shape[-1]))
+        return mx.where(allowed, logits, mx.array(-float("inf"), dtype=logits.dtype))
+
+    return process
+
+
 def make_sequence_sampler(params: SamplingParams) -> Sampler:
     """A sampler for one sequence. With a seed it draws from its own random key, so its
     output does not depend on which other sequences share the batch."""
@@ -86,8 +106,10 @@ def make_sequence_sampler(params: SamplingParams) -> Sampler:
     return sample
 
 
-def logits_processors(params: SamplingParams, prompt_len: int) -> list[LogitsProcessor]:
-    """The logits processors one request asks for (in the order OpenAI applies them)."""
+def logits_processors(params: SamplingParams, prompt_len: int,
+                      grammar: Grammar | None = None) -> list[LogitsProcessor]:
+    """The logits processors one request asks for (in the order OpenAI applies them); a
+    grammar's mask goes last, so nothing can lift a forbidden token back."""
     processors: list[LogitsProcessor] = []
     if params.logit_bias:
         processors.append(logit_bias(params.logit_bias))
@@ -96,4 +118,6 @@ def logits_processors(params: SamplingParams, prompt_len: int) -> list[LogitsPro
                                            prompt_len))
     if params.repetition_penalty != 1.0:
         processors.append(repetition_penalty(params.repetition_penalty))
+    if grammar is not None:
+        processors.append(grammar_mask(grammar.matcher()))
     return processors

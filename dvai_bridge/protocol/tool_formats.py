@@ -1,0 +1,182 @@
+"""How models write tool calls, and how to read them back.
+
+Three families cover the common open models:
+
+  hermes   ``<tool_call>{"name": ..., "arguments": {...}}</tool_call>``, one block per call
+           (Hermes, Qwen 2.5/3, SmolLM3, and our own prompt for templates without tools)
+  mistral  ``[TOOL_CALLS][{"name": ..., "arguments": {...}}, ...]`` or, in newer templates,
+           ``[TOOL_CALLS]name[ARGS]{...}`` repeated
+  llama3   the reply is a JSON object ``{"name": ..., "parameters": {...}}``, optionally after
+           ``<|python_tag|>``; several are separated by ``;``
+
+Each format also writes the Lark grammar that forces a call (``tool_choice: required`` or a
+named function) so that constrained decoding produces exactly what ``parse`` reads.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from typing import Any
+
+_DECODER = json.JSONDecoder()
+
+
+@dataclass(frozen=True)
+class ParsedCall:
+    name: str
+    arguments: dict[str, Any]
+
+
+class ToolFormat:
+    name: str
+    start: str  # the marker that opens the tool-call part of a reply
+    at_start_only = False  # True: calls are recognised only at the very start of a reply
+
+    def opens_calls(self, text: str) -> int:
+        """Index where the tool-call part of ``text`` begins, or -1."""
+        return text.find(self.start)
+
+    def complete_calls(self, region: str) -> tuple[list[ParsedCall], int]:
+        """Calls that are already complete in a growing region, and how much of it they use.
+        Formats that can only be read whole return ([], 0) until ``parse``."""
+        return [], 0
+
+    def parse(self, region: str) -> list[ParsedCall]:
+        """All calls in the tool-call region; ``ValueError`` if it is not well formed."""
+        raise NotImplementedError
+
+    def forced_lark(self, call_schema: dict[str, Any], parallel: bool) -> str:
+        """Lark grammar for a reply made only of calls matching ``call_schema``."""
+        raise NotImplementedError
+
+
+def _call(obj: Any, args_key: str = "arguments") -> ParsedCall:
+    if not isinstance(obj, dict) or not isinstance(obj.get("name"), str):
+        raise ValueError("a tool call needs a string 'name'")
+    args = obj.get(args_key, obj.get("arguments", obj.get("parameters", {})))
+    if isinstance(args, str):  # some models write the arguments as a JSON string
+        args = json.loads(args) if args.strip() else {}
+    if not isinstance(args, dict):
+        raise ValueError("tool call arguments must be a JSON object")
+    return ParsedCall(obj["name"], args)
+
+
+def _json_rule(schema: dict[str, Any]) -> str:
+    return "%json " + json.dumps(schema)
+
+
+class Hermes(ToolFormat):
+    name = "hermes"
+    start = "<tool_call>"
+    end = "</tool_call>"
+
+    def complete_calls(self, region: str) -> tuple[list[ParsedCall], int]:
+        calls, used = [], 0
+        while True:
+            i = region.find(self.start, used)
+            j = region.find(self.end, i + len(self.start)) if i >= 0 else -1
+            if j < 0:
+                return calls, used
+            calls.append(_call(json.loads(region[i + len(self.start):j])))
+            used = j + len(self.end)
+
+    def parse(self, region: str) -> list[ParsedCall]:
+        calls, used = self.complete_calls(region)
+        rest = region[used:].strip()
+        if rest.startswith(self.start):  # an unclosed last block (the model stopped early)
+            calls.append(_call(json.loads(rest[len(self.start):])))
+        elif rest:
+            raise ValueError("text after the tool calls")
+        if not calls:
+            raise ValueError("no tool call")
+        return calls
+
+    def forced_lark(self, call_schema: dict[str, Any], parallel: bool) -> str:
+        more = ' ("\\n" call)*' if parallel else ""
+        return (f"start: call{more}\n"
+                f'call: "<tool_call>\\n" {_json_rule(call_schema)} "\\n</tool_call>"\n')
+
+
+_MISTRAL_HEADER = re.compile(r"([\w.-]+)\s*\[ARGS\]\s*")
+
+
+class Mistral(ToolFormat):
+    name = "mistral"
+    start = "[TOOL_CALLS]"
+
+    def parse(self, region: str) -> list[ParsedCall]:
+        body = region[len(self.start):].strip() if region.startswith(self.start) else region
+        if body.startswith("["):
+            payload = json.loads(body)
+            if not isinstance(payload, list) or not payload:
+                raise ValueError("[TOOL_CALLS] must be followed by a list of calls")
+            return [_call(c) for c in payload]
+        calls, pos = [], 0
+        while (m := _MISTRAL_HEADER.match(body, pos)) is not None:
+            args, pos = _DECODER.raw_decode(body, m.end())
+            calls.append(_call({"name": m.group(1), "arguments": args}))
+            pos = len(body) - len(body[pos:].lstrip()) if body[pos:].strip() else len(body)
+            if body[pos:pos + len(self.start)] == self.start:
+                pos += len(self.start)
+        if not calls or body[pos:].strip():
+            raise ValueError("not a [TOOL_CALLS] list")
+        return calls
+
+    def forced_lark(self, call_schema: dict[str, Any], parallel: bool) -> str:
+        items: dict[str, Any] = {"type": "array", "items": call_schema, "minItems": 1}
+        if not parallel:
+            items["maxItems"] = 1
+        return f'start: "[TOOL_CALLS]" {_json_rule(items)}\n'
+
+
+class Llama3(ToolFormat):
+    name = "llama3"
+    start = "<|python_tag|>"
+    at_start_only = True
+
+    def opens_calls(self, text: str) -> int:
+        stripped = text.lstrip()
+        if stripped.startswith((self.start, "{")):
+            return len(text) - len(stripped)
+        return -1
+
+    def parse(self, region: str) -> list[ParsedCall]:
+        body = region.strip().removeprefix(self.start).strip()
+        calls, pos = [], 0
+        while pos < len(body):
+            obj, pos = _DECODER.raw_decode(body, pos)
+            calls.append(_call(obj, "parameters"))
+            rest = body[pos:].lstrip()
+            if rest.startswith(";"):
+                rest = rest[1:].lstrip()
+            pos = len(body) - len(rest)
+        if not calls:
+            raise ValueError("no tool call")
+        return calls
+
+    def forced_lark(self, call_schema: dict[str, Any], parallel: bool) -> str:
+        more = ' ("; " call)*' if parallel else ""
+        return f"start: call{more}\ncall: {_json_rule(call_schema)}\n"
+
+
+FORMATS: dict[str, ToolFormat] = {f.name: f for f in (Hermes(), Mistral(), Llama3())}
+
+
+def detect_format(template: str | None) -> tuple[ToolFormat, bool] | None:
+    """(format, native) for a chat template source.
+
+    native: the template renders ``tools`` itself, in that format. A template that does not
+    use ``tools`` at all gets the Hermes format through a system prompt we write (not native).
+    None: the template uses tools in a format this module cannot read.
+    """
+    if not template or not re.search(r"\btools\b", template):
+        return FORMATS["hermes"], False
+    if "<tool_call>" in template:
+        return FORMATS["hermes"], True
+    if "[TOOL_CALLS]" in template:
+        return FORMATS["mistral"], True
+    if "<|python_tag|>" in template or "ipython" in template:
+        return FORMATS["llama3"], True
+    return None

@@ -1,0 +1,146 @@
+"""Constrained decoding pieces on the real SmolLM2 tokenizer: the masks a grammar gives, and
+the grammars tools and response_format compile to."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+llguidance = pytest.importorskip("llguidance")
+
+from dvai_bridge.engine.grammar import Grammar, GrammarError, json_schema_grammar  # noqa: E402
+from dvai_bridge.protocol.structured import grammar_text  # noqa: E402
+from dvai_bridge.protocol.tools import ToolPlan  # noqa: E402
+
+EOS = 2  # <|im_end|>
+VOCAB = 49152
+TOOL = {"type": "function", "function": {"name": "get_weather", "parameters": {
+    "type": "object", "properties": {"city": {"type": "string"},
+                                     "unit": {"enum": ["celsius", "fahrenheit"]}},
+    "required": ["city", "unit"], "additionalProperties": False}}}
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    from dvai_bridge.backends.mlx.gguf_import import cached_import
+    from dvai_bridge.store.resolve import embedded_default_gguf
+
+    folder = cached_import(embedded_default_gguf())
+    return llguidance.LLTokenizer((folder / "tokenizer.json").read_text(), n_vocab=VOCAB,
+                                  eos_token=[EOS])
+
+
+def drive(grammar: Grammar, tokenizer, text: str) -> np.ndarray:
+    """Feed ``text`` token by token, checking each token was allowed; the mask after it."""
+    m = grammar.matcher()
+    for t in tokenizer.tokenize_str(text):
+        assert m.allowed(VOCAB)[t], f"token {tokenizer.decode_str([t])!r} was masked"
+        m.advance(t)
+    return m.allowed(VOCAB)
+
+
+def test_a_complete_value_allows_only_the_end(tokenizer) -> None:
+    g = Grammar.compile(json_schema_grammar({"type": "object", "properties": {
+        "n": {"type": "integer"}}, "required": ["n"]}), tokenizer)
+    mask = drive(g, tokenizer, '{"n": 42}')
+    assert mask.nonzero()[0].tolist() == [EOS]
+
+
+def test_the_first_token_must_open_the_object(tokenizer) -> None:
+    g = Grammar.compile(json_schema_grammar({"type": "object"}), tokenizer)
+    allowed = g.matcher().allowed(VOCAB).nonzero()[0]
+    assert allowed.size > 0
+    assert all(tokenizer.decode_str([int(t)]).startswith("{") for t in allowed)
+
+
+def test_enum_values_are_the_only_choices(tokenizer) -> None:
+    g = Grammar.compile(json_schema_grammar({"enum": ["celsius", "fahrenheit"]}), tokenizer)
+    m = g.matcher()
+    for t in tokenizer.tokenize_str('"'):
+        m.advance(t)
+    firsts = {tokenizer.decode_str([int(t)])[:1] for t in m.allowed(VOCAB).nonzero()[0]}
+    assert firsts == {"c", "f"}
+
+
+def test_a_mask_wider_than_the_tokenizer_forbids_the_padding(tokenizer) -> None:
+    g = Grammar.compile(json_schema_grammar({"type": "object"}), tokenizer)
+    mask = g.matcher().allowed(VOCAB + 64)
+    assert not mask[VOCAB:].any()
+
+
+def test_a_rejected_token_leaves_only_the_end(tokenizer) -> None:
+    g = Grammar.compile(json_schema_grammar({"type": "object"}), tokenizer)
+    m = g.matcher()
+    m.advance(tokenizer.tokenize_str("hello")[0])
+    assert m.error
+    assert m.allowed(VOCAB).nonzero()[0].tolist() == [EOS]
+
+
+def test_unsupported_keyword_is_named(tokenizer) -> None:
+    with pytest.raises(GrammarError, match="uniqueItems"):
+        Grammar.compile(json_schema_grammar({"type": "array", "uniqueItems": True}), tokenizer)
+
+
+@pytest.mark.parametrize(("choice", "parallel", "text", "ok"), [
+    ("required", True, '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris", '
+                       '"unit": "celsius"}}\n</tool_call>', True),
+    ("required", True, '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}'
+                       '\n</tool_call>', False),  # "unit" is required
+    ("required", True, 'Sure! <tool_call>', False),  # no text before a forced call
+    ({"type": "function", "function": {"name": "get_weather"}}, True,
+     '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Oslo", "unit": "fahrenheit"}}'
+     '\n</tool_call>', True),
+])
+def test_forced_call_grammar(tokenizer, choice, parallel, text: str, ok: bool) -> None:
+    plan = ToolPlan.build([TOOL], choice, parallel, None, False)
+    spec, param = grammar_text(None, plan.calls_grammar())
+    assert param == "tools"
+    g = Grammar.compile(spec, tokenizer)
+    m = g.matcher()
+    accepted = True
+    for t in tokenizer.tokenize_str(text):
+        if not m.allowed(VOCAB)[t]:
+            accepted = False
+            break
+        m.advance(t)
+    assert accepted == ok
+    if ok:
+        allowed = m.allowed(VOCAB).nonzero()[0].tolist()
+        assert EOS in allowed
+        # one call only when forced by name; another may follow with 'required'
+        assert (len(allowed) > 1) == (not isinstance(choice, dict))
+
+
+def test_hermes_history_for_a_template_without_tools() -> None:
+    plan = ToolPlan.build([TOOL], "auto", None, None, True)
+    out = plan.messages([
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "weather?"},
+        {"role": "assistant", "content": "", "tool_calls": [{"id": "call_1", "type": "function",
+         "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "sunny"},
+        {"role": "tool", "tool_call_id": "call_2", "content": "18 C"},
+    ])
+    assert [m["role"] for m in out] == ["system", "user", "assistant", "user"]
+    assert out[0]["content"].startswith("Be brief.") and "<tools>" in out[0]["content"]
+    assert json.dumps(TOOL["function"]["parameters"]) in out[0]["content"]
+    assert out[2]["content"] == ('<tool_call>\n{"name": "get_weather", "arguments": '
+                                 '{"city": "Paris"}}\n</tool_call>')
+    assert out[3]["content"] == ("<tool_response>\nsunny\n</tool_response>\n"
+                                 "<tool_response>\n18 C\n</tool_response>")
+
+
+def test_native_history_gives_templates_argument_objects() -> None:
+    plan = ToolPlan.build([TOOL], "auto", None, "{% if tools %}<tool_call>{% endif %}", True)
+    assert plan.native
+    out = plan.messages([
+        {"role": "assistant", "content": "", "tool_calls": [{"id": "c1", "type": "function",
+         "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}]},
+        {"role": "tool", "tool_call_id": "c1", "content": "sunny"},
+    ])
+    assert out[0]["tool_calls"][0]["function"]["arguments"] == {"city": "Paris"}
+    assert out[1]["name"] == "get_weather"
+    assert plan.template_tools() == [{"type": "function", "function": {
+        "name": "get_weather", "description": "", "parameters": TOOL["function"]["parameters"]}}]
