@@ -68,6 +68,8 @@ def grammar_mask(matcher: TokenMatcher) -> LogitsProcessor:
     state = {"first": True}
 
     def process(tokens: mx.array, logits: mx.array) -> mx.array:
+        # Start this step's forward pass now, so it runs while the mask is computed here.
+        mx.async_eval(logits)
         if state["first"]:
             state["first"] = False
         else:
