@@ -21,7 +21,7 @@ from .responses import ChunkFactory, CompletionLogprobs, chat_logprobs, new_id, 
 from .schema import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 from .structured import compile_grammar, grammar_text, response_schema
 from .tool_stream import Split
-from .tools import ToolPlan, openai_call
+from .tools import ToolPlan, new_call_id, openai_call
 
 
 @dataclasses.dataclass
@@ -193,7 +193,7 @@ class OpenAIService:
                 lp = {"content": [c for d in r.deltas for c in chat_logprobs(d)["content"]]}
             message: dict[str, Any] = {"role": "assistant", "content": r.text}
             reason = r.finish.reason
-            splitter = plan.splitter() if plan is not None else None
+            splitter = plan.splitter(stream=False) if plan is not None else None
             if splitter is not None:
                 head, tail = splitter.feed(r.text), splitter.finish()
                 calls = head.calls + tail.calls
@@ -226,25 +226,23 @@ class OpenAIService:
     async def _chat_chunks(self, streams: list[EventStream], f: ChunkFactory,
                            want_logprobs: bool, plan: ToolPlan | None
                            ) -> AsyncIterator[dict[str, Any]]:
-        splitters = [plan.splitter() if plan is not None else None for _ in streams]
+        splitters = [plan.splitter(stream=True) if plan is not None else None for _ in streams]
         called = [0] * len(streams)
 
         def pieces(i: int, split: Split, lp: Any = None) -> Iterator[dict[str, Any]]:
-            """Chunks for one piece of split reply: its content, then each finished call
-            (index, id and name first, then its arguments)."""
+            """Chunks for one piece of a split reply: its content, then its tool-call deltas
+            (a call's first carries index, id, type and name; the rest, argument text)."""
             if split.content or lp is not None:
                 yield f.chunk([{"index": i, "delta": {"content": split.content},
                                 "logprobs": lp, "finish_reason": None}])
-            for call in split.calls:
-                body = openai_call(call, called[i])
-                args = body["function"]["arguments"]
-                body["function"]["arguments"] = ""
-                yield f.chunk([{"index": i, "delta": {"tool_calls": [body]},
+            for d in split.deltas:
+                call: dict[str, Any] = {"index": d.index, "function": {"arguments": d.arguments}}
+                if d.name is not None:
+                    call = {"index": d.index, "id": new_call_id(), "type": "function",
+                            "function": {"name": d.name, "arguments": d.arguments}}
+                    called[i] += 1
+                yield f.chunk([{"index": i, "delta": {"tool_calls": [call]},
                                 "logprobs": None, "finish_reason": None}])
-                yield f.chunk([{"index": i, "delta": {"tool_calls": [
-                    {"index": called[i], "function": {"arguments": args}}]},
-                    "logprobs": None, "finish_reason": None}])
-                called[i] += 1
 
         async with AsyncExitStack() as stack:
             for s in streams:

@@ -241,8 +241,8 @@ class ToolPlan:
         forced_one = self.choice.startswith("function:")
         return self.fmt.forced_lark(call, self.parallel and not forced_one)
 
-    def splitter(self) -> ToolCallSplitter | None:
+    def splitter(self, *, stream: bool) -> ToolCallSplitter | None:
         if not self.active:
             return None
         names = frozenset(f["name"] for f in self.offered())
-        return ToolCallSplitter(self.fmt, names, self.parallel)
+        return ToolCallSplitter(self.fmt, names, self.parallel, stream=stream)

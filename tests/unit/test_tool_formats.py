@@ -104,7 +104,7 @@ def test_plain_text_passes_through_and_a_marker_prefix_waits() -> None:
     '<tool_call>\nnot json\n</tool_call>',
 ])
 def test_a_region_that_does_not_parse_comes_back_as_content(broken: str) -> None:
-    s = ToolCallSplitter(FORMATS["hermes"], KNOWN)
+    s = ToolCallSplitter(FORMATS["hermes"], KNOWN, stream=False)
     a = s.feed("Sure. " + broken)
     b = s.finish()
     assert a.calls == b.calls == []
@@ -155,9 +155,67 @@ def test_detect_format_refuses_an_unknown_tool_template() -> None:
     assert detect_format("{% if tools %}<|tool_list_start|>{{ tools }}{% endif %}") is None
 
 
-def test_an_unfinished_call_after_complete_ones_is_dropped_not_leaked() -> None:
-    s = ToolCallSplitter(FORMATS["hermes"], KNOWN)
+@pytest.mark.parametrize("stream", [True, False])
+def test_an_unfinished_call_after_complete_ones_is_dropped_not_leaked(stream: bool) -> None:
+    s = ToolCallSplitter(FORMATS["hermes"], KNOWN, stream=stream)
     text = QWEN + '\n<tool_call>\n{"name": "get_time", "arguments": {"time'  # max_tokens
     a, b = s.feed(text), s.finish()
     assert [c.name for c in a.calls + b.calls] == ["get_weather"]
     assert (a.content + b.content) == ""
+
+
+def _stream(fmt: str, text: str, piece: int) -> tuple[str, list]:
+    s = ToolCallSplitter(FORMATS[fmt], KNOWN)
+    content, deltas = "", []
+    for i in range(0, len(text), piece):
+        out = s.feed(text[i:i + piece])
+        content += out.content
+        deltas += out.deltas
+    end = s.finish()
+    return content + end.content, deltas + end.deltas
+
+
+@pytest.mark.parametrize(("fmt", "text", "n"), [
+    ("hermes", QWEN_TWO, 2), ("hermes", HERMES3_WITH_TEXT, 1), ("mistral", MISTRAL_V3, 1),
+    ("mistral", MISTRAL_ARGS, 2), ("llama3", LLAMA31, 1), ("llama3", LLAMA32_TAG, 2),
+])
+@pytest.mark.parametrize("piece", [1, 3, 11])
+def test_stream_deltas_rebuild_the_calls(fmt: str, text: str, n: int, piece: int) -> None:
+    _, deltas = _stream(fmt, text, piece)
+    names: dict[int, str] = {}
+    args: dict[int, str] = {}
+    for d in deltas:
+        if d.name is not None:
+            assert d.index not in names, "a call is opened once"
+            assert d.index == len(names), "calls are opened in order"
+            names[d.index] = d.name
+        else:
+            assert d.index in names, "arguments come after the name"
+        args[d.index] = args.get(d.index, "") + d.arguments
+    whole = FORMATS[fmt].parse(text[FORMATS[fmt].opens_calls(text):])
+    assert len(names) == n
+    assert [ParsedCall(names[k], json.loads(args[k])) for k in range(n)] == whole
+
+
+def test_arguments_stream_before_the_call_closes() -> None:
+    s = ToolCallSplitter(FORMATS["hermes"], KNOWN)
+    opened = s.feed('<tool_call>\n{"name": "get_weather", "arguments": {"location": "Pa')
+    assert [d.name for d in opened.deltas] == ["get_weather", None]
+    assert opened.deltas[1].arguments == '{"location": "Pa'
+    rest = s.feed('ris}"}}\n</tool_call>')  # a brace inside a string does not close it
+    assert "".join(d.arguments for d in rest.deltas) == 'ris}"}'
+    assert rest.calls == [ParsedCall("get_weather", {"location": "Paris}"})]
+
+
+def test_arguments_before_the_name_are_sent_whole_once_parsed() -> None:
+    content, deltas = _stream("hermes", HERMES3_WITH_TEXT, 2)
+    assert [d.name for d in deltas] == ["get_weather", None]
+    assert json.loads(deltas[1].arguments) == WEATHER
+
+
+def test_a_streamed_call_cut_short_is_not_repeated_as_content() -> None:
+    content, deltas = _stream("hermes", 'Sure. <tool_call>\n{"name": "get_weather", '
+                              '"arguments": {"loc', 4)
+    assert content == "Sure. "
+    assert deltas[0].name == "get_weather"
+    assert "".join(d.arguments for d in deltas) == '{"loc'
