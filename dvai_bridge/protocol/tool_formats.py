@@ -20,6 +20,8 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from ..engine.grammar import JSON_OPTIONS
+
 _DECODER = json.JSONDecoder()
 
 
@@ -47,9 +49,20 @@ class ToolFormat:
         """All calls in the tool-call region; ``ValueError`` if it is not well formed."""
         raise NotImplementedError
 
-    def forced_lark(self, call_schema: dict[str, Any], parallel: bool) -> str:
-        """Lark grammar for a reply made only of calls matching ``call_schema``."""
+    args_key = "arguments"  # what the model calls the arguments object
+
+    def forced_lark(self, functions: list[dict[str, Any]], parallel: bool) -> str:
+        """Lark grammar for a reply made only of calls to ``functions`` (name, parameters)."""
         raise NotImplementedError
+
+    def call_schema(self, functions: list[dict[str, Any]]) -> dict[str, Any]:
+        """JSON schema of one ``{"name": ..., <args_key>: {...}}`` object, name first."""
+        schemas = [{"type": "object",
+                    "properties": {"name": {"const": f["name"]}, self.args_key: f["parameters"]},
+                    "required": ["name", self.args_key], "additionalProperties": False}
+                   for f in functions]
+        call = schemas[0] if len(schemas) == 1 else {"anyOf": schemas}
+        return {**call, "x-guidance": JSON_OPTIONS}
 
 
 def _call(obj: Any, args_key: str = "arguments") -> ParsedCall:
@@ -93,10 +106,11 @@ class Hermes(ToolFormat):
             raise ValueError("no tool call")
         return calls
 
-    def forced_lark(self, call_schema: dict[str, Any], parallel: bool) -> str:
+    def forced_lark(self, functions: list[dict[str, Any]], parallel: bool) -> str:
         more = ' ("\\n" call)*' if parallel else ""
         return (f"start: call{more}\n"
-                f'call: "<tool_call>\\n" {_json_rule(call_schema)} "\\n</tool_call>"\n')
+                f'call: "<tool_call>\\n" {_json_rule(self.call_schema(functions))} '
+                '"\\n</tool_call>"\n')
 
 
 _MISTRAL_HEADER = re.compile(r"([\w.-]+)\s*\[ARGS\]\s*")
@@ -124,17 +138,32 @@ class Mistral(ToolFormat):
             raise ValueError("not a [TOOL_CALLS] list")
         return calls
 
-    def forced_lark(self, call_schema: dict[str, Any], parallel: bool) -> str:
-        items: dict[str, Any] = {"type": "array", "items": call_schema, "minItems": 1}
+    def forced_lark(self, functions: list[dict[str, Any]], parallel: bool) -> str:
+        items: dict[str, Any] = {"type": "array", "items": self.call_schema(functions),
+                                 "minItems": 1, "x-guidance": JSON_OPTIONS}
         if not parallel:
             items["maxItems"] = 1
         return f'start: "[TOOL_CALLS]" {_json_rule(items)}\n'
+
+
+class MistralArgs(Mistral):
+    """Newer Mistral templates (Small 3.1+, Devstral, Magistral): ``[TOOL_CALLS]name[ARGS]{...}``."""
+
+    name = "mistral_args"
+
+    def forced_lark(self, functions: list[dict[str, Any]], parallel: bool) -> str:
+        options = " | ".join(
+            f'"{f["name"]}[ARGS]" {_json_rule({**f["parameters"], "x-guidance": JSON_OPTIONS})}'
+            for f in functions)
+        start = "start: call+" if parallel else "start: call"
+        return f'{start}\ncall: "[TOOL_CALLS]" ({options})\n'
 
 
 class Llama3(ToolFormat):
     name = "llama3"
     start = "<|python_tag|>"
     at_start_only = True
+    args_key = "parameters"
 
     def opens_calls(self, text: str) -> int:
         stripped = text.lstrip()
@@ -156,12 +185,13 @@ class Llama3(ToolFormat):
             raise ValueError("no tool call")
         return calls
 
-    def forced_lark(self, call_schema: dict[str, Any], parallel: bool) -> str:
+    def forced_lark(self, functions: list[dict[str, Any]], parallel: bool) -> str:
         more = ' ("; " call)*' if parallel else ""
-        return f"start: call{more}\ncall: {_json_rule(call_schema)}\n"
+        return f"start: call{more}\ncall: {_json_rule(self.call_schema(functions))}\n"
 
 
-FORMATS: dict[str, ToolFormat] = {f.name: f for f in (Hermes(), Mistral(), Llama3())}
+FORMATS: dict[str, ToolFormat] = {f.name: f for f in (Hermes(), Mistral(), MistralArgs(),
+                                                     Llama3())}
 
 
 def detect_format(template: str | None) -> tuple[ToolFormat, bool] | None:
@@ -176,7 +206,7 @@ def detect_format(template: str | None) -> tuple[ToolFormat, bool] | None:
     if "<tool_call>" in template:
         return FORMATS["hermes"], True
     if "[TOOL_CALLS]" in template:
-        return FORMATS["mistral"], True
+        return FORMATS["mistral_args" if "[ARGS]" in template else "mistral"], True
     if "<|python_tag|>" in template or "ipython" in template:
         return FORMATS["llama3"], True
     return None

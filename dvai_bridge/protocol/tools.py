@@ -230,16 +230,10 @@ class ToolPlan:
         return self.choice == "required" or self.choice.startswith("function:")
 
     def calls_grammar(self) -> str:
-        """Lark grammar for a reply made of calls to the offered functions."""
-        schemas = [{"type": "object",
-                    "properties": {"name": {"const": f["name"]}, "arguments": f["parameters"]},
-                    "required": ["name", "arguments"], "additionalProperties": False}
-                   for f in self.offered()]
-        call = schemas[0] if len(schemas) == 1 else {"anyOf": schemas}
-        call = {**call, "x-guidance": {"whitespace_flexible": False, "key_separator": ": ",
-                                       "item_separator": ", "}}
+        """Lark grammar for a reply made of calls to the offered functions, in the model's
+        format; a named function is called once."""
         forced_one = self.choice.startswith("function:")
-        return self.fmt.forced_lark(call, self.parallel and not forced_one)
+        return self.fmt.forced_lark(self.offered(), self.parallel and not forced_one)
 
     def splitter(self, *, stream: bool) -> ToolCallSplitter | None:
         if not self.active:

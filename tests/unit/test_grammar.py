@@ -144,3 +144,39 @@ def test_native_history_gives_templates_argument_objects() -> None:
     assert out[1]["name"] == "get_weather"
     assert plan.template_tools() == [{"type": "function", "function": {
         "name": "get_weather", "description": "", "parameters": TOOL["function"]["parameters"]}}]
+
+
+FUNCS = [{"name": "get_weather", "parameters": TOOL["function"]["parameters"]},
+         {"name": "get_time", "parameters": {"type": "object", "properties": {
+             "tz": {"type": "string"}}, "required": ["tz"], "additionalProperties": False}}]
+FORCED = {  # per format: a reply its forced grammar must accept, with the calls it holds
+    "hermes": '<tool_call>\n{"name": "get_time", "arguments": {"tz": "UTC"}}\n</tool_call>\n'
+              '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Oslo", '
+              '"unit": "celsius"}}\n</tool_call>',
+    "mistral": '[TOOL_CALLS][{"name": "get_time", "arguments": {"tz": "UTC"}}, '
+               '{"name": "get_weather", "arguments": {"city": "Oslo", "unit": "celsius"}}]',
+    "mistral_args": '[TOOL_CALLS]get_time[ARGS]{"tz": "UTC"}[TOOL_CALLS]get_weather[ARGS]'
+                    '{"city": "Oslo", "unit": "celsius"}',
+    "llama3": '{"name": "get_time", "parameters": {"tz": "UTC"}}; {"name": "get_weather", '
+              '"parameters": {"city": "Oslo", "unit": "celsius"}}',
+}
+
+
+@pytest.mark.parametrize("fmt", sorted(FORCED))
+def test_each_format_forces_what_its_parser_reads(tokenizer, fmt: str) -> None:
+    from dvai_bridge.engine.grammar import lark_grammar
+    from dvai_bridge.protocol.tool_formats import FORMATS
+
+    f = FORMATS[fmt]
+    g = Grammar.compile(lark_grammar(f.forced_lark(FUNCS, parallel=True)), tokenizer)
+    mask = drive(g, tokenizer, FORCED[fmt])
+    assert mask[EOS]
+    assert [c.name for c in f.parse(FORCED[fmt])] == ["get_time", "get_weather"]
+    one = Grammar.compile(lark_grammar(f.forced_lark(FUNCS[:1], parallel=False)), tokenizer)
+    m = one.matcher()
+    for t in tokenizer.tokenize_str(FORCED[fmt]):  # get_time is not offered any more
+        if not m.allowed(VOCAB)[t]:
+            break
+        m.advance(t)
+    else:
+        pytest.fail("a grammar for get_weather accepted a call to get_time")
