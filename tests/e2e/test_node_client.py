@@ -69,3 +69,20 @@ def test_node_matches_python_sdk(node_result: dict[str, Any], greedy_chat: Any) 
     ref = greedy_chat(PROMPT, MAX_TOKENS)
     assert node_result["chat"]["content"] == ref.choices[0].message.content
     assert node_result["chat"]["usage"]["prompt_tokens"] == ref.usage.prompt_tokens
+
+
+def test_node_forced_tool_call_streamed(node_result: dict[str, Any]) -> None:
+    tools = node_result["tools"]
+    assert tools["finish_reason"] == "tool_calls"
+    assert tools["id"].startswith("call_")
+    assert tools["name"] == "get_weather"
+    args = json.loads(tools["arguments"])
+    assert set(args) == {"city", "unit"} and args["unit"] in ("celsius", "fahrenheit")
+    assert tools["argument_deltas"] > 1  # the SDK saw the arguments arrive in pieces
+    assert not tools["content"]
+
+
+def test_node_json_schema(node_result: dict[str, Any]) -> None:
+    body = json.loads(node_result["json"]["content"])
+    assert isinstance(body["answer"], int)
+    assert node_result["json"]["finish_reason"] == "stop"

@@ -53,8 +53,60 @@ try {
     }
   }
 
+  // A forced tool call, streamed, accumulated by the SDK's own stream helper.
+  const weather = {
+    type: "function",
+    function: {
+      name: "get_weather",
+      description: "Get the current weather in a city.",
+      parameters: {
+        type: "object",
+        properties: { city: { type: "string" }, unit: { type: "string", enum: ["celsius", "fahrenheit"] } },
+        required: ["city", "unit"],
+        additionalProperties: false,
+      },
+    },
+  };
+  const toolStream = client.chat.completions.stream({
+    model,
+    messages: [{ role: "user", content: "What is the weather like in Paris today?" }],
+    temperature: 0,
+    max_tokens: 60,
+    tools: [weather],
+    tool_choice: { type: "function", function: { name: "get_weather" } },
+  });
+  let toolDeltas = 0;
+  toolStream.on("tool_calls.function.arguments.delta", () => { toolDeltas += 1; });
+  const toolFinal = await toolStream.finalChatCompletion();
+  const call = toolFinal.choices[0].message.tool_calls?.[0];
+
+  // Structured output: a JSON schema, enforced.
+  const json = await client.chat.completions.create({
+    model,
+    messages: [{ role: "user", content: "What is 2 + 2?" }],
+    temperature: 0,
+    max_tokens: 30,
+    response_format: {
+      type: "json_schema",
+      json_schema: {
+        name: "sum",
+        strict: true,
+        schema: { type: "object", properties: { answer: { type: "integer" } }, required: ["answer"], additionalProperties: false },
+      },
+    },
+  });
+
   console.log(JSON.stringify({
     node: process.version,
+    tools: {
+      finish_reason: toolFinal.choices[0].finish_reason,
+      content: toolFinal.choices[0].message.content ?? null,
+      id: call?.id ?? null,
+      name: call?.function?.name ?? null,
+      arguments: call?.function?.arguments ?? null,
+      argument_deltas: toolDeltas,
+    },
+    json: { content: json.choices[0].message.content, finish_reason: json.choices[0].finish_reason },
     models: modelIds,
     chat: {
       id: chat.id,
