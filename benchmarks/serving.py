@@ -27,7 +27,8 @@ stopped short of ``max_tokens`` are listed under ``short_completions``):
                (completion_tokens - 1) / (last content chunk - first content chunk); TTFT.
   concurrency  N streaming clients started together (N = 1, 4, 8, 16), distinct prompts;
                aggregate tok/s = total completion tokens / wall time (first send to last byte);
-               p50/p95 TTFT over the N clients.
+               p50/p95 TTFT over the N clients. Each N runs ``--concurrency-repeats`` rounds
+               (default 3) and the medians are reported (rounds are kept in the JSON).
   multi_turn   one conversation of 8 turns; each turn appends the assistant's streamed reply
                and a new ~200-token user message, so the history grows to ~2.2k tokens; TTFT,
                prompt_tokens and ``prompt_tokens_details.cached_tokens`` per turn.
@@ -403,31 +404,45 @@ class Bench:
                 "runs": [public(r) for r in runs], "cpu": w.result}
 
     async def concurrency(self, levels: list[int], max_tokens: int, small: bool,
-                          tag: str, out: dict) -> dict:
+                          tag: str, out: dict, repeats: int = 1) -> dict:
+        """Each level ``repeats`` times (fresh prompts each time); the figures are medians over
+        the rounds, which are kept under ``rounds`` (one round swings +-20% on 2 cores)."""
         for n in levels:
-            msgs = [story_messages(f"{tag}-c{n}-{i}", TOPICS[(i + n) % len(TOPICS)], small)
-                    for i in range(n)]
-            with CpuWatch(self.server.proc.pid) as w:
-                t0 = time.perf_counter()
-                runs = await asyncio.gather(*(stream_one(self.client, self.server.model, m,
-                                                         max_tokens) for m in msgs))
-                wall = time.perf_counter() - t0
-            for r in runs:
-                self._check(f"{tag}/{n}", r, max_tokens)
-            total = sum(r["completion_tokens"] or 0 for r in runs)
-            ttfts = [r["ttft_s"] for r in runs]
+            rounds = []
+            for rep in range(repeats):
+                msgs = [story_messages(f"{tag}-c{n}-r{rep}-{i}", TOPICS[(i + n) % len(TOPICS)],
+                                       small) for i in range(n)]
+                with CpuWatch(self.server.proc.pid) as w:
+                    t0 = time.perf_counter()
+                    runs = await asyncio.gather(*(stream_one(self.client, self.server.model, m,
+                                                             max_tokens) for m in msgs))
+                    wall = time.perf_counter() - t0
+                for r in runs:
+                    self._check(f"{tag}/{n}", r, max_tokens)
+                total = sum(r["completion_tokens"] or 0 for r in runs)
+                ttfts = [r["ttft_s"] for r in runs]
+                rounds.append({
+                    "wall_s": round(wall, 3), "completion_tokens": total,
+                    "aggregate_tok_s": round(total / wall, 2),
+                    "ttft_p50_s": pct(ttfts, 50), "ttft_p95_s": pct(ttfts, 95),
+                    "ttft_max_s": pct(ttfts, 100),
+                    "per_stream_decode_tok_s_p50": med([r["decode_tok_s"] for r in runs]),
+                    "prompt_tokens": [r["prompt_tokens"] for r in runs],
+                    "cached_tokens": [r["cached_tokens"] for r in runs],
+                    "cpu": w.result,
+                })
             out[str(n)] = {
-                "clients": n, "max_tokens": max_tokens, "wall_s": round(wall, 3),
-                "completion_tokens": total,
-                "aggregate_tok_s": round(total / wall, 2),
-                "ttft_p50_s": pct(ttfts, 50), "ttft_p95_s": pct(ttfts, 95),
-                "ttft_max_s": pct(ttfts, 100),
-                "per_stream_decode_tok_s_p50": med([r["decode_tok_s"] for r in runs]),
-                "prompt_tokens": [r["prompt_tokens"] for r in runs],
-                "cached_tokens": [r["cached_tokens"] for r in runs],
-                "cpu": w.result,
+                "clients": n, "max_tokens": max_tokens, "repeats": repeats,
+                **{k: med([r[k] for r in rounds]) for k in (
+                    "aggregate_tok_s", "ttft_p50_s", "ttft_p95_s", "ttft_max_s",
+                    "per_stream_decode_tok_s_p50", "wall_s")},
+                "completion_tokens": rounds[0]["completion_tokens"],
+                "cpu": {k: med([r["cpu"][k] for r in rounds])
+                        if isinstance(v, (int, float)) else v for k, v in rounds[0]["cpu"].items()},
+                "rounds": rounds,
             }
-            print(f"    {n:>2} clients: {out[str(n)]['aggregate_tok_s']:8.2f} tok/s aggregate, "
+            print(f"    {n:>2} clients: {out[str(n)]['aggregate_tok_s']:8.2f} tok/s aggregate "
+                  f"(median of {repeats}: {[r['aggregate_tok_s'] for r in rounds]}), "
                   f"TTFT p50 {out[str(n)]['ttft_p50_s']} s p95 {out[str(n)]['ttft_p95_s']} s",
                   flush=True)
         return out
@@ -591,7 +606,8 @@ def run_server(name: str, server: Server, plan: dict, filler: Filler, results: d
                   flush=True)
         elif kind in ("concurrency", "concurrency_small"):
             sc[kind] = {}  # filled level by level: a time-out keeps the levels done
-            await bench.concurrency(step[2], step[1], kind.endswith("small"), kind, sc[kind])
+            await bench.concurrency(step[2], step[1], kind.endswith("small"), kind, sc[kind],
+                                    step[3] if len(step) > 3 else 1)
         elif kind == "multi_turn":
             sc[kind], history = await bench.multi_turn(step[2], step[3], step[1], filler)
         return history
@@ -682,6 +698,8 @@ def main() -> None:
     ap.add_argument("--turns", type=int, default=None, help="default 8 (quick: 3)")
     ap.add_argument("--user-tokens", type=int, default=200)
     ap.add_argument("--repeats", type=int, default=None, help="single stream; default 3 (quick 1)")
+    ap.add_argument("--concurrency-repeats", type=int, default=None,
+                    help="rounds per client count, medians reported; default 3 (quick 1)")
     ap.add_argument("--max-batch-size", type=int, default=8,
                     help="ours: max_batch_size; peers: --decode-concurrency")
     ap.add_argument("--stock-max-tokens", type=int, default=None, help="default 16 (quick: 8)")
@@ -755,7 +773,8 @@ def main() -> None:
             res["quiet_machine"] = max(foreign) < 0.25
         args.out.write_text(json.dumps(res, indent=1) + "\n")
 
-    full_steps = [("single", max_tokens), ("concurrency", max_tokens, levels),
+    conc_repeats = args.concurrency_repeats or (1 if args.quick else 3)
+    full_steps = [("single", max_tokens), ("concurrency", max_tokens, levels, conc_repeats),
                   ("multi_turn", max_tokens, turns, args.user_tokens), ("cold", max_tokens)]
     small_steps = [("single_small", stock_tokens)] + (
         [("concurrency_small", stock_tokens, stock_levels)] if stock_levels else [])

@@ -72,6 +72,13 @@ class Backend(ABC):
     model_id: str
     context_length: int
     eos_token_ids: frozenset[int]
+    # Prompt tokens the sequence ``generate`` is running took from a cache (known once its
+    # first token is out); reported as ``usage.prompt_tokens_details.cached_tokens``.
+    last_reused: int = 0
+    # /v1/embeddings: the model that serves it (an ``embeddings.Embedder``), or why there is
+    # none and how to get one (read by the protocol layer for its 501).
+    embedder: Any = None
+    embedding_hint: str | None = None
 
     @abstractmethod
     def chat_tokens(self, messages: list[Message], tools: list[dict[str, Any]] | None = None

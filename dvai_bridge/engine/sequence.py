@@ -63,6 +63,11 @@ class SequenceState:
         metrics.prompt_tokens_total += len(request.prompt_tokens)
         metrics.prompt_cached_tokens_total += cached_tokens
 
+    def set_cached(self, n: int) -> None:
+        """How many prompt tokens came from a cache, once the backend knows."""
+        self.metrics.prompt_cached_tokens_total += n - self.cached_tokens
+        self.cached_tokens = n
+
     def on_token(self, choice: TokenChoice) -> bool:
         """Take one generated token. Returns False once the sequence is over."""
         if self.done:
@@ -131,6 +136,8 @@ def run_sequence(backend: Backend, request: GenerationRequest,
     steps = backend.generate(request, cancel)
     try:
         for choice in steps:
+            if state.produced == 0:
+                state.set_cached(backend.last_reused)
             if cancel.cancelled:
                 state.finish("cancelled")
                 return

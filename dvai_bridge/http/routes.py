@@ -71,9 +71,7 @@ async def models(request: Request) -> Any:
 
 @router.get("/v1/models/{model_id:path}")
 async def model(model_id: str, request: Request) -> Any:
-    service = _service(request)
-    service.check_model(model_id)
-    return service.models()["data"][0]
+    return _service(request).model(model_id)
 
 
 @router.get("/health")

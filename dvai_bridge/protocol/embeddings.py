@@ -25,7 +25,7 @@ MAX_INPUTS = 2048  # OpenAI's limit on inputs per request
 
 def unavailable(backend: Backend) -> BridgeError:
     """Why this backend serves no embeddings, and how to get them."""
-    hint = getattr(backend, "embedding_hint", None)
+    hint = backend.embedding_hint
     if hint:  # a backend that could embed with another setting says which (a 400)
         return InvalidRequest(hint, param="input")
     return NotSupported(

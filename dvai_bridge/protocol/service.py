@@ -84,10 +84,19 @@ class OpenAIService:
                 f"{self.backend.model_id!r}.", param="model")
 
     def models(self) -> dict[str, Any]:
-        return {"object": "list", "data": [{
-            "id": self.backend.model_id, "object": "model", "created": 0,
-            "owned_by": "dvai-bridge",
-        }]}
+        ids = [self.backend.model_id]
+        embedder = self.backend.embedder
+        if embedder is not None and embedder.model_id not in ids:
+            ids.append(embedder.model_id)  # an embedding model served beside the chat model
+        return {"object": "list", "data": [
+            {"id": i, "object": "model", "created": 0, "owned_by": "dvai-bridge"} for i in ids]}
+
+    def model(self, model_id: str) -> dict[str, Any]:
+        for entry in self.models()["data"]:
+            if entry["id"] == model_id:
+                return entry
+        self.check_model(model_id)  # raises, naming what is served
+        return self.models()["data"][0]  # "default"
 
     # -- prompts -----------------------------------------------------------------------
     async def _chat_generation(self, req: ChatCompletionRequest
@@ -331,7 +340,7 @@ class OpenAIService:
 
     # -- embeddings --------------------------------------------------------------------
     async def embeddings(self, req: EmbeddingRequest) -> dict[str, Any]:
-        embedder = getattr(self.backend, "embedder", None)
+        embedder = self.backend.embedder
         if embedder is None:
             self.check_model(req.model)
             raise embeddings_unavailable(self.backend)

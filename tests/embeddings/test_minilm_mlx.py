@@ -133,6 +133,9 @@ def test_beside_an_mlx_chat_model_both_answer_even_at_once():
             assert ((vectors.result() * ref).sum(axis=1)).min() >= 0.999
         with pytest.raises(openai.NotFoundError):
             client.embeddings.create(model="another", input="x")
+        listed = [m.id for m in client.models.list()]
+        assert listed == [bound.model_id, "all-MiniLM-L6-v2"]
+        assert client.models.retrieve("all-MiniLM-L6-v2").id == "all-MiniLM-L6-v2"
     finally:
         bridge.stop()
 

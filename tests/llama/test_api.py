@@ -235,3 +235,17 @@ def test_stop_while_streaming_ends_the_stream(gguf_path):
     bridge.stop()
     t.join(60)
     assert not t.is_alive()
+
+
+def test_usage_reports_the_prompt_tokens_reused_from_the_kv_cache(client):
+    """The llama backend keeps its KV cache between requests; an unseeded follow-up that
+    extends the last conversation reuses it, and usage says how much."""
+    history = ask("Name three colours of the rainbow.")
+    first = client.chat.completions.create(model="default", messages=history, max_tokens=8,
+                                           temperature=0)
+    history += [{"role": "assistant", "content": first.choices[0].message.content},
+                {"role": "user", "content": "And two more?"}]
+    second = client.chat.completions.create(model="default", messages=history, max_tokens=4,
+                                            temperature=0)
+    cached = second.usage.prompt_tokens_details.cached_tokens
+    assert first.usage.prompt_tokens // 2 < cached < second.usage.prompt_tokens
