@@ -13,7 +13,7 @@ once). Servers:
                      ``main``: same weights, same BLAS, so differences are scheduling and caching.
   peer_stock         ``python -m mlx_lm.server`` on the folder as stored (4-bit, fp16 scales,
                      bundled BLAS): ~30x slower on CPU, so it runs a reduced, time-boxed workload
-                     ("small": short prompt, 16 tokens, 1 and 4 clients; no multi-turn) and ours
+                     ("small": short prompt, 16 tokens, 1, 4 and 8 clients; no multi-turn) and ours
                      runs that same small workload too, for like-for-like ratios.
 
 Both mlx_lm.server configurations get ``--decode-concurrency`` = our ``max_batch_size`` (8) so the
@@ -722,7 +722,7 @@ def main() -> None:
     repeats = args.repeats or (1 if q else 3)
     stock_tokens = args.stock_max_tokens or (8 if q else 16)
     stock_budget = args.stock_budget or (300 if q else 1200)
-    stock_levels = [] if q else [1, 4]
+    stock_levels = [] if q else [1, 4, 8]
     png = args.png or args.out.with_suffix(".png")
 
     folder = (args.model or default_folder()).resolve()
