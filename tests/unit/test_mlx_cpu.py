@@ -198,3 +198,34 @@ def test_plt_slots_finds_cblas_sgemm():
     if not maps:
         pytest.skip("libmlx.so not mapped (non-Linux build)")
     assert "cblas_sgemm" in cpu._plt_slots(maps[0], "cblas_")
+
+
+@pytest.mark.parametrize(("foreign", "physical", "threads"), [
+    (0.0, 2, 2), (0.25, 2, 2), (0.35, 2, 1), (1.0, 2, 1), (1.9, 2, 1), (3.0, 2, 1),
+    (0.1, 8, 8), (2.5, 8, 5), (7.5, 8, 1), (0.0, 1, 1), (0.9, 1, 1),
+])
+def test_blas_threads_follow_what_other_processes_leave_free(foreign, physical, threads):
+    from dvai_bridge.backends.mlx.cpu import blas_threads_for
+
+    assert blas_threads_for(foreign, physical) == threads
+
+
+def test_the_governor_waits_for_two_agreeing_readings_and_respects_the_environment(monkeypatch):
+    from dvai_bridge.backends.mlx import cpu
+
+    monkeypatch.setenv("DVAI_BRIDGE_BLAS_THREADS", "1")
+    assert cpu.BlasThreadGovernor.create() is None  # the user's choice stands
+    monkeypatch.delenv("DVAI_BRIDGE_BLAS_THREADS")
+    monkeypatch.delenv("OPENBLAS_NUM_THREADS", raising=False)
+
+    applied = []
+    monkeypatch.setattr(cpu, "set_blas_threads", lambda n: applied.append(n) or True)
+    gov = cpu.BlasThreadGovernor(threads=1, period=0.0)
+    gov.physical = 2
+    readings = iter([(1000, 0), (1000, 0), (1000, 0), (1000, 0)])  # nobody else busy
+    monkeypatch.setattr(cpu, "_busy_jiffies", lambda: next(readings))
+    gov._last = (gov._last[0] - 1.0, 1000, 0)
+    gov.tick()
+    assert applied == [] and gov.threads == 1  # one reading is not enough
+    gov.tick()
+    assert applied == [2] and gov.threads == 2

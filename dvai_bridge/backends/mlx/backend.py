@@ -85,6 +85,7 @@ class MLXBackend(Backend):
         self.device = device
         self.vocab_size = int(getattr(model.args, "vocab_size", 0)) or None
         self.eos_token_ids = frozenset(int(t) for t in tokenizer.eos_token_ids)
+        self.blas_governor: Any = None  # CPU: adapts BLAS threads to other processes' load
         self._llg: Any = None  # llguidance tokenizer, built on the first constrained request
         self._llg_lock = threading.Lock()
         self._fallback = None
@@ -106,14 +107,18 @@ class MLXBackend(Backend):
             raise
         except Exception as exc:
             raise ModelLoadFailed(f"MLX could not load {model_id}: {exc}") from exc
+        governor = None
         if device.is_cpu:
-            from .cpu import prepare_model_for_cpu
+            from .cpu import BlasThreadGovernor, prepare_model_for_cpu
 
             prepare_model_for_cpu(model)  # logs the form it chose
+            governor = BlasThreadGovernor.create()
         config = json.loads((folder / "config.json").read_text())
         native = int(config.get("max_position_embeddings") or 4096)
-        return cls(model, tokenizer, model_id=model_id,
-                   context_length=min(context_size or native, native), device=device)
+        backend = cls(model, tokenizer, model_id=model_id,
+                      context_length=min(context_size or native, native), device=device)
+        backend.blas_governor = governor
+        return backend
 
     # -- text <-> tokens ------------------------------------------------------------
     def chat_tokens(self, messages: list[Message], tools: list[dict[str, Any]] | None = None
@@ -173,6 +178,8 @@ class MLXBackend(Backend):
         try:
             while True:
                 with _boundary("generating"):
+                    if self.blas_governor is not None:
+                        self.blas_governor.tick()
                     try:
                         token, logprobs = next(steps)
                     except StopIteration:

@@ -75,6 +75,8 @@ class MLXBatch(Batch):
         return cached
 
     def step(self) -> list[tuple[int, TokenChoice]]:
+        if self.backend.blas_governor is not None:
+            self.backend.blas_governor.tick()
         _, responses = self.gen.next()
         out = []
         for r in responses:

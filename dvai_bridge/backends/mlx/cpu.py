@@ -34,6 +34,7 @@ import struct
 import sys
 import tempfile
 import threading
+import time
 
 log = logging.getLogger(__name__)
 
@@ -72,14 +73,8 @@ def fast_blas_active() -> str | None:
     return _state.get("result")
 
 
-def default_blas_threads() -> int:
-    """Physical cores available to this process, minus one (at least 1).
-
-    MLX calls BLAS from its CPU worker thread while the Python thread builds the next step's
-    graph (mlx-lm's async_eval), and OpenBLAS threads spin at barriers: using every core
-    oversubscribes, and one descheduled BLAS thread stalls the whole GEMM. On the 2-core test
-    box under load, 2 threads decoded ~10x slower than 1 (see the benchmark).
-    """
+def physical_cores() -> int:
+    """Physical cores this process may run on."""
     cores = set()
     for cpu in os.sched_getaffinity(0):
         try:
@@ -87,7 +82,102 @@ def default_blas_threads() -> int:
                 cores.add(f.read().strip())
         except OSError:
             cores.add(str(cpu))
-    return max(1, len(cores) - 1)
+    return len(cores)
+
+
+def default_blas_threads() -> int:
+    """Physical cores available to this process, minus one (at least 1): the starting count.
+
+    MLX calls BLAS from its CPU worker thread while the Python thread builds the next step's
+    graph (mlx-lm's async_eval), and OpenBLAS threads spin at barriers: when other processes
+    keep cores busy, one descheduled BLAS thread stalls the whole GEMM (on the 2-core test box
+    under load, 2 threads decoded up to ~10x slower than 1). ``BlasThreadGovernor`` raises the
+    count to every core while the machine is otherwise idle.
+    """
+    return max(1, physical_cores() - 1)
+
+
+def blas_threads_fixed() -> bool:
+    """The user chose the thread count (environment); nothing may change it."""
+    return bool(os.environ.get("DVAI_BRIDGE_BLAS_THREADS") or os.environ.get("OPENBLAS_NUM_THREADS"))
+
+
+def set_blas_threads(n: int) -> bool:
+    """Set the fast BLAS's thread count now. Call only while no BLAS call is running."""
+    lib = _state.get("lib")
+    if lib is None or not hasattr(lib, "openblas_set_num_threads"):
+        return False
+    lib.openblas_set_num_threads(int(n))
+    return True
+
+
+def blas_threads_for(foreign_cores: float, physical: int) -> int:
+    """BLAS threads to use when other processes keep ``foreign_cores`` cores busy.
+
+    Measured on 2 cores (SmolLM2, fp32, OpenBLAS): idle, 2 threads decode +30-40% over 1
+    (batch 1 and 8); with one core taken by another process, 2 threads lose 40-45%. So: every
+    core while the others are (nearly) idle, else only the cores they leave free.
+    """
+    free = physical - foreign_cores
+    if free >= physical - 0.3:
+        return physical
+    return max(1, min(physical - 1, int(free)))
+
+
+def _busy_jiffies() -> tuple[int, int]:
+    """(all CPUs' busy jiffies, this process's jiffies) from /proc."""
+    with open("/proc/stat") as f:
+        fields = [int(x) for x in f.readline().split()[1:]]
+    busy = sum(fields) - fields[3] - (fields[4] if len(fields) > 4 else 0)  # minus idle, iowait
+    with open("/proc/self/stat") as f:
+        own = f.read().rsplit(")", 1)[1].split()
+    return busy, int(own[11]) + int(own[12])  # utime + stime
+
+
+class BlasThreadGovernor:
+    """Every ``period`` seconds, measure how much CPU other processes use and pick the BLAS
+    thread count for it (``blas_threads_for``); a change needs the same answer twice in a row
+    and is applied between steps, after MLX's queue has drained. Runs on the engine thread."""
+
+    def __init__(self, threads: int, period: float = 2.0) -> None:
+        self.threads = threads
+        self.period = period
+        self.physical = physical_cores()
+        self._clk = os.sysconf("SC_CLK_TCK")
+        self._last = (time.monotonic(), *_busy_jiffies())
+        self._pending: int | None = None
+
+    @classmethod
+    def create(cls) -> BlasThreadGovernor | None:
+        """A governor if the thread count may change here, else None."""
+        if blas_threads_fixed() or fast_blas_active() is None or not sys.platform.startswith(
+                "linux") or not hasattr(_state.get("lib"), "openblas_set_num_threads"):
+            return None
+        return cls(default_blas_threads())
+
+    def tick(self) -> None:
+        now = time.monotonic()
+        t0, busy0, own0 = self._last
+        if now - t0 < self.period:
+            return
+        busy, own = _busy_jiffies()
+        self._last = (now, busy, own)
+        foreign = max(0.0, (busy - busy0) - (own - own0)) / self._clk / (now - t0)
+        want = blas_threads_for(foreign, self.physical)
+        if want == self.threads:
+            self._pending = None
+            return
+        if self._pending != want:
+            self._pending = want
+            return
+        import mlx.core as mx
+
+        mx.synchronize()  # no BLAS call may be running while OpenBLAS changes its pool
+        if set_blas_threads(want):
+            log.info("BLAS threads %d -> %d (other processes use %.2f cores)",
+                     self.threads, want, foreign)
+            self.threads = want
+        self._pending = None
 
 
 def _enable() -> str | None:
