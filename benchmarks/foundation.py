@@ -59,6 +59,9 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
+sys.path.insert(0, str(HERE))
+from _cpu import proc_cpu, system_busy  # noqa: E402 - shared with serving.py
+
 MARK = "@@FOUNDATION@@ "
 
 SYSTEM = ("You are a creative writing assistant. You write long, detailed stories with vivid "
@@ -89,39 +92,18 @@ USER = ("Here is some background for the world of the story.\n" + BACKGROUND + "
 USER_SHORT = ("Write a long story about a young cartographer who sets out to map the forest beyond "
               "the village of Eldermoor. Use several chapters.")
 PROMPT = {"long": USER, "short": USER_SHORT}
-_prompt = ["long"]
 
 
-def messages(tag: str) -> list[dict]:
-    """The benchmark prompt (``--prompt``: long ~440 tokens, short ~70). ``tag`` opens the system message so that no prompt cache (ours and
-    mlx_lm.server both keep one) can serve a run's prefill from an earlier run: runs are cold.
-    Raw and ours get the same tag in a round, hence the same tokens and the same greedy text."""
+def messages(tag: str, user: str = USER) -> list[dict]:
+    """The benchmark prompt (``--prompt``: long ~440 tokens, short ~70). ``tag`` opens the
+    system message so that no prompt cache (ours and mlx_lm.server both keep one) can serve a
+    run's prefill from an earlier run: runs are cold. Raw and ours get the same tag in a round,
+    hence the same tokens and the same greedy text."""
     return [{"role": "system", "content": f"Session {tag}. {SYSTEM}"},
-            {"role": "user", "content": PROMPT[_prompt[0]]}]
+            {"role": "user", "content": user}]
 
 
 # --------------------------------------------------------------------------- CPU accounting
-
-def _clk() -> int:
-    return os.sysconf("SC_CLK_TCK")
-
-
-def _system_busy() -> float:
-    """Busy CPU-seconds of the whole machine since boot (user+nice+system+irq+softirq+steal)."""
-    with open("/proc/stat") as f:
-        v = [int(x) for x in f.readline().split()[1:]]
-    return (v[0] + v[1] + v[2] + v[5] + v[6] + v[7]) / _clk()
-
-
-def _proc_cpu(pid: int) -> float:
-    """CPU-seconds (all threads, user+system) used so far by ``pid``; 0 if it is gone."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / _clk()
-    except (OSError, IndexError, ValueError):
-        return 0.0
-
 
 class CpuWatch:
     """CPU used during a block by the engine process, by this process and by everything else."""
@@ -130,15 +112,15 @@ class CpuWatch:
         self.pid = engine_pid
 
     def __enter__(self) -> CpuWatch:  # noqa: PYI034
-        self.t, self.sys = time.perf_counter(), _system_busy()
-        self.eng, self.me = _proc_cpu(self.pid), _proc_cpu(os.getpid())
+        self.t, self.sys = time.perf_counter(), system_busy()
+        self.eng, self.me = proc_cpu(self.pid), proc_cpu(os.getpid())
         return self
 
     def __exit__(self, *exc) -> None:
         dt = max(time.perf_counter() - self.t, 1e-9)
-        eng = _proc_cpu(self.pid) - self.eng
-        me = _proc_cpu(os.getpid()) - self.me
-        busy = _system_busy() - self.sys
+        eng = proc_cpu(self.pid) - self.eng
+        me = proc_cpu(os.getpid()) - self.me
+        busy = system_busy() - self.sys
         self.result = {"engine_cpu": round(eng / dt, 2), "client_cpu": round(me / dt, 2),
                        "foreign_cpu": round(max(busy - eng - me, 0.0) / dt, 2)}
 
@@ -353,7 +335,7 @@ class HttpEngine:
                 for choice in chunk.choices or []:
                     if choice.delta and choice.delta.content:
                         times.append(now)
-                        cpu.append(_proc_cpu(self.pid))
+                        cpu.append(proc_cpu(self.pid))
                         pieces.append(choice.delta.content)
                     if choice.finish_reason:
                         finish = choice.finish_reason
@@ -538,7 +520,7 @@ def main() -> None:
     gguf = Path(a.model) if a.model else default_gguf()
     from dvai_bridge.backends.mlx.gguf_import import cached_import
 
-    _prompt[0] = a.prompt
+    user = PROMPT[a.prompt]
     folder = cached_import(gguf)
     if a.form == "stock-fp16":
         folder = stock_fp16_copy(folder)
@@ -657,14 +639,14 @@ def main() -> None:
         ours = HttpEngine("ours", ours_cmd, None, timeout, logs / "ours.log")
         print(f"  {ours.base_url} model {ours.model_id}, up in {ours.load_s} s", flush=True)
         print("warm-up (8 tokens each) ...", flush=True)
-        raw.run(messages("warm-up"), 8, timeout)
-        ours.run(messages("warm-up"), 8, timeout)
+        raw.run(messages("warm-up", user), 8, timeout)
+        ours.run(messages("warm-up", user), 8, timeout)
         for i in range(a.repeats):
             print(f"round {i + 1}/{a.repeats}", flush=True)
             order = (raw, ours) if i % 2 == 0 else (ours, raw)
             for eng in order:
                 runs[eng.name].append(
-                    measure(eng, messages(f"round-{i + 1}"), a.max_tokens, timeout, quiet))
+                    measure(eng, messages(f"round-{i + 1}", user), a.max_tokens, timeout, quiet))
                 write(complete=False)
     finally:
         for eng in (raw, ours):
@@ -681,7 +663,7 @@ def main() -> None:
             for i in range(a.stock_repeats):
                 print(f"stock run {i + 1}/{a.stock_repeats} (max_tokens {a.stock_max_tokens}, "
                       f"time box {a.stock_timeout:.0f} s)", flush=True)
-                runs["stock"].append(measure(stock, messages(f"stock-{i + 1}"),
+                runs["stock"].append(measure(stock, messages(f"stock-{i + 1}", user),
                                              a.stock_max_tokens, a.stock_timeout, quiet))
                 write(complete=False)
         finally:

@@ -74,6 +74,10 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
+sys.path.insert(0, str(HERE))
+
+from _cpu import proc_cpu, system_busy  # noqa: E402 - shared with foundation.py
+
 RESULTS = HERE / "results"
 
 SYSTEM = ("You are a creative writing assistant. You write long, detailed stories with vivid "
@@ -105,26 +109,6 @@ WORDS = _PROSE.split()
 
 # --------------------------------------------------------------------------- CPU accounting
 
-def _clk() -> int:
-    return os.sysconf("SC_CLK_TCK")
-
-
-def _system_busy() -> float:
-    """Busy CPU-seconds of the whole machine since boot."""
-    with open("/proc/stat") as f:
-        v = [int(x) for x in f.readline().split()[1:]]
-    return (v[0] + v[1] + v[2] + v[5] + v[6] + v[7]) / _clk()
-
-
-def _proc_cpu(pid: int) -> float:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / _clk()
-    except (OSError, IndexError, ValueError):
-        return 0.0
-
-
 class CpuWatch:
     """Cores' worth of CPU used during a block by the server, by this process and by others."""
 
@@ -133,16 +117,16 @@ class CpuWatch:
         self.result: dict = {}
 
     def __enter__(self) -> CpuWatch:  # noqa: PYI034
-        self.t, self.sys = time.perf_counter(), _system_busy()
-        self.srv, self.me = _proc_cpu(self.pid), _proc_cpu(os.getpid())
+        self.t, self.sys = time.perf_counter(), system_busy()
+        self.srv, self.me = proc_cpu(self.pid), proc_cpu(os.getpid())
         self.load0 = os.getloadavg()[0]
         return self
 
     def __exit__(self, *exc: object) -> None:
         dt = max(time.perf_counter() - self.t, 1e-9)
-        srv = _proc_cpu(self.pid) - self.srv
-        me = _proc_cpu(os.getpid()) - self.me
-        busy = _system_busy() - self.sys
+        srv = proc_cpu(self.pid) - self.srv
+        me = proc_cpu(os.getpid()) - self.me
+        busy = system_busy() - self.sys
         self.result = {"server_cpu": round(srv / dt, 2), "client_cpu": round(me / dt, 2),
                        "foreign_cpu": round(max(busy - srv - me, 0.0) / dt, 2),
                        "loadavg_1m": [round(self.load0, 2), round(os.getloadavg()[0], 2)],

@@ -28,10 +28,10 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
+from _cpu import proc_cpu  # noqa: E402
 from foundation import (  # noqa: E402 - the shared server harness
     CpuWatch,
     HttpEngine,
-    _proc_cpu,
     default_gguf,
     free_port,
     machine_info,
@@ -60,13 +60,12 @@ RESPONSE_FORMAT = {"type": "json_schema", "json_schema": {"name": "story", "sche
 def mask_cost(text: str) -> dict:
     """The grammar's own cost per step, apart from the model: compute the mask, unpack it,
     apply it to a logits row with MLX, consume the token; over the tokens of ``text``."""
+    import llguidance
     import mlx.core as mx
 
     from dvai_bridge.backends.mlx.gguf_import import cached_import
     from dvai_bridge.engine.grammar import Grammar, json_schema_grammar
     from dvai_bridge.store.resolve import embedded_default_gguf
-
-    import llguidance
 
     folder = cached_import(embedded_default_gguf())
     t0 = time.perf_counter()
@@ -111,7 +110,7 @@ def run_one(engine: HttpEngine, tag: str, constrained: bool, max_tokens: int,
             for c in chunk.choices:
                 if c.delta.content:
                     times.append(time.perf_counter())
-                    cpu.append(_proc_cpu(engine.pid))
+                    cpu.append(proc_cpu(engine.pid))
                     text.append(c.delta.content)
                 finish = c.finish_reason or finish
     n = usage.completion_tokens
