@@ -40,10 +40,10 @@ class ToolFormat:
         """Index where the tool-call part of ``text`` begins, or -1."""
         return text.find(self.start)
 
-    def complete_calls(self, region: str) -> tuple[list[ParsedCall], int]:
-        """Calls that are already complete in a growing region, and how much of it they use.
-        Formats that can only be read whole return ([], 0) until ``parse``."""
-        return [], 0
+    def complete_calls(self, region: str, start: int = 0) -> tuple[list[ParsedCall], int]:
+        """Calls already complete in a growing region from ``start`` on, and where they end.
+        Formats that can only be read whole return ([], start) until ``parse``."""
+        return [], start
 
     def parse(self, region: str) -> list[ParsedCall]:
         """All calls in the tool-call region; ``ValueError`` if it is not well formed."""
@@ -85,8 +85,8 @@ class Hermes(ToolFormat):
     start = "<tool_call>"
     end = "</tool_call>"
 
-    def complete_calls(self, region: str) -> tuple[list[ParsedCall], int]:
-        calls, used = [], 0
+    def complete_calls(self, region: str, start: int = 0) -> tuple[list[ParsedCall], int]:
+        calls, used = [], start
         while True:
             i = region.find(self.start, used)
             j = region.find(self.end, i + len(self.start)) if i >= 0 else -1

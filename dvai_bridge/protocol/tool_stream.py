@@ -184,13 +184,14 @@ class ToolCallSplitter:
         return out
 
     def _take_complete(self) -> list[ParsedCall]:
+        """Calls completed since the last look (only the new part of the region is read)."""
         assert self._region is not None
         try:
-            calls, used = self.fmt.complete_calls(self._region)
+            calls, used = self.fmt.complete_calls(self._region, self._used)
             calls = self._checked(calls)
         except ValueError:
             return []  # finish() decides what this region is
-        new = self._limit(calls[len(self.calls):])
+        new = self._limit(calls)
         self.calls += new
         self._used = used
         return new

@@ -49,13 +49,10 @@ def new_call_id() -> str:
     return f"call_{uuid.uuid4().hex[:24]}"
 
 
-def openai_call(call: ParsedCall, index: int | None = None) -> dict[str, Any]:
-    body: dict[str, Any] = {"id": new_call_id(), "type": "function",
-                            "function": {"name": call.name,
-                                         "arguments": json.dumps(call.arguments)}}
-    if index is not None:
-        body["index"] = index
-    return body
+def openai_call(call: ParsedCall) -> dict[str, Any]:
+    """A complete call as ``message.tool_calls`` holds it."""
+    return {"id": new_call_id(), "type": "function",
+            "function": {"name": call.name, "arguments": json.dumps(call.arguments)}}
 
 
 def _functions(tools: list[dict[str, Any]]) -> list[dict[str, Any]]:

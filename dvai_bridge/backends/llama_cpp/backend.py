@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import ctypes
 import logging
-import threading
 import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -115,8 +114,6 @@ class LlamaBackend(Backend):
         self._abort_cb = lc.ggml_abort_callback(self._should_abort)
         self._no_abort = lc.ggml_abort_callback()
         self._closed = False
-        self._llg: Any = None  # llguidance tokenizer, built on the first constrained request
-        self._llg_lock = threading.Lock()
         self.embedder = None
         if embedding_mode:
             from .embeddings import LlamaEmbedder
@@ -191,16 +188,13 @@ class LlamaBackend(Backend):
     def chat_template_source(self) -> str | None:
         return self.template.own_source
 
-    def grammar_tokenizer(self) -> Any:
-        with self._llg_lock:
-            if self._llg is None:
-                from llguidance.llamacpp import lltokenizer_from_vocab
+    def _build_grammar_tokenizer(self) -> Any:
+        from llguidance.llamacpp import lltokenizer_from_vocab
 
-                with warnings.catch_warnings():  # it reads attributes with a deprecated call
-                    warnings.simplefilter("ignore", DeprecationWarning)
-                    self._llg = lltokenizer_from_vocab(self._vocab, n_vocab=self.vocab_size,
-                                                       eos_token=sorted(self.eos_token_ids))
-            return self._llg
+        with warnings.catch_warnings():  # it reads attributes with a deprecated call
+            warnings.simplefilter("ignore", DeprecationWarning)
+            return lltokenizer_from_vocab(self._vocab, n_vocab=self.vocab_size,
+                                          eos_token=sorted(self.eos_token_ids))
 
     def tokenize(self, text: str) -> list[int]:
         return self._tokenize(text, add_bos=True)
@@ -313,19 +307,21 @@ class LlamaBackend(Backend):
         finally:
             chain.close()
 
+    def _logits_row(self) -> np.ndarray:
+        """The context's last logits row, as a view (writes reach llama.cpp's sampler)."""
+        ptr = self._lc.llama_get_logits_ith(self._ctx, -1)
+        return np.ctypeslib.as_array(ptr, shape=(self.vocab_size,))
+
     def _mask(self, matcher: Any) -> None:
         """Constrained decoding: -inf, in place, on the logits of tokens the grammar forbids
         (the sampler chain and the logprobs both read that row next)."""
-        ptr = self._lc.llama_get_logits_ith(self._ctx, -1)
-        raw = np.ctypeslib.as_array(ptr, shape=(self.vocab_size,))
-        raw[~matcher.allowed(self.vocab_size)] = -np.inf
+        self._logits_row()[~matcher.allowed(self.vocab_size)] = -np.inf
 
     def _next(self, chain: SamplerChain, params: Any, want: int, prompt: list[int],
               generated: list[int]) -> TokenChoice:
         if want < 0:
             return TokenChoice(chain.sample(self._ctx))
-        ptr = self._lc.llama_get_logits_ith(self._ctx, -1)
-        raw = np.ctypeslib.as_array(ptr, shape=(self.vocab_size,))
+        raw = self._logits_row()
         recent = (prompt + generated)[-64:] if params.repetition_penalty != 1.0 else ()
         logprobs = log_softmax(adjusted_logits(raw, params, generated, recent))
         token = chain.sample(self._ctx)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -86,8 +85,6 @@ class MLXBackend(Backend):
         self.vocab_size = int(getattr(model.args, "vocab_size", 0)) or None
         self.eos_token_ids = frozenset(int(t) for t in tokenizer.eos_token_ids)
         self.blas_governor: Any = None  # CPU: adapts BLAS threads to other processes' load
-        self._llg: Any = None  # llguidance tokenizer, built on the first constrained request
-        self._llg_lock = threading.Lock()
         self._fallback = None
         if not getattr(tokenizer, "chat_template", None):
             log.warning("%s has no chat template; using the documented fallback", model_id)
@@ -138,14 +135,11 @@ class MLXBackend(Backend):
     def chat_template_source(self) -> str | None:
         return None if self._fallback is not None else self.tokenizer.chat_template
 
-    def grammar_tokenizer(self) -> Any:
-        with self._llg_lock:
-            if self._llg is None:
-                from llguidance.hf import from_tokenizer
+    def _build_grammar_tokenizer(self) -> Any:
+        from llguidance.hf import from_tokenizer
 
-                self._llg = from_tokenizer(self.tokenizer._tokenizer, n_vocab=self.vocab_size,
-                                           eos_token=sorted(self.eos_token_ids))
-            return self._llg
+        return from_tokenizer(self.tokenizer._tokenizer, n_vocab=self.vocab_size,
+                              eos_token=sorted(self.eos_token_ids))
 
     def tokenize(self, text: str) -> list[int]:
         return list(self.tokenizer.encode(text))

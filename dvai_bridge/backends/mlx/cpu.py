@@ -150,9 +150,9 @@ class BlasThreadGovernor:
     @classmethod
     def create(cls) -> BlasThreadGovernor | None:
         """A governor if the thread count may change here, else None."""
-        if blas_threads_fixed() or fast_blas_active() is None or not sys.platform.startswith(
-                "linux") or not hasattr(_state.get("lib"), "openblas_set_num_threads"):
-            return None
+        if blas_threads_fixed() or fast_blas_active() is None or not hasattr(
+                _state.get("lib"), "openblas_set_num_threads"):
+            return None  # fixed by the user, or no OpenBLAS in use (fast_blas is Linux-only)
         return cls(default_blas_threads())
 
     def tick(self) -> None:
