@@ -14,37 +14,7 @@ import openai
 import pytest
 from pydantic import BaseModel, Field
 
-WEATHER_TOOL = {
-    "type": "function",
-    "function": {
-        "name": "get_weather",
-        "description": "Get the current weather in a city.",
-        "parameters": {
-            "type": "object",
-            "properties": {
-                "city": {"type": "string", "description": "City name, e.g. Paris"},
-                "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]},
-            },
-            "required": ["city", "unit"],
-            "additionalProperties": False,
-        },
-    },
-}
-TIME_TOOL = {
-    "type": "function",
-    "function": {
-        "name": "get_time",
-        "description": "Get the current local time in a city.",
-        "parameters": {"type": "object", "properties": {"city": {"type": "string"}},
-                       "required": ["city"]},
-    },
-}
-ASK = [{"role": "user", "content": "What is the weather like in Paris today?"}]
-
-
-class WeatherArgs(BaseModel):
-    city: str
-    unit: Literal["celsius", "fahrenheit"]
+from tests.tool_cases import ASK, TIME_TOOL, WEATHER_TOOL, WeatherArgs
 
 
 class Person(BaseModel):

@@ -4,26 +4,13 @@ grammar's mask written into the logits row it samples from), through the openai 
 from __future__ import annotations
 
 import json
-from typing import Literal
 
 import openai
 import pytest
 from pydantic import BaseModel, Field
 
 from dvai_bridge import Bridge, StartConfig
-
-WEATHER_TOOL = {"type": "function", "function": {
-    "name": "get_weather", "description": "Get the current weather in a city.",
-    "parameters": {"type": "object",
-                   "properties": {"city": {"type": "string"},
-                                  "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]}},
-                   "required": ["city", "unit"], "additionalProperties": False}}}
-ASK = [{"role": "user", "content": "What is the weather like in Paris today?"}]
-
-
-class WeatherArgs(BaseModel):
-    city: str
-    unit: Literal["celsius", "fahrenheit"]
+from tests.tool_cases import ASK, WEATHER_TOOL, WeatherArgs
 
 
 class City(BaseModel):
