@@ -115,3 +115,35 @@ def test_cached_prefixes_give_the_same_tokens_and_are_reported(backend, referenc
         prompt = run.finished.prompt_tokens
         assert run.finished.cached_tokens > prompt // 2, (run.finished, prompt)
         assert run.tokens == ref.tokens
+
+
+def test_the_fast_cpu_kernels_give_mlxs_greedy_tokens(backend):
+    """On the CPU the backend computes SiLU and attention with its own exp (cpu_kernels); greedy
+    output must match MLX's own ops, on a short prompt and on one long enough for chunked
+    prefill and several causal query blocks."""
+    import mlx.core as mx
+    from mlx_lm.generate import generate_step
+
+    from dvai_bridge.backends.mlx import cpu_kernels
+
+    if not backend.device.is_cpu:
+        pytest.skip("the kernels are used on the CPU device only")
+    story = " ".join(f"Line {i}: the keeper lit the lamp and watched the ships." for i in range(60))
+    prompts = [backend.chat_tokens(conversation(QUESTIONS[0])),
+               backend.chat_tokens([{"role": "user", "content": story + " Summarize."}])]
+    assert len(prompts[1]) > 700
+
+    def greedy(tokens: list[int]) -> list[int]:
+        steps = generate_step(mx.array(tokens), backend.model, max_tokens=24,
+                              prefill_step_size=512)
+        return [int(t) for t, _ in steps]
+
+    assert cpu_kernels.install(backend.model)
+    try:
+        fast = [greedy(p) for p in prompts]
+        cpu_kernels.uninstall(backend.model)
+        plain = [greedy(p) for p in prompts]
+    finally:
+        cpu_kernels.install(backend.model)
+    assert fast == plain
+    assert all(len(t) == 24 for t in fast)

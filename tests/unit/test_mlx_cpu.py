@@ -229,3 +229,10 @@ def test_the_governor_waits_for_two_agreeing_readings_and_respects_the_environme
     assert applied == [] and gov.threads == 1  # one reading is not enough
     gov.tick()
     assert applied == [2] and gov.threads == 2
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
+def test_tune_allocator_sets_glibc_thresholds():
+    from dvai_bridge.backends.mlx.cpu import tune_allocator
+
+    assert tune_allocator() is True

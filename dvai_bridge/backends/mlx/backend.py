@@ -106,9 +106,12 @@ class MLXBackend(Backend):
             raise ModelLoadFailed(f"MLX could not load {model_id}: {exc}") from exc
         governor = None
         if device.is_cpu:
-            from .cpu import BlasThreadGovernor, prepare_model_for_cpu
+            from . import cpu_kernels
+            from .cpu import BlasThreadGovernor, prepare_model_for_cpu, tune_allocator
 
             prepare_model_for_cpu(model)  # logs the form it chose
+            tune_allocator()
+            cpu_kernels.install(model)
             governor = BlasThreadGovernor.create()
         config = json.loads((folder / "config.json").read_text())
         native = int(config.get("max_position_embeddings") or 4096)
