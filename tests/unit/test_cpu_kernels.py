@@ -13,6 +13,12 @@ mx = pytest.importorskip("mlx.core")
 from dvai_bridge.backends.mlx import cpu_kernels as K
 
 
+@pytest.fixture
+def everywhere(monkeypatch):
+    """The fast forms for every size (by default small arrays go to MLX's ops)."""
+    monkeypatch.setattr(K, "MIN_ELEMENTS", 0)
+
+
 def close(ours, ref, rtol=1e-5):
     scale = mx.max(mx.abs(ref)).item()
     return mx.allclose(ours, ref, rtol=rtol, atol=1e-6 * scale).item()
@@ -29,13 +35,13 @@ def test_exp_matches_mlx_over_the_float32_range():
     assert mx.all(tiny <= 1.2e-38).item() and mx.all(tiny >= 0).item()
 
 
-def test_swiglu_matches_mlx():
+def test_swiglu_matches_mlx(everywhere):
     gate = mx.random.normal((3, 5, 1536), key=mx.random.key(0)) * 6
     up = mx.random.normal((3, 5, 1536), key=mx.random.key(1))
     assert close(K.swiglu(gate, up), K._original("swiglu")(gate, up))
 
 
-def test_half_precision_goes_to_mlx():
+def test_half_precision_goes_to_mlx(everywhere):
     gate = mx.random.normal((2, 8)).astype(mx.float16)
     assert mx.array_equal(K.swiglu(gate, gate), K._original("swiglu")(gate, gate)).item()
 
@@ -54,7 +60,7 @@ SHAPES = [(1, 9, 3, 300, 700),  # causal prefill over a cached prefix, several q
 
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("form", ["causal", "none", "bool_b1", "bool_2d", "additive_bh"])
-def test_attention_matches_mlx(shape, form):
+def test_attention_matches_mlx(shape, form, everywhere):
     b, h, _, length, s = shape
     q, k, v = qkv(*shape)
     u = mx.random.uniform(shape=(b, h, length, s), key=mx.random.key(7)) > 0.3
@@ -68,7 +74,7 @@ def test_attention_matches_mlx(shape, form):
     assert close(ours, ref)
 
 
-def test_a_fully_masked_row_stays_finite():
+def test_a_fully_masked_row_stays_finite(everywhere):
     q, k, v = qkv(1, 2, 2, 3, 5)
     mask = mx.array([[False] * 5, [True] * 5, [True, False, True, False, True]])
     out = K.scaled_dot_product_attention(q, k, v, None, 1.0, mask)
@@ -77,7 +83,23 @@ def test_a_fully_masked_row_stays_finite():
     assert close(out[..., 1:, :], ref[..., 1:, :])
 
 
-def test_sinks_and_quantized_caches_go_to_mlx(monkeypatch):
+def test_small_arrays_go_to_mlx(monkeypatch):
+    calls = []
+    for name in ("swiglu", "scaled_dot_product_attention"):
+        monkeypatch.setitem(K._originals, name, lambda *a, n=name, **kw: calls.append(n) or n)
+    small = mx.ones((8, 1, 1536))  # a batched decode step's MLP activations
+    assert K.swiglu(small, small) == "swiglu"
+    q, k, v = qkv(8, 9, 3, 1, 120)  # its attention over a short context
+    assert K.scaled_dot_product_attention(q, k, v, None, 1.0, None) == \
+        "scaled_dot_product_attention"
+    big = mx.ones((8, 8, 1536))
+    assert K.swiglu(big, big).shape == big.shape
+    q, k, v = qkv(8, 9, 3, 1, 1000)  # a long context: the fast form
+    assert K.scaled_dot_product_attention(q, k, v, None, 1.0, None).shape == q.shape
+    assert calls == ["swiglu", "scaled_dot_product_attention"]
+
+
+def test_sinks_and_quantized_caches_go_to_mlx(monkeypatch, everywhere):
     calls = []
     monkeypatch.setitem(K._originals, "scaled_dot_product_attention",
                         lambda *a, **kw: calls.append(kw) or "mlx")
