@@ -35,7 +35,8 @@ stopped short of ``max_tokens`` are listed under ``short_completions``):
   cold         the server is restarted (empty prompt cache), warmed up with an unrelated short
                request, then sent the final turn's history fresh: TTFT without prefix reuse.
 
-Every server is warmed up (one short request) after each start; warm-ups are not measured. Each
+Every server is warmed up (one short request) after each start and then idles ``--settle``
+seconds (default 10: ours adapts its BLAS threads in the first seconds); neither is measured. Each
 scenario records CPU use of the server process, of this client process and of everything else
 (``foreign_cpu``, in cores: on a shared machine that is the main source of noise) and the load
 average. Ratios are ours/peer: for tok/s > 1 means ours is faster, for TTFT < 1 means ours is
@@ -614,6 +615,7 @@ def run_server(name: str, server: Server, plan: dict, filler: Filler, results: d
         history = None
         try:
             await guarded(bench, "warmup", bench.warmup())
+            await asyncio.sleep(plan.get("settle_s", 0))  # let a server's own tuning settle
             for step in plan["steps"]:
                 if step[0] == "cold":
                     continue
@@ -690,6 +692,9 @@ def main() -> None:
     ap.add_argument("--stock-budget", type=float, default=None,
                     help="time box for the stock server's scenarios, s (default 1200; quick 300)")
     ap.add_argument("--load-timeout", type=float, default=600)
+    ap.add_argument("--settle", type=float, default=10.0,
+                    help="seconds each server idles after its warm-up before the first "
+                         "scenario (ours adapts its BLAS threads within ~4-10 s of start)")
     args = ap.parse_args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the finally: stop servers
 
@@ -727,6 +732,7 @@ def main() -> None:
         "workload": {"max_tokens": max_tokens, "clients": levels, "turns": turns,
                      "user_tokens": args.user_tokens, "single_repeats": repeats,
                      "max_batch_size": args.max_batch_size, "temperature": 0,
+                     "settle_s": args.settle,
                      "stock": {"max_tokens": stock_tokens, "clients": stock_levels,
                                "budget_s": stock_budget,
                                "note": "stock runs only the small workload (short prompt, "
@@ -774,7 +780,8 @@ def main() -> None:
                                       "config": cfg}
         print("== ours", flush=True)
         steps = full_steps + ([] if args.skip_stock else small_steps)
-        run_server("ours", ours, {"steps": steps, "repeats": repeats, "timeout_s": 900},
+        run_server("ours", ours, {"steps": steps, "repeats": repeats, "timeout_s": 900,
+                                     "settle_s": args.settle},
                    filler, results, save)
 
         peer_flags = ["--decode-concurrency", str(args.max_batch_size), "--log-level", "WARNING"]
@@ -796,7 +803,8 @@ def main() -> None:
             peer = Server("peer_same_weights", cmd, port, "default_model", work,
                           args.load_timeout)
             run_server("peer_same_weights", peer,
-                       {"steps": full_steps, "repeats": repeats, "timeout_s": 900},
+                       {"steps": full_steps, "repeats": repeats, "timeout_s": 900,
+                        "settle_s": args.settle},
                        filler, results, save)
             shutil.rmtree(sw, ignore_errors=True)
 

@@ -132,6 +132,10 @@ class Backend(ABC):
         """A continuous-batching generator, or None if this backend decodes one at a time."""
         return None
 
+    def on_idle(self) -> None:  # noqa: B027 - optional hook
+        """Called from the engine thread every few seconds while nothing runs (tuning that
+        must not change mid-step, such as the CPU's BLAS threads, can catch up here)."""
+
     def detokenizer(self) -> IncrementalDetokenizer:
         return IncrementalDetokenizer(self.decode)
 

@@ -37,6 +37,7 @@ class _Job:
 
 
 _STOP = object()
+IDLE_TICK_S = 2.0
 _SHUTDOWN = "The server is shutting down."
 
 
@@ -106,12 +107,21 @@ class Scheduler:
                 log.exception("backend close failed")
 
     def _next_job(self, block: bool) -> _Job | object | None:
-        try:
-            job = self._queue.get(block=block)
-        except queue.Empty:
-            return None
-        self.metrics.queue_depth = self._queue.qsize()
-        return job
+        """The next job; None if ``block`` is False and none waits. While blocked, the
+        backend's ``on_idle`` runs every ``IDLE_TICK_S``."""
+        while True:
+            try:
+                job = self._queue.get(block=block, timeout=IDLE_TICK_S if block else None)
+            except queue.Empty:
+                if not block:
+                    return None
+                try:
+                    self.backend.on_idle()
+                except Exception:  # noqa: BLE001 - tuning must not stop the engine
+                    log.exception("the backend's idle hook failed")
+                continue
+            self.metrics.queue_depth = self._queue.qsize()
+            return job
 
     def _serial_loop(self) -> None:
         while True:

@@ -9,7 +9,13 @@ import pytest
 
 from dvai_bridge.backends.fake import FakeBackend
 from dvai_bridge.engine.scheduler import Scheduler
-from dvai_bridge.engine.types import BatchLimits, CancelToken, Finished, GenerationRequest, TextDelta
+from dvai_bridge.engine.types import (
+    BatchLimits,
+    CancelToken,
+    Finished,
+    GenerationRequest,
+    TextDelta,
+)
 from dvai_bridge.errors import ServerBusy
 
 
@@ -117,3 +123,24 @@ def test_close_cancels_queued_work_and_frees_the_backend():
     assert queued.finished.reason == "cancelled"
     assert running.done.is_set()
     assert backend.closed
+
+
+@pytest.mark.parametrize("max_batch", [1, 8], ids=["serial", "batched"])
+def test_an_idle_engine_calls_the_backends_idle_hook_and_still_serves(monkeypatch, max_batch):
+    from dvai_bridge.engine import scheduler
+
+    monkeypatch.setattr(scheduler, "IDLE_TICK_S", 0.02)
+    backend = FakeBackend()
+    ticks = []
+    backend.on_idle = lambda: ticks.append(threading.current_thread().name)
+    s = Scheduler(backend, limits=BatchLimits(max_batch=max_batch))
+    try:
+        time.sleep(0.3)
+        assert len(ticks) >= 3 and set(ticks) == {"dvai-engine"}  # the device's own thread
+        backend.on_idle = lambda: 1 / 0  # a failing hook is logged, not fatal
+        time.sleep(0.1)
+        done = Collector()
+        s.submit(request(backend, "hello"), done, CancelToken())
+        assert done.done.wait(10) and done.finished.reason in ("stop", "length")
+    finally:
+        s.close()

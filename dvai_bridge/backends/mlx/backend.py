@@ -187,6 +187,10 @@ class MLXBackend(Backend):
         finally:
             steps.close()
 
+    def on_idle(self) -> None:
+        if self.blas_governor is not None:
+            self.blas_governor.tick()
+
     def open_batch(self, limits: BatchLimits) -> Batch | None:
         from .batch import MLXBatch
 
