@@ -113,7 +113,7 @@ def pull(ref: str, sha256: str | None) -> None:
 
 @click.group()
 def models() -> None:
-    """List and delete cached models (HF cache and GGUF cache)."""
+    """List and delete cached models (HF cache, GGUF cache, MLX imports of GGUF files)."""
 
 
 @models.command("ls")
@@ -131,7 +131,8 @@ def models_ls(as_json: bool) -> None:
         return
     rows = [("REF", "KIND", "BACKEND", "SIZE", "LAST USED", "PATH")]
     for m in found:
-        notes = [n for n, on in (("partial", not m.complete), ("in use", m.in_use)) if on]
+        notes = [n for n, on in (("partial", not m.complete), ("in use", m.in_use),
+                                 ("stale import", bool(m.stale))) if on]
         ref = f"{m.ref} ({', '.join(notes)})" if notes else m.ref
         used = m.last_used.astimezone().strftime("%Y-%m-%d %H:%M") if m.last_used else "-"
         rows.append((ref, m.kind, m.backend, human_bytes(m.bytes), used, str(m.path)))
@@ -141,6 +142,10 @@ def models_ls(as_json: bool) -> None:
                  for i, (cell, w) in enumerate(zip(row, widths))]
         click.echo("  ".join([*cells, row[-1]]))
     click.echo(f"{len(found)} model(s), {human_bytes(sum(m.bytes for m in found))} in all.")
+    stale = [m for m in found if m.stale and not m.in_use]
+    if stale:
+        click.echo(f"{len(stale)} stale MLX import(s) ({human_bytes(sum(m.bytes for m in stale))})"
+                   ": `dvai-bridge models prune` deletes them.")
 
 
 @models.command("rm")
@@ -148,7 +153,8 @@ def models_ls(as_json: bool) -> None:
 @click.option("--dry-run", is_flag=True, help="Show what would be deleted and freed.")
 def models_rm(ref: str, dry_run: bool) -> None:
     """Delete a cached model: a repo (every revision), org/name@revision, one GGUF file
-    (org/name/file.gguf), or a URL's GGUF. A model a running bridge serves is refused."""
+    (org/name/file.gguf), a URL's GGUF (with its MLX imports), or an MLX import's folder.
+    A model a running bridge serves is refused."""
     from .store import delete_cached_model
 
     try:
@@ -162,6 +168,24 @@ def models_rm(ref: str, dry_run: bool) -> None:
             click.echo(f"  {path}")
     else:
         click.echo(f"Deleted {refs}: {human_bytes(plan.bytes_freed)} freed.")
+
+
+@models.command("prune")
+@click.option("--dry-run", is_flag=True, help="Show what would be deleted and freed.")
+def models_prune(dry_run: bool) -> None:
+    """Delete stale MLX imports of GGUF files: their GGUF is gone or changed, or a newer
+    importer converted it again. Imports a running bridge serves are kept."""
+    from .store import prune_stale_imports
+
+    plan = prune_stale_imports(dry_run=dry_run)
+    if not plan.models:
+        click.echo("No stale MLX imports.")
+        return
+    verb = "Would delete" if dry_run else "Deleted"
+    click.echo(f"{verb} {len(plan.models)} stale MLX import(s): "
+               f"{human_bytes(plan.bytes_freed)} freed.")
+    for m in plan.models:
+        click.echo(f"  {m.path}  ({m.stale})")
 
 
 def register(group: click.Group) -> None:

@@ -2,10 +2,12 @@
 
 The HF cache is read with huggingface_hub's ``scan_cache_dir`` and emptied with its delete
 strategies (``delete_revisions``, ``delete_files``), so refs, snapshots and shared blobs stay
-consistent for every other tool that reads that cache. The GGUF cache is ours (``gguf``).
+consistent for every other tool that reads that cache. The GGUF cache is ours (``gguf``), and
+so are the MLX imports of GGUF files (``imports``): deleting a GGUF deletes its imports too.
 
     list_cached_models()                 -> [CachedModel]
     delete_cached_model(ref, dry_run=..) -> DeletePlan (executed unless dry_run)
+    prune_stale_imports(dry_run=..)      -> DeletePlan of the imports nothing will load again
 
 A model that a running bridge serves (``inuse``) is refused with ``ModelInUse``.
 """
@@ -22,7 +24,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from ..errors import ModelInUse, ModelNotFound
-from . import gguf
+from . import gguf, imports
 from .inuse import running_servers, server_using
 from .locations import gguf_cache_dir, hf_cache_dir
 from .refs import ModelRef, parse_reference
@@ -42,17 +44,21 @@ class CachedModel:
     bytes: int  # on disk, partial downloads included: what deleting it frees
     path: Path  # the folder or file a backend loads (a partial file while incomplete)
     last_used: datetime | None  # last access of its files, as the file system records it
-    cache: Literal["hf", "gguf"]
+    cache: Literal["hf", "gguf", "mlx-imports"]
     complete: bool = True  # False: only a partial download is there
     in_use: bool = False  # a running bridge serves it
     revisions: tuple[str, ...] = ()  # HF refs (or short commits) cached
+    source: Path | None = None  # an MLX import: the GGUF it was converted from
+    stale: str = ""  # an MLX import nothing will load again: why
 
     def to_json(self) -> dict[str, Any]:
         return {"ref": self.ref, "kind": self.kind, "backend": self.backend,
                 "bytes": self.bytes, "path": str(self.path),
                 "last_used": self.last_used.isoformat() if self.last_used else None,
                 "cache": self.cache, "complete": self.complete, "in_use": self.in_use,
-                "revisions": list(self.revisions)}
+                "revisions": list(self.revisions),
+                "source": str(self.source) if self.source else None,
+                "stale": self.stale or None}
 
 
 @dataclass(frozen=True)
@@ -65,6 +71,7 @@ class DeletePlan:
     bytes_freed: int
     executed: bool
     _strategy: Any = field(default=None, repr=False, compare=False)
+    _folders: tuple[Path, ...] = field(default=(), repr=False, compare=False)  # rmtree these
 
 
 def _when(timestamp: float | None) -> datetime | None:
@@ -137,8 +144,8 @@ def _hf_entry(ref: str, kind: Literal["mlx", "gguf"], path: Path, size: int, fil
 
 
 def _served(path: Path, served: list[Path]) -> bool:
-    target = Path(os.path.abspath(path))
-    return any(p == target or target in p.parents for p in served)
+    targets = {Path(os.path.abspath(path)), Path(os.path.realpath(path))}
+    return any(p == t or t in p.parents for p in served for t in targets)
 
 
 def _gguf_models(served: list[Path]) -> list[CachedModel]:
@@ -160,10 +167,23 @@ def _gguf_models(served: list[Path]) -> list[CachedModel]:
     return models
 
 
+def _import_models(served: list[Path]) -> list[CachedModel]:
+    models = []
+    for found in imports.scan_imports():
+        in_use = _served(found.folder, served) or (
+            found.source is not None and _served(found.source, served))
+        models.append(CachedModel(str(found.folder), "mlx", "mlx", found.bytes, found.folder,
+                                  _when((found.folder / "config.json").stat().st_atime),
+                                  "mlx-imports", in_use=in_use, source=found.source,
+                                  stale=found.why))
+    return models
+
+
 def list_cached_models() -> list[CachedModel]:
-    """Every model in the HF cache (MLX checkpoints, GGUF files) and in the GGUF cache."""
+    """Every model in the HF cache (MLX checkpoints, GGUF files), in the GGUF cache, and the
+    MLX imports of GGUF files."""
     served = [Path(os.path.abspath(s.path)) for s in running_servers() if s.path]
-    return _hf_models(_scan(), served) + _gguf_models(served)
+    return _hf_models(_scan(), served) + _gguf_models(served) + _import_models(served)
 
 
 # -- deleting ----------------------------------------------------------------------------
@@ -223,15 +243,35 @@ def _ref_for_cache_path(path: Path, info: Any) -> ModelRef | None:
 
 
 def plan_delete(ref: str) -> DeletePlan:
-    """What ``delete_cached_model(ref)`` would remove; raises ``ModelNotFound``."""
-    model = parse_reference(ref)
+    """What ``delete_cached_model(ref)`` would remove, with the MLX imports of any GGUF it
+    removes; raises ``ModelNotFound``."""
     everything = list_cached_models()
+    plan = _plan(ref, everything)
+    victims = [m for m in everything if m.cache == "mlx-imports" and m.source is not None
+               and m.path not in plan.paths
+               and any(m.source == p or p in m.source.parents for p in plan.paths)]
+    if not victims:
+        return plan
+    return DeletePlan(plan.ref, plan.models + tuple(victims),
+                      plan.paths + tuple(m.path for m in victims),
+                      plan.bytes_freed + sum(m.bytes for m in victims), False,
+                      _strategy=plan._strategy,
+                      _folders=plan._folders + tuple(m.path for m in victims))
+
+
+def _plan(ref: str, everything: list[CachedModel]) -> DeletePlan:
+    model = parse_reference(ref)
+    if model.kind == "local-dir" and model.path is not None:
+        folder = imports.import_folder_for(model.path)
+        hit = tuple(m for m in everything if m.cache == "mlx-imports" and m.path == folder)
+        if hit:
+            return DeletePlan(ref, hit, (folder,), hit[0].bytes, False, _folders=(folder,))
     folder = _gguf_folder_for(model)
     if folder is not None:
         files = [p for p in folder.iterdir() if p.is_file()]
         hit = tuple(m for m in everything if m.cache == "gguf" and m.path.parent == folder)
         return DeletePlan(ref, hit, (folder,), sum(p.stat().st_size for p in files), False,
-                          _strategy=folder)
+                          _folders=(folder,))
     info = _scan()
     target = _hf_target(model, info)
     if target is not None:
@@ -243,7 +283,7 @@ def plan_delete(ref: str) -> DeletePlan:
             partial = sum(m.bytes for m in everything if m.path == repo.repo_path)
             hit = tuple(m for m in everything if m.path == repo.repo_path)
             return DeletePlan(ref, hit, (repo.repo_path,), partial, False,
-                              _strategy=repo.repo_path)
+                              _folders=(repo.repo_path,))
         paths = tuple(sorted({*strategy.repos, *strategy.snapshots, *strategy.files,
                               *strategy.refs, *strategy.blobs}))
         freed = strategy.expected_freed_size
@@ -266,16 +306,31 @@ def delete_cached_model(ref: str, *, dry_run: bool = False) -> DeletePlan:
     ``ModelInUse`` if a running bridge serves it, ``ModelNotFound`` if it is not cached."""
     plan = plan_delete(ref)
     refs = {m.ref for m in plan.models} | {parse_reference(ref).canonical}
-    server = server_using(list(plan.paths), refs)
+    sources = [m.source for m in plan.models if m.cache == "mlx-imports" and m.source]
+    server = server_using([*plan.paths, *sources], refs)
     if server is not None:
         raise ModelInUse(
             f"{ref} is in use: the bridge at {server.base_url} (pid {server.pid}) serves it. "
             "Stop that bridge first.", param="ref")
     if dry_run:
         return plan
-    strategy = plan._strategy
-    if isinstance(strategy, Path):
-        shutil.rmtree(strategy, ignore_errors=True)
-    else:
-        strategy.execute()
+    return _execute(plan)
+
+
+def _execute(plan: DeletePlan) -> DeletePlan:
+    if plan._strategy is not None:
+        plan._strategy.execute()
+    for folder in plan._folders:
+        shutil.rmtree(folder, ignore_errors=True)
     return DeletePlan(plan.ref, plan.models, plan.paths, plan.bytes_freed, True)
+
+
+def prune_stale_imports(*, dry_run: bool = False) -> DeletePlan:
+    """Delete the MLX imports nothing will load again (source gone or changed, or imported
+    again by a newer importer), except those a running bridge serves."""
+    stale = tuple(m for m in list_cached_models()
+                  if m.cache == "mlx-imports" and m.stale and not m.in_use)
+    folders = tuple(m.path for m in stale)
+    plan = DeletePlan("stale MLX imports", stale, folders, sum(m.bytes for m in stale), False,
+                      _folders=folders)
+    return plan if dry_run else _execute(plan)

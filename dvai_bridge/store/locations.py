@@ -4,6 +4,7 @@
                  (the standard cache: ``hf cache ls`` and mlx-lm see the same files)
     our cache    $DVAI_BRIDGE_CACHE, else ~/.cache/dvai-bridge
       gguf/      GGUF files fetched from URLs, one folder per URL
+      mlx-imports/  GGUF files converted for the MLX backend, one folder per import
       serving/   one lease per running bridge (see ``inuse``)
 
 Reading at call time (rather than at import, as ``huggingface_hub.constants`` does) lets tests
@@ -53,6 +54,10 @@ def bridge_cache_dir() -> Path:
 
 def gguf_cache_dir() -> Path:
     return bridge_cache_dir() / "gguf"
+
+
+def mlx_imports_dir() -> Path:
+    return bridge_cache_dir() / "mlx-imports"
 
 
 def serving_dir() -> Path:

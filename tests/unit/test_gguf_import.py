@@ -13,8 +13,10 @@ import json
 import os
 import pathlib
 import random
+import shutil
 import struct
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -616,3 +618,24 @@ def test_unsupported_architecture_and_types_raise(tmp_path):
         import_gguf(tmp_path / "q6k.gguf", tmp_path / "out")
     assert not (tmp_path / "out").exists()
     assert [p.name for p in (tmp_path / "cache").iterdir()] == []
+
+
+@needs_model
+def test_the_store_lists_a_real_import_and_prunes_it_once_its_gguf_changes(tmp_path, tiny,
+                                                                          monkeypatch):
+    from dvai_bridge.store import list_cached_models, prune_stale_imports
+
+    monkeypatch.setenv("DVAI_BRIDGE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
+    gguf = tmp_path / "model.gguf"
+    shutil.copyfile(tiny[0], gguf)
+    folder = cached_import(gguf)
+    (found,) = list_cached_models()
+    assert (found.path, found.cache, found.kind, found.source) == (
+        folder, "mlx-imports", "mlx", gguf)
+    assert not found.stale and found.bytes > (folder / "model.safetensors").stat().st_size
+    assert prune_stale_imports().models == ()
+    os.utime(gguf, ns=(time.time_ns(), time.time_ns()))  # the GGUF changed: a new import
+    assert "has changed" in list_cached_models()[0].stale
+    assert [m.path for m in prune_stale_imports().models] == [folder]
+    assert not folder.exists() and list_cached_models() == []

@@ -383,8 +383,9 @@ def import_gguf(gguf_path: str | os.PathLike, out_dir: str | os.PathLike) -> pat
 
 def default_cache_root() -> pathlib.Path:
     """``$DVAI_BRIDGE_CACHE/mlx-imports``, else ``~/.cache/dvai-bridge/mlx-imports``."""
-    root = os.environ.get("DVAI_BRIDGE_CACHE") or os.path.join("~", ".cache", "dvai-bridge")
-    return pathlib.Path(root).expanduser() / "mlx-imports"
+    from dvai_bridge.store.locations import mlx_imports_dir
+
+    return mlx_imports_dir()
 
 
 def cache_key(gguf_path: str | os.PathLike) -> str:
