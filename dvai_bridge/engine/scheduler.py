@@ -37,7 +37,7 @@ class _Job:
 
 
 _STOP = object()
-IDLE_TICK_S = 2.0
+IDLE_TICK_S = 1.0
 _SHUTDOWN = "The server is shutting down."
 
 

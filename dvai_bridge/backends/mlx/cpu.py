@@ -139,7 +139,7 @@ class BlasThreadGovernor:
     thread count for it (``blas_threads_for``); a change needs the same answer twice in a row
     and is applied between steps, after MLX's queue has drained. Runs on the engine thread."""
 
-    def __init__(self, threads: int, period: float = 2.0) -> None:
+    def __init__(self, threads: int, period: float = 1.0) -> None:
         self.threads = threads
         self.period = period
         self.physical = physical_cores()
