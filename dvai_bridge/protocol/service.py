@@ -19,7 +19,7 @@ from .embeddings import unavailable as embeddings_unavailable
 from .messages import normalize_messages
 from .responses import ChunkFactory, CompletionLogprobs, chat_logprobs, new_id, usage
 from .schema import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
-from .structured import compile_grammar, grammar_text, response_schema
+from .structured import check_grammar_text, compile_grammar, grammar_text, response_schema
 from .tool_stream import Split
 from .tools import ToolPlan, new_call_id, openai_call
 
@@ -133,6 +133,7 @@ class OpenAIService:
         try:
             tokenizer = self.backend.grammar_tokenizer()
         except NotSupported as exc:
+            check_grammar_text(text, param)
             raise InvalidRequest(exc.message, param=param) from None
         return compile_grammar(text, param, tokenizer)
 

@@ -58,10 +58,8 @@ def grammar_text(schema: dict[str, Any] | None, calls_lark: str | None) -> tuple
     if calls_lark:
         return lark_grammar(calls_lark), "tools"
     if schema is not None:
-        try:
-            spec = json_schema_grammar(schema)
-            check_grammar(spec)
-            return spec, "response_format"
+        try:  # validated once, for the backend's tokenizer, by compile_grammar
+            return json_schema_grammar(schema), "response_format"
         except GrammarError as exc:
             raise InvalidRequest(f"response_format schema cannot be enforced: {exc}",
                                  param="response_format.json_schema.schema") from None
@@ -72,5 +70,20 @@ def compile_grammar(text: str, param: str, tokenizer: Any) -> Grammar:
     try:
         return Grammar.compile(text, tokenizer)
     except GrammarError as exc:
-        what = "tool parameters" if param == "tools" else "response_format schema"
-        raise InvalidRequest(f"The {what} cannot be enforced: {exc}", param=param) from None
+        raise _unenforceable(param, exc) from None
+
+
+def check_grammar_text(text: str, param: str) -> None:
+    """Validate without a tokenizer (for a backend that cannot constrain: the client still
+    learns what is wrong with its schema before it learns that)."""
+    try:
+        check_grammar(text)
+    except GrammarError as exc:
+        raise _unenforceable(param, exc) from None
+
+
+def _unenforceable(param: str, exc: GrammarError) -> InvalidRequest:
+    what = "tool parameters" if param == "tools" else "response_format schema"
+    return InvalidRequest(f"The {what} cannot be enforced: {exc}",
+                          param="response_format.json_schema.schema"
+                          if param == "response_format" else param)
