@@ -38,6 +38,7 @@ class _Job:
 
 _STOP = object()
 IDLE_TICK_S = 1.0
+ADMIT_WINDOW_S = 0.015  # after an idle spell, how long the first request waits for company
 _SHUTDOWN = "The server is shutting down."
 
 
@@ -106,12 +107,17 @@ class Scheduler:
             except Exception:
                 log.exception("backend close failed")
 
-    def _next_job(self, block: bool) -> _Job | object | None:
-        """The next job; None if ``block`` is False and none waits. While blocked, the
-        backend's ``on_idle`` runs every ``IDLE_TICK_S``."""
+    def _next_job(self, block: bool, wait: float = 0.0) -> _Job | object | None:
+        """The next job. Not ``block``: None if none arrives within ``wait`` seconds. While
+        blocked, the backend's ``on_idle`` runs every ``IDLE_TICK_S``."""
         while True:
             try:
-                job = self._queue.get(block=block, timeout=IDLE_TICK_S if block else None)
+                if block:
+                    job = self._queue.get(timeout=IDLE_TICK_S)
+                elif wait > 0:
+                    job = self._queue.get(timeout=wait)
+                else:
+                    job = self._queue.get_nowait()
             except queue.Empty:
                 if not block:
                     return None
@@ -186,8 +192,11 @@ class _BatchLoop:
 
     def _admit_waiting(self) -> None:
         block = not self.active and not self.stopping
+        gather_until = 0.0
         while not self.stopping and len(self.active) < self.s.max_batch:
-            job = self.s._next_job(block=block)
+            job = self.s._next_job(block=block, wait=gather_until - time.monotonic())
+            if block:  # woken from idle: requests sent together reach us a few ms apart;
+                gather_until = time.monotonic() + ADMIT_WINDOW_S  # prefill them as one batch
             block = False
             if job is None:
                 return

@@ -144,3 +144,40 @@ def test_an_idle_engine_calls_the_backends_idle_hook_and_still_serves(monkeypatc
         assert done.done.wait(10) and done.finished.reason in ("stop", "length")
     finally:
         s.close()
+
+
+@pytest.mark.parametrize(("window", "together"), [(0.3, True), (0.0, False)])
+def test_requests_arriving_together_after_idle_start_as_one_batch(monkeypatch, window, together):
+    """Woken from idle, the engine waits ADMIT_WINDOW_S for more arrivals, so requests sent
+    together are prefilled together instead of the first one alone."""
+    from dvai_bridge.engine import scheduler
+
+    monkeypatch.setattr(scheduler, "ADMIT_WINDOW_S", window)
+    backend = FakeBackend(token_delay=0.001)
+    first_step: list[int] = []
+    open_batch = backend.open_batch
+
+    def recording(limits):
+        batch = open_batch(limits)
+        step = batch.step
+
+        def counted():
+            if not first_step:
+                first_step.append(len(batch._seqs))
+            return step()
+
+        batch.step = counted
+        return batch
+
+    backend.open_batch = recording
+    s = Scheduler(backend, limits=BatchLimits(max_batch=8))
+    try:
+        time.sleep(0.05)  # idle
+        sinks = [Collector(), Collector()]
+        s.submit(request(backend, "a"), sinks[0], CancelToken())
+        time.sleep(0.1)
+        s.submit(request(backend, "b"), sinks[1], CancelToken())
+        assert all(k.done.wait(10) for k in sinks)
+    finally:
+        s.close()
+    assert first_step == ([2] if together else [1])
