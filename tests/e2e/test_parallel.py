@@ -151,15 +151,15 @@ def _decode_rate(client: openai.OpenAI, model: str) -> float:
     return r.usage.completion_tokens / (time.monotonic() - t0)  # prefill included: a floor
 
 
-def test_stream_disconnect_cancels_generation(e2e_server: Any, client: openai.OpenAI,
-                                              model: str) -> None:
-    idle, _, health = e2e_server.wait_idle(30.0)
+def _hang_up_mid_stream(server: Any, body: dict[str, Any], label: str) -> str:
+    """Stream ``body``, read six content deltas, close the connection, and check the
+    generation stops (``_assert_generation_stops``). Returns the text read."""
+    idle, _, health = server.wait_idle(30.0)
     assert idle, f"precondition: the server is idle, got {health}"
-    before = e2e_server.metrics()
-    body = {"model": model, "messages": user(STORY), "temperature": 0,
-            "max_tokens": LONG_MAX_TOKENS, "stream": True}
+    before = server.metrics()
     arrivals: list[float] = []
-    url = f"{e2e_server.base_url}/chat/completions"
+    text = ""
+    url = f"{server.base_url}/chat/completions"
     with httpx.Client(timeout=httpx.Timeout(180.0)) as h, h.stream("POST", url, json=body) as r:
         assert r.status_code == 200
         for line in r.iter_lines():
@@ -168,6 +168,7 @@ def test_stream_disconnect_cancels_generation(e2e_server: Any, client: openai.Op
                 continue
             assert chunk["choices"][0]["finish_reason"] is None, "ended on its own"
             if chunk["choices"][0]["delta"].get("content"):
+                text += chunk["choices"][0]["delta"]["content"]
                 arrivals.append(time.monotonic())
                 if len(arrivals) >= 6:
                     break
@@ -176,7 +177,15 @@ def test_stream_disconnect_cancels_generation(e2e_server: Any, client: openai.Op
     # Each content delta is at least one token, so this underestimates the speed a little.
     tok_per_s = (len(arrivals) - 1) / max(arrivals[-1] - arrivals[0], 1e-6)
     bound = min(IDLE_CAP_S, LONG_MAX_TOKENS / tok_per_s / 10)
-    _assert_generation_stops(e2e_server, before, bound, tok_per_s, "stream")
+    _assert_generation_stops(server, before, bound, tok_per_s, label)
+    return text
+
+
+def test_stream_disconnect_cancels_generation(e2e_server: Any, client: openai.OpenAI,
+                                              model: str) -> None:
+    body = {"model": model, "messages": user(STORY), "temperature": 0,
+            "max_tokens": LONG_MAX_TOKENS, "stream": True}
+    _hang_up_mid_stream(e2e_server, body, "stream")
 
     # A following request is served, with the right answer.
     r2 = client.chat.completions.create(model=model, messages=user(PROMPTS[3]), temperature=0,
@@ -194,32 +203,12 @@ def test_constrained_stream_disconnect_cancels_generation(e2e_server: Any,
                                                           model: str) -> None:
     """The same hang-up in the middle of a grammar-constrained stream: the sequence and its
     grammar matcher are dropped, and the next constrained request is valid from its start."""
-    idle, _, health = e2e_server.wait_idle(30.0)
-    assert idle, f"precondition: the server is idle, got {health}"
-    before = e2e_server.metrics()
     body = {"model": model, "messages": user(STORY), "temperature": 0,
             "max_tokens": LONG_MAX_TOKENS, "stream": True,
             "response_format": {"type": "json_schema",
                                 "json_schema": {"name": "story", "schema": STORY_SCHEMA}}}
-    arrivals: list[float] = []
-    text = ""
-    url = f"{e2e_server.base_url}/chat/completions"
-    with httpx.Client(timeout=httpx.Timeout(180.0)) as h, h.stream("POST", url, json=body) as r:
-        assert r.status_code == 200
-        for line in r.iter_lines():
-            chunk = _sse_data(line)
-            if chunk is None or not chunk["choices"]:
-                continue
-            assert chunk["choices"][0]["finish_reason"] is None, "ended on its own"
-            if chunk["choices"][0]["delta"].get("content"):
-                text += chunk["choices"][0]["delta"]["content"]
-                arrivals.append(time.monotonic())
-                if len(arrivals) >= 6:
-                    break
+    text = _hang_up_mid_stream(e2e_server, body, "constrained stream")
     assert text.startswith('{"story": "'), text  # the grammar was in force
-    tok_per_s = (len(arrivals) - 1) / max(arrivals[-1] - arrivals[0], 1e-6)
-    bound = min(IDLE_CAP_S, LONG_MAX_TOKENS / tok_per_s / 10)
-    _assert_generation_stops(e2e_server, before, bound, tok_per_s, "constrained stream")
 
     r2 = client.chat.completions.create(
         model=model, messages=user(PROMPTS[3]), temperature=0, max_tokens=40,
