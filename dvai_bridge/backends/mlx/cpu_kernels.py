@@ -55,15 +55,9 @@ def _pow2_fraction(f: mx.array) -> mx.array:
 
 
 @partial(mx.compile, shapeless=True)
-def _exp_parts(x: mx.array) -> tuple[mx.array, mx.array]:
-    t = mx.clip(x * _LOG2E, -126.0, 127.4)
-    n = (t + _ROUND) - _ROUND
-    return _pow2_fraction(t - n), mx.left_shift((n + 127.0).astype(mx.int32), 23)
-
-
-@partial(mx.compile, shapeless=True)
-def _exp_diff_parts(x: mx.array, m: mx.array) -> tuple[mx.array, mx.array]:
-    t = mx.clip((x - m) * _LOG2E, -126.0, 127.4)
+def _exp_parts(x: mx.array | float, shift: mx.array | float) -> tuple[mx.array, mx.array]:
+    """exp(x - shift) as (2**f, the bits of 2**n); their product is the value."""
+    t = mx.clip((x - shift) * _LOG2E, -126.0, 127.4)
     n = (t + _ROUND) - _ROUND
     return _pow2_fraction(t - n), mx.left_shift((n + 127.0).astype(mx.int32), 23)
 
@@ -78,25 +72,24 @@ def _swiglu_tail(gate: mx.array, x: mx.array, frac: mx.array, pow2: mx.array) ->
     return gate / (1.0 + frac * pow2) * x  # silu(g) * x = g * sigmoid(g) * x
 
 
-def fast_exp(x: mx.array) -> mx.array:
-    """exp(x) for float32 ``x``; below -87.3 it gives 2**-126 rather than 0, and it saturates
-    at 2**127.4 (x = 88.3) rather than overflowing."""
-    frac, bits = _exp_parts(x)
+def fast_exp(x: mx.array, shift: mx.array | float = 0.0) -> mx.array:
+    """exp(x - shift) for float32 arrays; below -87.3 it gives 2**-126 rather than 0, and it
+    saturates at 2**127.4 (88.3) rather than overflowing."""
+    frac, bits = _exp_parts(x, shift)
     return _times(frac, bits.view(mx.float32))
 
 
 def swiglu(gate: mx.array, x: mx.array) -> mx.array:
     if gate.dtype != mx.float32 or x.dtype != mx.float32 or gate.size < MIN_ELEMENTS:
         return _original("swiglu")(gate, x)
-    frac, bits = _exp_parts(-gate)
+    frac, bits = _exp_parts(0.0, gate)  # exp(-gate)
     return _swiglu_tail(gate, x, frac, bits.view(mx.float32))
 
 
 def _softmax_matmul(scores: mx.array, values: mx.array) -> mx.array:
     """softmax(scores) @ values, normalised after the matmul."""
     peak = mx.maximum(mx.max(scores, axis=-1, keepdims=True), -3.0e38)  # a fully masked row
-    frac, bits = _exp_diff_parts(scores, peak)
-    weights = _times(frac, bits.view(mx.float32))
+    weights = fast_exp(scores, peak)
     return (weights @ values) / mx.sum(weights, axis=-1, keepdims=True)
 
 
