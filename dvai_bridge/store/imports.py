@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,8 +26,7 @@ class MLXImport:
     source: Path | None  # the GGUF it was imported from (None: no record)
     version: int
     bytes: int
-    stale: bool
-    why: str  # why it is stale ("" if not)
+    why: str  # why it is stale: nothing will load it again ("" if it is current)
 
 
 def _size(folder: Path) -> int:
@@ -63,6 +61,15 @@ def _source_matches(meta: dict) -> str:
     return ""
 
 
+def _ident(meta: dict) -> tuple:
+    """The GGUF file as it was imported."""
+    return meta.get("source"), meta.get("size"), meta.get("mtime_ns")
+
+
+def _version(meta: dict) -> int:
+    return int(meta.get("importer_version") or 0)
+
+
 def scan_imports() -> list[MLXImport]:
     """Every complete import folder (temp folders of imports in progress are skipped)."""
     root = mlx_imports_dir()
@@ -72,18 +79,15 @@ def scan_imports() -> list[MLXImport]:
              if p.is_dir() and not p.name.startswith(".") and (p / "config.json").is_file()}
     newest: dict[tuple, int] = {}
     for meta in metas.values():
-        ident = (meta.get("source"), meta.get("size"), meta.get("mtime_ns"))
-        newest[ident] = max(newest.get(ident, 0), int(meta.get("importer_version") or 0))
+        newest[_ident(meta)] = max(newest.get(_ident(meta), 0), _version(meta))
     found = []
     for folder, meta in metas.items():
-        version = int(meta.get("importer_version") or 0)
         why = _source_matches(meta)
-        ident = (meta.get("source"), meta.get("size"), meta.get("mtime_ns"))
-        if not why and newest[ident] > version:
-            why = f"importer version {newest[ident]} imported its source again"
+        if not why and newest[_ident(meta)] > _version(meta):
+            why = f"importer version {newest[_ident(meta)]} imported its source again"
         source = meta.get("source")
-        found.append(MLXImport(folder, Path(source) if source else None, version,
-                               _size(folder), bool(why), why))
+        found.append(MLXImport(folder, Path(source) if source else None, _version(meta),
+                               _size(folder), why))
     return sorted(found, key=lambda m: -(m.folder / "config.json").stat().st_mtime)
 
 
@@ -94,7 +98,3 @@ def import_folder_for(path: Path) -> Path | None:
     if root in absolute.parents:
         return root / absolute.relative_to(root).parts[0]
     return None
-
-
-def remove(folder: Path) -> None:
-    shutil.rmtree(folder, ignore_errors=True)
