@@ -340,7 +340,9 @@ def _write_checkpoint(path: pathlib.Path, dest: pathlib.Path) -> None:
     files["generation_config.json"] = json.dumps(generation, indent=2)
     stat = path.stat()
     source = {"source": str(path), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
-    files["dvai_import.json"] = json.dumps(source | {"importer_version": IMPORTER_VERSION})
+    from dvai_bridge.store.imports import META  # the store reads this record
+
+    files[META] = json.dumps(source | {"importer_version": IMPORTER_VERSION})
     dest.mkdir(parents=True)
     mx.save_safetensors(str(dest / "model.safetensors"), weights, metadata={"format": "mlx"})
     for name, text in files.items():
