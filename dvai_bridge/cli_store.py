@@ -5,6 +5,7 @@ bar that ``pull`` and ``serve``'s first start share.
     dvai-bridge pull https://example.com/model.gguf --sha256 <hex>
     dvai-bridge models ls [--json]
     dvai-bridge models rm mlx-community/Llama-3.2-1B-Instruct-4bit [--dry-run]
+    dvai-bridge models prune [--dry-run]
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import json
 import sys
 import threading
+from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
@@ -131,8 +133,7 @@ def models_ls(as_json: bool) -> None:
         return
     rows = [("REF", "KIND", "BACKEND", "SIZE", "LAST USED", "PATH")]
     for m in found:
-        notes = [n for n, on in (("partial", not m.complete), ("in use", m.in_use),
-                                 ("stale import", bool(m.stale))) if on]
+        notes = _notes(m)
         ref = f"{m.ref} ({', '.join(notes)})" if notes else m.ref
         used = m.last_used.astimezone().strftime("%Y-%m-%d %H:%M") if m.last_used else "-"
         rows.append((ref, m.kind, m.backend, human_bytes(m.bytes), used, str(m.path)))
@@ -142,10 +143,23 @@ def models_ls(as_json: bool) -> None:
                  for i, (cell, w) in enumerate(zip(row, widths))]
         click.echo("  ".join([*cells, row[-1]]))
     click.echo(f"{len(found)} model(s), {human_bytes(sum(m.bytes for m in found))} in all.")
-    stale = [m for m in found if m.stale and not m.in_use]
-    if stale:
-        click.echo(f"{len(stale)} stale MLX import(s) ({human_bytes(sum(m.bytes for m in stale))})"
-                   ": `dvai-bridge models prune` deletes them.")
+    prunable = [m for m in found if m.prunable]
+    if prunable:
+        kinds = Counter("unfinished" if not m.complete else "damaged" if m.damaged else "stale"
+                        for m in prunable)
+        counts = ", ".join(f"{kinds[k]} {k}" for k in ("stale", "damaged", "unfinished")
+                           if kinds[k])
+        click.echo(f"{counts} MLX import(s) ({human_bytes(sum(m.bytes for m in prunable))}): "
+                   "`dvai-bridge models prune` deletes them.")
+
+
+def _notes(m: Any) -> list[str]:
+    """What ``models ls`` says after a model's reference."""
+    if m.cache == "mlx-imports" and not m.complete:
+        return ["incomplete import, in progress" if m.in_use else "incomplete import"]
+    return [n for n, on in (("partial", not m.complete), ("in use", m.in_use),
+                            ("damaged import", bool(m.damaged)),
+                            ("stale import", bool(m.stale))) if on]
 
 
 @models.command("rm")
@@ -173,19 +187,23 @@ def models_rm(ref: str, dry_run: bool) -> None:
 @models.command("prune")
 @click.option("--dry-run", is_flag=True, help="Show what would be deleted and freed.")
 def models_prune(dry_run: bool) -> None:
-    """Delete stale MLX imports of GGUF files: their GGUF is gone or changed, or a newer
-    importer converted it again. Imports a running bridge serves are kept."""
+    """Delete the MLX imports of GGUF files that nothing will load again: stale (their GGUF
+    is gone or changed, or a newer importer converted it again), damaged (their files differ
+    from what was written), or left by an import that did not finish. Imports a running
+    bridge serves, and imports in progress, are kept."""
     from .store import prune_stale_imports
 
     plan = prune_stale_imports(dry_run=dry_run)
     if not plan.models:
-        click.echo("No stale MLX imports.")
+        click.echo("No stale, damaged or unfinished MLX imports.")
         return
     verb = "Would delete" if dry_run else "Deleted"
-    click.echo(f"{verb} {len(plan.models)} stale MLX import(s): "
+    click.echo(f"{verb} {len(plan.models)} MLX import(s): "
                f"{human_bytes(plan.bytes_freed)} freed.")
     for m in plan.models:
-        click.echo(f"  {m.path}  ({m.stale})")
+        why = m.stale if not m.complete else \
+            f"damaged: {m.damaged}" if m.damaged else f"stale: {m.stale}"
+        click.echo(f"  {m.path}  ({why})")
 
 
 def register(group: click.Group) -> None:

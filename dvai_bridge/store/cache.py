@@ -8,6 +8,7 @@ so are the MLX imports of GGUF files (``imports``): deleting a GGUF deletes its 
     list_cached_models()                 -> [CachedModel]
     delete_cached_model(ref, dry_run=..) -> DeletePlan (executed unless dry_run)
     prune_stale_imports(dry_run=..)      -> DeletePlan of the imports nothing will load again
+                                            (stale, damaged, or left by an unfinished import)
 
 A model that a running bridge serves (``inuse``) is refused with ``ModelInUse``.
 """
@@ -50,6 +51,7 @@ class CachedModel:
     revisions: tuple[str, ...] = ()  # HF refs (or short commits) cached
     source: Path | None = None  # an MLX import: the GGUF it was converted from
     stale: str = ""  # an MLX import nothing will load again: why
+    damaged: str = ""  # an MLX import whose files differ from what was written: how
 
     def to_json(self) -> dict[str, Any]:
         return {"ref": self.ref, "kind": self.kind, "backend": self.backend,
@@ -58,7 +60,13 @@ class CachedModel:
                 "cache": self.cache, "complete": self.complete, "in_use": self.in_use,
                 "revisions": list(self.revisions),
                 "source": str(self.source) if self.source else None,
-                "stale": self.stale or None}
+                "stale": self.stale or None, "damaged": self.damaged or None}
+
+    @property
+    def prunable(self) -> bool:
+        """An MLX import ``models prune`` deletes: stale, damaged or unfinished, not in use."""
+        return self.cache == "mlx-imports" and bool(self.stale or self.damaged) \
+            and not self.in_use
 
 
 @dataclass(frozen=True)
@@ -167,15 +175,25 @@ def _gguf_models(served: list[Path]) -> list[CachedModel]:
     return models
 
 
+def _atime(path: Path) -> float | None:
+    try:
+        return path.stat().st_atime
+    except OSError:
+        return None
+
+
 def _import_models(served: list[Path]) -> list[CachedModel]:
+    """The MLX imports; a temp folder is an incomplete one, ``in_use`` while its import
+    runs (an import in progress is usually a bridge starting)."""
     models = []
     for found in imports.scan_imports():
-        in_use = _served(found.folder, served) or (
+        in_use = found.importing or _served(found.folder, served) or (
             found.source is not None and _served(found.source, served))
+        last = _atime(found.folder / "config.json") or _atime(found.folder)
         models.append(CachedModel(str(found.folder), "mlx", "mlx", found.bytes, found.folder,
-                                  _when((found.folder / "config.json").stat().st_atime),
-                                  "mlx-imports", in_use=in_use, source=found.source,
-                                  stale=found.why))
+                                  _when(last), "mlx-imports", complete=found.complete,
+                                  in_use=in_use, source=found.source, stale=found.why,
+                                  damaged=found.damaged))
     return models
 
 
@@ -307,6 +325,11 @@ def delete_cached_model(ref: str, *, dry_run: bool = False) -> DeletePlan:
     plan = plan_delete(ref)
     refs = {m.ref for m in plan.models} | {parse_reference(ref).canonical}
     sources = [m.source for m in plan.models if m.cache == "mlx-imports" and m.source]
+    importing = next((m for m in plan.models if m.cache == "mlx-imports" and not m.complete
+                      and m.in_use), None)
+    if importing is not None:
+        raise ModelInUse(f"{importing.path} is an MLX import in progress; let it finish.",
+                         param="ref")
     server = server_using([*plan.paths, *sources], refs)
     if server is not None:
         raise ModelInUse(
@@ -321,16 +344,20 @@ def _execute(plan: DeletePlan) -> DeletePlan:
     if plan._strategy is not None:
         plan._strategy.execute()
     for folder in plan._folders:
-        shutil.rmtree(folder, ignore_errors=True)
+        if imports.import_folder_for(folder) == Path(os.path.abspath(folder)):
+            imports.remove(folder)  # a temp folder only if its import is not running
+        else:
+            shutil.rmtree(folder, ignore_errors=True)
     return DeletePlan(plan.ref, plan.models, plan.paths, plan.bytes_freed, True)
 
 
 def prune_stale_imports(*, dry_run: bool = False) -> DeletePlan:
-    """Delete the MLX imports nothing will load again (source gone or changed, or imported
-    again by a newer importer), except those a running bridge serves."""
-    stale = tuple(m for m in list_cached_models()
-                  if m.cache == "mlx-imports" and m.stale and not m.in_use)
-    folders = tuple(m.path for m in stale)
-    plan = DeletePlan("stale MLX imports", stale, folders, sum(m.bytes for m in stale), False,
-                      _folders=folders)
+    """Delete the MLX imports nothing will load again: stale ones (source gone or changed, or
+    imported again by a newer importer), damaged ones (files differ from what was written;
+    the next load imports again) and the temp folders of imports that did not finish. Kept:
+    those a running bridge serves, and imports in progress."""
+    victims = tuple(m for m in list_cached_models() if m.prunable)
+    folders = tuple(m.path for m in victims)
+    plan = DeletePlan("stale MLX imports", victims, folders, sum(m.bytes for m in victims),
+                      False, _folders=folders)
     return plan if dry_run else _execute(plan)

@@ -2,8 +2,9 @@
 deleted with their GGUF, and kept while a bridge serves them.
 
 The folders are written here in the importer's layout (``config.json`` + ``dvai_import.json``
-with the source's path, size, mtime and importer version); tests/unit/test_gguf_import.py runs
-the same store functions over a real import.
+with the source's path, size, mtime, importer version and the record of each file);
+tests/unit/test_gguf_import.py runs the same store functions over a real import, and
+test_import_leftovers.py over the temp folder of a real import killed midway.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from click.testing import CliRunner
 
 from dvai_bridge import ModelInUse, delete_cached_model, download_model, list_cached_models
 from dvai_bridge.cli import main
+from dvai_bridge.store import imports as store_imports
 from dvai_bridge.store import prune_stale_imports
 from dvai_bridge.store.inuse import take_lease
 from dvai_bridge.store.locations import mlx_imports_dir
@@ -29,10 +31,10 @@ def fake_import(source: Path, name: str, version: int = 1, size: int = 1000) -> 
     folder.mkdir(parents=True)
     stat = source.stat()
     (folder / "config.json").write_text("{}")
-    (folder / "model.safetensors").write_bytes(b"\0" * size)
+    (folder / "model.safetensors").write_bytes(os.urandom(size))
     (folder / "dvai_import.json").write_text(json.dumps(
         {"source": str(source), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns,
-         "importer_version": version}))
+         "importer_version": version, "files": store_imports.record_files(folder)}))
     return folder
 
 
@@ -106,7 +108,45 @@ def test_the_cli_lists_and_prunes_imports(gguf, tmp_path):
     assert "stale import" in table and str(orphan) in table
     assert "1 stale MLX import(s) (2.0 MB): `dvai-bridge models prune` deletes them." in table
     dry = runner.invoke(main, ["models", "prune", "--dry-run"]).stdout
-    assert dry.startswith("Would delete 1 stale MLX import(s): 2.0 MB freed.") and orphan.exists()
-    assert runner.invoke(main, ["models", "prune"]).stdout.startswith("Deleted 1 stale")
-    assert runner.invoke(main, ["models", "prune"]).stdout.strip() == "No stale MLX imports."
+    assert dry.startswith("Would delete 1 MLX import(s): 2.0 MB freed.") and orphan.exists()
+    assert f"{orphan}  (stale: its source {gone} is gone)" in dry
+    assert runner.invoke(main, ["models", "prune"]).stdout.startswith("Deleted 1 MLX import(s)")
+    assert runner.invoke(main, ["models", "prune"]).stdout.strip() == (
+        "No stale, damaged or unfinished MLX imports.")
     assert not orphan.exists()
+
+
+def _truncate(path: Path) -> None:
+    with path.open("r+b") as f:
+        f.truncate(path.stat().st_size // 2)
+
+
+def _overwrite(path: Path) -> None:  # same size, other bytes
+    path.write_bytes(os.urandom(path.stat().st_size))
+
+
+@pytest.mark.parametrize("damage", [_truncate, _overwrite])
+def test_damaged_imports_are_flagged_and_pruned(gguf, damage):
+    intact = fake_import(gguf, "tiny-intact", size=6_000_000)
+    broken = fake_import(gguf, "tiny-broken", size=6_000_000)
+    damage(broken / "model.safetensors")
+    listed = {m.path: m for m in list_cached_models() if m.cache == "mlx-imports"}
+    assert listed[intact].damaged == "" and listed[intact].stale == ""
+    assert "model.safetensors" in listed[broken].damaged, listed[broken]
+    assert listed[broken].stale == ""  # its GGUF is still there: damaged, not stale
+    runner = CliRunner()
+    table = runner.invoke(main, ["models", "ls"]).stdout
+    assert f"{broken} (damaged import)" in table and f"{intact} (" not in table
+    assert "1 damaged MLX import(s)" in table
+    as_json = json.loads(runner.invoke(main, ["models", "ls", "--json"]).stdout)
+    assert [m["damaged"] for m in as_json if m["path"] == str(broken)] == [
+        listed[broken].damaged]
+    lease = take_lease(str(broken), "http://127.0.0.1:38999/v1")  # served: kept
+    try:
+        assert prune_stale_imports().models == ()
+    finally:
+        lease.release()
+    out = runner.invoke(main, ["models", "prune"]).stdout
+    assert out.startswith("Deleted 1 MLX import(s)")
+    assert f"{broken}  (damaged: {listed[broken].damaged})" in out
+    assert not broken.exists() and intact.exists()

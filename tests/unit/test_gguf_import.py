@@ -639,3 +639,53 @@ def test_the_store_lists_a_real_import_and_prunes_it_once_its_gguf_changes(tmp_p
     assert "has changed" in list_cached_models()[0].stale
     assert [m.path for m in prune_stale_imports().models] == [folder]
     assert not folder.exists() and list_cached_models() == []
+
+
+def _damage(weights: pathlib.Path, how: str) -> None:
+    """Truncate, overwrite (header kept, the tensor bytes random) or flip one byte that no
+    sample of the quick check reads."""
+    from dvai_bridge.store.integrity import SAMPLE_BYTES, SAMPLES
+
+    data = bytearray(weights.read_bytes())
+    header = 8 + int.from_bytes(data[:8], "little")
+    if how == "truncate":
+        del data[len(data) // 2 :]
+    elif how == "overwrite":
+        data[header:] = np.random.default_rng(0).bytes(len(data) - header)
+    else:
+        step = (len(data) - SAMPLE_BYTES) / (SAMPLES - 1)
+        at = round(SAMPLES // 2 * step) + SAMPLE_BYTES + 7  # past one sample, before the next
+        assert at < round((SAMPLES // 2 + 1) * step), "the weights are too small to miss a sample"
+        data[at] ^= 0xFF
+    weights.write_bytes(bytes(data))
+
+
+@needs_model
+@pytest.mark.parametrize("how", ["truncate", "overwrite", "one byte"])
+def test_a_damaged_import_is_flagged_and_imported_again(tmp_path, tiny, monkeypatch, caplog, how):
+    from dvai_bridge.store import list_cached_models
+
+    monkeypatch.setenv("DVAI_BRIDGE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
+    gguf = tiny[0]
+    folder = cached_import(gguf)
+    weights = folder / "model.safetensors"
+    good = weights.read_bytes()
+    record = json.loads((folder / "dvai_import.json").read_text())["files"]
+    assert record["model.safetensors"]["size"] == len(good)
+    assert set(record) == {p.name for p in folder.iterdir()} - {"dvai_import.json"}
+    _damage(weights, how)
+
+    (found,) = list_cached_models()
+    if how == "one byte":  # models ls reads sizes and samples only: one byte between them hides
+        assert found.damaged == ""
+    else:
+        assert "model.safetensors" in found.damaged and not found.stale
+    with caplog.at_level("WARNING", logger="dvai_bridge.backends.mlx.gguf_import"):
+        assert cached_import(gguf) == folder  # the load path checks every byte of a small import
+    assert f"The MLX import {folder} is damaged" in caplog.text
+    assert weights.read_bytes() == good
+    assert [p.name for p in folder.parent.iterdir()] == [folder.name]  # nothing set aside left
+    (found,) = list_cached_models()
+    assert found.damaged == "" and found.complete
+    mlx_lm.load(str(folder))

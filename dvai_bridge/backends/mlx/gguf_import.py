@@ -9,19 +9,23 @@ GGUF vocabulary (see ``gguf_tokenizer``).
 
     import_gguf(path, out_dir)   -> out_dir, written atomically (temp sibling + rename)
     cached_import(path)          -> a folder under ~/.cache/dvai-bridge/mlx-imports/, reused
+                                    while its files match the record written with them
+
+Every import records each file's size and sha256 in ``dvai_import.json`` (``store.imports``);
+``cached_import`` checks them before reusing a folder and imports again, with a warning naming
+the folder, when they differ (a truncated or overwritten ``model.safetensors``).
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
+import logging
 import mmap
 import os
 import pathlib
 import shutil
 import struct
-import time
 import uuid
 from collections import Counter
 from dataclasses import dataclass
@@ -31,8 +35,11 @@ import numpy as np
 
 from dvai_bridge.backends.mlx.gguf_tokenizer import build_tokenizer_files, eos_token_ids
 from dvai_bridge.errors import ModelLoadFailed
+from dvai_bridge.store import imports
 
-IMPORTER_VERSION = 1
+log = logging.getLogger(__name__)
+
+IMPORTER_VERSION = 2  # 2: dvai_import.json records each file's size and sha256
 GROUP_SIZE = 32  # every GGUF type MLX loads quantized uses blocks of 32
 
 # ggml tensor type names, indexed by type id ("-" = retired ids).
@@ -340,29 +347,35 @@ def _write_checkpoint(path: pathlib.Path, dest: pathlib.Path) -> None:
     files["generation_config.json"] = json.dumps(generation, indent=2)
     stat = path.stat()
     source = {"source": str(path), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
-    from dvai_bridge.store.imports import META  # the store reads this record
-
-    files[META] = json.dumps(source | {"importer_version": IMPORTER_VERSION})
     dest.mkdir(parents=True)
     mx.save_safetensors(str(dest / "model.safetensors"), weights, metadata={"format": "mlx"})
     for name, text in files.items():
         (dest / name).write_text(text, encoding="utf-8")
+    record = source | {"importer_version": IMPORTER_VERSION, "files": imports.record_files(dest)}
+    (dest / imports.META).write_text(json.dumps(record, indent=1), encoding="utf-8")
 
 
-def _import_to_temp(gguf_path: str | os.PathLike, parent: pathlib.Path, name: str) -> pathlib.Path:
+def _write_import(gguf_path: str | os.PathLike, tmp: pathlib.Path) -> None:
     path = pathlib.Path(gguf_path)
     if not path.is_file():
         raise ModelLoadFailed(f"GGUF file not found: {path}")
-    tmp = parent / f".{name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     try:
-        parent.mkdir(parents=True, exist_ok=True)
         _write_checkpoint(path, tmp)
-    except BaseException as e:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if isinstance(e, Exception) and not isinstance(e, ModelLoadFailed):
-            raise ModelLoadFailed(f"cannot import {path.name} into {parent}: {e!r}") from e
+    except ModelLoadFailed:
         raise
-    return tmp
+    except Exception as e:
+        raise ModelLoadFailed(f"cannot import {path.name} into {tmp.parent}: {e!r}") from e
+
+
+def _set_aside(folder: pathlib.Path) -> None:
+    """Move ``folder`` out of the way (a hidden sibling, deleted at once: a leftover if this
+    process dies before it is gone)."""
+    aside = folder.parent / f".{folder.name}.old-{uuid.uuid4().hex[:8]}"
+    try:
+        os.rename(folder, aside)
+    except FileNotFoundError:  # another process moved it first
+        return
+    shutil.rmtree(aside, ignore_errors=True)
 
 
 def import_gguf(gguf_path: str | os.PathLike, out_dir: str | os.PathLike) -> pathlib.Path:
@@ -370,16 +383,14 @@ def import_gguf(gguf_path: str | os.PathLike, out_dir: str | os.PathLike) -> pat
     ``mlx_lm.load(out_dir)``. Atomic: writes into a temp sibling dir, then renames; an existing
     ``out_dir`` is replaced."""
     out = pathlib.Path(out_dir).absolute()
-    tmp = _import_to_temp(gguf_path, out.parent, out.name)
-    old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
-    try:
-        if out.exists():
-            os.rename(out, old)
-        os.rename(tmp, out)
-    except OSError as e:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise ModelLoadFailed(f"cannot move the import into {out}: {e}") from e
-    shutil.rmtree(old, ignore_errors=True)
+    with imports.temp_folder(out.parent, out.name) as tmp:
+        _write_import(gguf_path, tmp)
+        try:
+            if out.exists():
+                _set_aside(out)
+            os.rename(tmp, out)
+        except OSError as e:
+            raise ModelLoadFailed(f"cannot move the import into {out}: {e}") from e
     return out
 
 
@@ -406,27 +417,29 @@ def cached_import(
     gguf_path: str | os.PathLike, cache_root: pathlib.Path | None = None
 ) -> pathlib.Path:
     """Import once and reuse. ``cache_root`` is the folder holding the imports (default
-    ``default_cache_root()``). Concurrent callers may both convert; the first rename wins and
-    the others use the winner's folder."""
+    ``default_cache_root()``). A folder whose files no longer match their record (sizes and a
+    sampled sha256; every byte's sha256 up to ``integrity.FULL_CHECK_MAX_BYTES``) is imported
+    again, with a warning naming it. Temp folders that crashed or killed imports left are
+    deleted first. Concurrent callers may both convert; the first rename wins and the others
+    use the winner's folder."""
     root = pathlib.Path(cache_root) if cache_root is not None else default_cache_root()
     name = cache_key(gguf_path)
     out = root / name
-    if (out / "config.json").is_file():
-        return out
-    _sweep_stale(root)
-    tmp = _import_to_temp(gguf_path, root, name)
-    try:
-        os.rename(tmp, out)
-    except OSError:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if not (out / "config.json").is_file():
-            raise ModelLoadFailed(f"cannot store the import of {gguf_path} in {out}") from None
+    if out.exists():
+        damaged = imports.check_import(out, full=None)
+        if not damaged:
+            return out
+        log.warning("The MLX import %s is damaged (%s); importing %s again", out, damaged,
+                    pathlib.Path(gguf_path).name)
+        _set_aside(out)
+    for left in imports.sweep_leftovers(root):
+        log.info("Deleted %s, left by an import that did not finish", left)
+    with imports.temp_folder(root, name) as tmp:
+        _write_import(gguf_path, tmp)
+        try:
+            os.rename(tmp, out)
+        except OSError:
+            if imports.check_import(out):
+                raise ModelLoadFailed(f"cannot store the import of {gguf_path} in {out}") \
+                    from None
     return out
-
-
-def _sweep_stale(root: pathlib.Path, max_age_s: float = 6 * 3600) -> None:
-    """Remove temp folders left by crashed imports."""
-    for entry in root.glob(".*.tmp-*") if root.is_dir() else ():
-        with contextlib.suppress(OSError):
-            if time.time() - entry.stat().st_mtime > max_age_s:
-                shutil.rmtree(entry, ignore_errors=True)
