@@ -15,8 +15,9 @@ from collections.abc import Callable
 from importlib.metadata import entry_points
 
 from ..config import StartConfig
-from ..errors import BackendUnavailable, ConfigurationInvalid
+from ..errors import BackendUnavailable, BridgeError, ConfigurationInvalid
 from ..progress import ProgressHub
+from . import probe
 from .base import Backend
 
 log = logging.getLogger(__name__)
@@ -52,7 +53,8 @@ def resolve_name(config: StartConfig) -> str:
 
     A ``.gguf`` file (and the embedded default, which is one) goes to MLX where MLX has a GPU
     (Metal, CUDA), and to llama.cpp where MLX would run on the CPU or is not installed (when
-    llama-cpp-python is installed; else MLX imports the GGUF). Everything else is MLX's.
+    llama-cpp-python is installed and its probe decodes here; else MLX imports the GGUF).
+    Everything else is MLX's.
     """
     if config.backend != "auto":
         return config.backend
@@ -63,6 +65,8 @@ def resolve_name(config: StartConfig) -> str:
         name, why = "llama", "embedding_mode is served by the llama backend"
     else:
         name, why = _choose_for_gguf()
+        if name == "llama" and probe.installed("llama"):
+            name, why = _unless_llama_fails(ref, why)
     log.info("backend auto: chose %s for %s (%s)", name, ref or "the embedded default", why)
     return name
 
@@ -83,6 +87,28 @@ def _choose_for_gguf() -> tuple[str, str]:
     if mlx_device is None:
         return "llama", "MLX is unavailable here"
     return "llama", "MLX would run on the CPU; llama.cpp is the faster CPU engine for GGUF"
+
+
+def _unless_llama_fails(ref: str | None, why: str) -> tuple[str, str]:
+    """Keep llama only if its probe decodes here (a build for another CPU, or kernels that
+    crash on this one, would kill the server at its first request)."""
+    from pathlib import Path
+
+    from ..store.resolve import embedded_default_gguf
+
+    try:  # the build is what is probed: the small embedded model is the fast witness
+        model = embedded_default_gguf()
+    except BridgeError:
+        model = Path(ref).expanduser() if ref and Path(ref).expanduser().is_file() else None
+        if model is None:
+            return "llama", why + " (not probed: no local GGUF to probe with)"
+    result = probe.probe("llama", model)
+    if result.ok:
+        return "llama", why
+    log.warning("backend auto: llama-cpp-python cannot generate on this machine (%s); "
+                "serving through MLX instead. `dvai-bridge doctor` shows the probes.",
+                result.detail)
+    return "mlx", f"llama-cpp-python failed its probe here: {result.detail}"
 
 
 def create_backend(config: StartConfig, progress: ProgressHub) -> Backend:
