@@ -27,6 +27,8 @@ import uvicorn
 from .backends.registry import create_backend
 from .config import StartConfig
 from .engine.scheduler import AsyncEngine, Scheduler
+from .backends.base import Backend
+from .engine.limits import describe, resolve_limits
 from .engine.types import BatchLimits
 from .errors import AlreadyStarted, BridgeError, ConfigurationInvalid, PortsExhausted
 from .http.app import create_app
@@ -124,9 +126,11 @@ class Bridge:
         sock = bind_port(config.host, config.http_base_port, config.http_max_port_attempts)
         scheduler = None
         try:
-            backend = create_backend(config, self.progress)
-            scheduler = Scheduler(backend, max_queued=config.max_queued, limits=BatchLimits(
-                config.max_batch_size, config.prefill_chunk, config.prompt_cache_mb << 20))
+            # The model loads on the engine's thread, which then runs every step on it.
+            scheduler = Scheduler(lambda: create_backend(config, self.progress),
+                                  max_queued=config.max_queued,
+                                  limits=lambda b: _limits(config, b))
+            backend = scheduler.backend
             app = create_app(OpenAIService(AsyncEngine(scheduler)), **security.app_options(),
                              shutdown_grace_s=config.shutdown_grace_s)
             server = uvicorn.Server(uvicorn.Config(
@@ -191,6 +195,15 @@ class Bridge:
     def serving(self, config: StartConfig | None = None, **options: Any) -> _Serving:
         """``with bridge.serving(cfg) as server:`` (or ``async with``): stops on exit."""
         return _Serving(self, config, options)
+
+
+def _limits(config: StartConfig, backend: Backend) -> BatchLimits:
+    limits = resolve_limits(backend.device_kind, max_batch=config.max_batch_size,
+                            prefill_chunk=config.prefill_chunk,
+                            prompt_cache_mb=config.prompt_cache_mb,
+                            device_memory=backend.device_memory)
+    log.info("engine on %s", describe(backend.device_kind, limits))
+    return limits
 
 
 def _drain(drain: Drain) -> None:

@@ -57,12 +57,9 @@ def main() -> None:
 @click.option("--max-body-mb", type=int, default=16, show_default=True, help=_help("max_body_mb"))
 @click.option("--shutdown-grace", "shutdown_grace_s", type=float, default=5.0, show_default=True,
               help=_help("shutdown_grace_s"))
-@click.option("--max-batch-size", type=int, default=8, show_default=True,
-              help=_help("max_batch_size"))
-@click.option("--prefill-chunk", type=int, default=512, show_default=True,
-              help=_help("prefill_chunk"))
-@click.option("--prompt-cache-mb", type=int, default=1024, show_default=True,
-              help=_help("prompt_cache_mb"))
+@click.option("--max-batch-size", type=int, default=None, help=_help("max_batch_size"))
+@click.option("--prefill-chunk", type=int, default=None, help=_help("prefill_chunk"))
+@click.option("--prompt-cache-mb", type=int, default=None, help=_help("prompt_cache_mb"))
 @click.option("--max-queued", type=int, default=64, show_default=True, help=_help("max_queued"))
 @click.option("--log-level", default="info", show_default=True, help=_help("log_level"))
 def serve(**options: Any) -> None:

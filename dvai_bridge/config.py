@@ -55,14 +55,17 @@ class StartConfig(BaseModel):
         5.0, ge=0, le=3600, description="On stop, seconds in-flight requests may run on (new "
         "ones get 503); then streams end with an error frame.")
     max_queued: int = Field(64, ge=1, description="Requests allowed to wait; more get 429.")
-    max_batch_size: int = Field(
-        8, ge=1, le=256, description="Sequences decoded together (1: one at a time).")
-    prefill_chunk: int = Field(
-        512, ge=16, description="Prompt tokens processed per engine step; smaller keeps "
-        "running streams smoother while a long prompt is read.")
-    prompt_cache_mb: int = Field(
-        1024, ge=0, description="Memory for cached conversation prefixes (KV), in MiB; "
-        "0 turns the prompt cache off.")
+    max_batch_size: int | None = Field(
+        None, ge=1, le=1024, description="Sequences decoded together (1: one at a time). "
+        "Default: by device (CPU 8, CUDA 64, Metal 32).")
+    prefill_chunk: int | None = Field(
+        None, ge=16, description="Prompt tokens processed per engine step; smaller keeps "
+        "running streams smoother while a long prompt is read. Default: by device (CPU 512, "
+        "GPU 2048).")
+    prompt_cache_mb: int | None = Field(
+        None, ge=0, description="Memory for cached conversation prefixes (KV), in MiB; "
+        "0 turns the prompt cache off. Default: by device (CPU 1024, CUDA 8192, Metal 4096, "
+        "at most a tenth of the GPU's memory).")
     log_level: str = Field("info", description="Log level: debug, info, warning, error.")
 
     @field_validator("backend")

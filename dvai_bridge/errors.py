@@ -175,6 +175,14 @@ class ServiceUnavailable(RequestError):
     code = "shutting_down"
 
 
+class EngineFailed(ServiceUnavailable):
+    """The engine stopped on an error it could not recover from; ``stop()`` and ``start()``
+    bring a new one up. Requests get 503 (with Retry-After) naming the cause meanwhile."""
+
+    error_type = "server_error"
+    code = "engine_failed"
+
+
 __all__ = [
     "AlreadyStarted",
     "BackendError",
@@ -184,6 +192,7 @@ __all__ = [
     "ConfigurationInvalid",
     "ContextLengthExceeded",
     "DownloadFailed",
+    "EngineFailed",
     "Forbidden",
     "HostNotAllowed",
     "InvalidRequest",

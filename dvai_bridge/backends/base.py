@@ -83,6 +83,10 @@ class Backend(ABC):
     # none and how to get one (read by the protocol layer for its 501).
     embedder: Any = None
     embedding_hint: str | None = None
+    # Where the model runs ("cpu", "cuda", "metal"; the engine's default limits follow it), and
+    # that device's memory in bytes when known.
+    device_kind: str = "cpu"
+    device_memory: int | None = None
 
     @abstractmethod
     def chat_tokens(self, messages: list[Message], tools: list[dict[str, Any]] | None = None

@@ -11,14 +11,15 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-import queue
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from concurrent.futures import Future
+from typing import Any, TypeVar
 
 from ..backends.base import Backend, Batch
-from ..errors import BridgeError, ServerBusy, ServiceUnavailable
+from ..errors import BackendError, BridgeError, EngineFailed, ServerBusy, ServiceUnavailable
+from .inbox import STOP, Call, Inbox, Job
 from .metrics import EngineMetrics
 from .sequence import SequenceState, run_sequence
 from .types import BatchLimits, CancelToken, EngineEvent, Finished, GenerationRequest
@@ -26,99 +27,189 @@ from .types import BatchLimits, CancelToken, EngineEvent, Finished, GenerationRe
 log = logging.getLogger(__name__)
 
 Sink = Callable[[EngineEvent], None]
+T = TypeVar("T")
 
-
-@dataclass
-class _Job:
-    request: GenerationRequest
-    sink: Sink
-    cancel: CancelToken
-    enqueued: float = field(default_factory=time.monotonic)
-
-
-_STOP = object()
 IDLE_TICK_S = 1.0
 ADMIT_WINDOW_S = 0.015  # after an idle spell, how long the first request waits for company
 _SHUTDOWN = "The server is shutting down."
 
 
 class Scheduler:
-    """Owns the backend and the thread that drives it."""
+    """Owns the backend and the one thread that drives it.
 
-    def __init__(self, backend: Backend, *, max_queued: int = 64,
-                 limits: BatchLimits | None = None) -> None:
-        self.backend = backend
+    ``backend`` is a loaded backend, or a function that loads one: then it runs on the engine
+    thread (so the thread that loads the model is the one that runs it: one thread owns the
+    device) and the constructor waits for it, raising what it raised. ``limits`` may be a
+    function of the loaded backend (defaults that depend on its device).
+
+    An exception that escapes the engine loop is a state, not a silent thread death: the
+    sequences in flight end with an ``EngineFailed`` error, queued ones too, new ones are
+    refused with it (503), and ``health()`` says why, until ``close()``.
+    """
+
+    def __init__(self, backend: Backend | Callable[[], Backend], *, max_queued: int = 64,
+                 limits: BatchLimits | Callable[[Backend], BatchLimits] | None = None) -> None:
         self.metrics = EngineMetrics()
-        self.limits = limits or BatchLimits()
-        self.max_batch = self.limits.max_batch
-        self._queue: queue.Queue[_Job | object] = queue.Queue(maxsize=max_queued)
+        self._inbox = Inbox(max_queued)
+        self._live: dict[int, Job] = {}  # taken off the inbox, not finished yet
         self._closed = False
-        self._thread = threading.Thread(target=self._run, name="dvai-engine", daemon=True)
+        self.failure: str | None = None
+        self._loaded: Future = Future()
+        self._limits = limits
+        self._thread = threading.Thread(target=self._run, args=(backend,), name="dvai-engine",
+                                        daemon=True)
+        self.backend: Backend
+        self.limits: BatchLimits
         self._thread.start()
+        self._loaded.result()  # raises the load's error
+
+    @property
+    def max_batch(self) -> int:
+        return self.limits.max_batch
 
     @property
     def queued(self) -> int:
-        return self._queue.qsize()
+        return len(self._inbox)
 
-    def submit(self, request: GenerationRequest, sink: Sink, cancel: CancelToken) -> None:
-        if self._closed:
-            raise ServiceUnavailable(_SHUTDOWN)
-        try:
-            self._queue.put_nowait(_Job(request, sink, cancel))
-        except queue.Full:
-            raise ServerBusy(
-                f"Too many queued requests ({self._queue.maxsize}); retry shortly."
-            ) from None
-        self.metrics.queue_depth = self._queue.qsize()
+    def health(self) -> str | None:
+        """None while the engine serves; otherwise why it does not."""
+        if self.failure is None and not self._thread.is_alive() and not self._closed:
+            self.failure = "The engine thread ended unexpectedly."
+        if self.failure is not None:
+            return self.failure
+        return _SHUTDOWN if self._closed else None
+
+    def _refuse_if_down(self) -> None:
+        why = self.health()
+        if why is None:
+            return
+        if self.failure is not None:
+            raise EngineFailed(f"The engine failed and serves nothing until the server is "
+                               f"restarted: {why}")
+        raise ServiceUnavailable(why)
+
+    def submit(self, request: GenerationRequest, sink: Sink, cancel: CancelToken,
+               group: Any = None) -> None:
+        """Queue one sequence. ``group`` (one per request) is what the engine is fair between.
+        Raises ServerBusy when the queue is full, EngineFailed when the engine is down."""
+        self._refuse_if_down()
+        job = Job(request, sink, cancel, group)
+        if not self._inbox.put(job, self._dropped):
+            raise ServerBusy(f"Too many queued requests ({self._inbox.capacity}); "
+                             "retry shortly.")
+        self.metrics.queue_depth = len(self._inbox)
+
+    def _dropped(self, job: Job) -> None:  # cancelled while queued: its slot is free now
+        self.metrics.queue_depth = len(self._inbox)
+        self.metrics.sequences_cancelled += 1
+        job.sink(Finished("cancelled", len(job.request.prompt_tokens), 0))
+
+    def call(self, fn: Callable[[], T]) -> Future:
+        """Run ``fn`` on the engine thread (between steps); its result comes in the future."""
+        self._refuse_if_down()
+        return self._inbox.call(fn)
 
     def close(self, timeout: float = 30.0) -> None:
         """Cancel queued sequences, end running ones, free the backend. Idempotent."""
         if self._closed:
             return
         self._closed = True
-        while True:
-            try:
-                job = self._queue.get_nowait()
-            except queue.Empty:
-                break
-            if isinstance(job, _Job):
-                job.sink(Finished("cancelled", len(job.request.prompt_tokens), 0,
-                                  error=ServiceUnavailable(_SHUTDOWN)))
-        self._queue.put(_STOP)
+        self._inbox.stop()
+        self._fail_waiting(ServiceUnavailable(_SHUTDOWN), "cancelled")
         self._thread.join(timeout)
+        if self._thread.is_alive():
+            log.error("the engine thread did not stop within %gs", timeout)
+
+    def _fail_waiting(self, error: BridgeError, reason: str = "error") -> None:
+        jobs, calls = self._inbox.drain()
+        for job in jobs:
+            job.sink(Finished(reason, len(job.request.prompt_tokens), 0, error=error))
+        for call in calls:
+            call.future.set_exception(error)
+        self.metrics.queue_depth = 0
 
     # -- the engine thread -------------------------------------------------------------
-    def _run(self) -> None:
+    def _run(self, backend: Backend | Callable[[], Backend]) -> None:
+        try:
+            if not isinstance(backend, Backend):
+                backend = backend()
+            limits = self._limits
+            self.limits = limits(backend) if callable(limits) else limits or BatchLimits()
+            self.backend = backend
+        except BaseException as exc:  # noqa: BLE001 - the constructor re-raises it
+            self._loaded.set_exception(exc)
+            return
+        self._loaded.set_result(backend)
         batch = None
         try:
-            if self.max_batch > 1:
-                batch = self.backend.open_batch(self.limits)
+            if self.limits.max_batch > 1:
+                batch = backend.open_batch(self.limits)
             if batch is None:
                 self._serial_loop()
             else:
                 _BatchLoop(self, batch).run()
-        except Exception:
-            log.exception("the engine loop failed")
+        except BaseException as exc:  # noqa: BLE001 - becomes the engine's state
+            self._fail(exc)
         finally:
             try:
                 if batch is not None:
                     batch.close()
-                self.backend.close()
+                backend.close()
             except Exception:
                 log.exception("backend close failed")
 
-    def _next_job(self, block: bool, wait: float = 0.0) -> _Job | object | None:
-        """The next job. Not ``block``: None if none arrives within ``wait`` seconds. While
-        blocked, the backend's ``on_idle`` runs every ``IDLE_TICK_S``."""
-        while True:
+    def _fail(self, exc: BaseException) -> None:
+        log.critical("the engine failed; it serves nothing until restarted", exc_info=exc)
+        self.failure = f"{type(exc).__name__}: {exc}"
+        error = BackendError(f"The engine failed while generating: {self.failure}")
+        for job in list(self._live.values()):  # running: a 500, as any failed generation
             try:
-                if block:
-                    job = self._queue.get(timeout=IDLE_TICK_S)
-                elif wait > 0:
-                    job = self._queue.get(timeout=wait)
-                else:
-                    job = self._queue.get_nowait()
-            except queue.Empty:
+                job.sink(Finished("error", len(job.request.prompt_tokens), 0, error=error))
+            except Exception:  # noqa: BLE001
+                log.exception("could not tell a sequence the engine failed")
+        self._live.clear()
+        self.metrics.running = 0
+        self._fail_waiting(EngineFailed(  # not started yet: a 503, like the ones refused now
+            f"The engine failed and serves nothing until the server is restarted: "
+            f"{self.failure}"))
+
+    def _take(self, job: Job) -> Job:
+        """A job leaves the inbox for the engine: until it finishes, a failure ends it."""
+        key = id(job)
+        sink = job.sink
+
+        def tracked(event: EngineEvent) -> None:
+            if isinstance(event, Finished):
+                self._live.pop(key, None)
+            sink(event)
+
+        job.sink = tracked
+        self._live[key] = job
+        return job
+
+    def _run_calls(self) -> None:
+        for call in self._inbox.take_calls():
+            self._run_call(call)
+
+    @staticmethod
+    def _run_call(call: Call) -> None:
+        if not call.future.set_running_or_notify_cancel():
+            return
+        try:
+            call.future.set_result(call.fn())
+        except BaseException as exc:  # noqa: BLE001 - the caller gets it
+            call.future.set_exception(exc)
+
+    def _next_job(self, block: bool, wait: float = 0.0) -> Job | object | None:
+        """The next sequence (device calls that arrive meanwhile are run here). Not ``block``:
+        None if none arrives within ``wait`` seconds. While blocked, the backend's
+        ``on_idle`` runs every ``IDLE_TICK_S``."""
+        while True:
+            item = self._inbox.get(IDLE_TICK_S if block else max(wait, 0.0))
+            if isinstance(item, Call):
+                self._run_call(item)
+                continue
+            if item is None:
                 if not block:
                     return None
                 try:
@@ -126,21 +217,22 @@ class Scheduler:
                 except Exception:  # noqa: BLE001 - tuning must not stop the engine
                     log.exception("the backend's idle hook failed")
                 continue
-            self.metrics.queue_depth = self._queue.qsize()
-            return job
+            self.metrics.queue_depth = len(self._inbox)
+            return item if item is STOP else self._take(item)
 
     def _serial_loop(self) -> None:
         while True:
             job = self._next_job(block=True)
-            if job is _STOP:
+            if job is STOP:
                 return
-            assert isinstance(job, _Job)
+            assert isinstance(job, Job)
             if job.cancel.cancelled:
                 job.sink(Finished("cancelled", len(job.request.prompt_tokens), 0))
                 continue
             self.metrics.running = 1
             try:
-                run_sequence(self.backend, job.request, job.sink, job.cancel, self.metrics)
+                run_sequence(self.backend, job.request, job.sink, job.cancel, self.metrics,
+                             between=self._run_calls)
             finally:
                 self.metrics.running = 0
 
@@ -151,12 +243,13 @@ class _BatchLoop:
     def __init__(self, scheduler: Scheduler, batch: Batch) -> None:
         self.s = scheduler
         self.batch = batch
-        self.active: dict[int, tuple[_Job, SequenceState]] = {}
+        self.active: dict[int, tuple[Job, SequenceState]] = {}
         self.keys = itertools.count()
         self.stopping = False
 
     def run(self) -> None:
         while not (self.stopping and not self.active):
+            self.s._run_calls()  # a full batch must not hold them up
             self._admit()
             self._retire_cancelled()
             if not self.active:
@@ -200,10 +293,10 @@ class _BatchLoop:
             block = False
             if job is None:
                 return
-            if job is _STOP:
+            if job is STOP:
                 self.stopping = True
                 return
-            assert isinstance(job, _Job)
+            assert isinstance(job, Job)
             if job.cancel.cancelled:
                 job.sink(Finished("cancelled", len(job.request.prompt_tokens), 0))
                 continue
@@ -249,7 +342,9 @@ class EventStream:
             except RuntimeError:  # the loop is gone: nobody is listening any more
                 self._cancel.cancel()
 
-        scheduler.submit(request, sink, self._cancel)  # raises ServerBusy now, not mid-stream
+        # The calling task (one per HTTP request) is the group the engine is fair between.
+        # Raises ServerBusy or EngineFailed now, not mid-stream.
+        scheduler.submit(request, sink, self._cancel, group=asyncio.current_task())
 
     def __aiter__(self) -> EventStream:
         return self
@@ -285,3 +380,11 @@ class AsyncEngine:
     def open(self, request: GenerationRequest) -> EventStream:
         """Submit a sequence now; iterate its events. Closing early cancels it."""
         return EventStream(self.scheduler, request)
+
+    async def on_device(self, fn: Callable[[], T]) -> T:
+        """Run ``fn`` on the engine's thread, which owns the device (an embedding, say)."""
+        return await asyncio.wrap_future(self.scheduler.call(fn))
+
+    def health(self) -> str | None:
+        """None while the engine serves; otherwise why it does not."""
+        return self.scheduler.health()

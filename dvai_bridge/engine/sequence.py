@@ -130,8 +130,9 @@ class SequenceState:
 
 def run_sequence(backend: Backend, request: GenerationRequest,
                  sink: Callable[[EngineEvent], None], cancel: CancelToken,
-                 metrics: EngineMetrics) -> None:
-    """The serial path: generate one sequence to its end on this thread."""
+                 metrics: EngineMetrics, between: Callable[[], None] | None = None) -> None:
+    """The serial path: generate one sequence to its end on this thread, calling ``between``
+    after each token (the engine runs its device calls there)."""
     state = SequenceState(backend, request, sink, metrics)
     steps = backend.generate(request, cancel)
     try:
@@ -143,6 +144,8 @@ def run_sequence(backend: Backend, request: GenerationRequest,
                 return
             if not state.on_token(choice):
                 break
+            if between is not None:
+                between()
         if cancel.cancelled:
             state.finish("cancelled")
         else:

@@ -96,12 +96,31 @@ EngineEvent = TextDelta | Finished
 
 @dataclass
 class CancelToken:
-    """Set by whoever waits on a sequence when it no longer wants the result."""
+    """Set by whoever waits on a sequence when it no longer wants the result.
+
+    ``on_cancel`` callbacks run once, on the cancelling thread (a queued sequence leaves the
+    queue at once through one)."""
 
     _event: threading.Event = field(default_factory=threading.Event)
+    _callbacks: list = field(default_factory=list)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def cancel(self) -> None:
-        self._event.set()
+        with self._lock:
+            if self._event.is_set():
+                return
+            self._event.set()
+            callbacks, self._callbacks = self._callbacks, []
+        for fn in callbacks:
+            fn()
+
+    def on_cancel(self, fn) -> None:
+        """Call ``fn()`` when cancelled (at once if already cancelled)."""
+        with self._lock:
+            if not self._event.is_set():
+                self._callbacks.append(fn)
+                return
+        fn()
 
     @property
     def cancelled(self) -> bool:

@@ -78,7 +78,10 @@ async def model(model_id: str, request: Request) -> Any:
 async def health(request: Request) -> Any:
     service = _service(request)
     m = service.engine.scheduler.metrics
-    return JSONResponse({
-        "status": "ok", "backend": service.backend.name, "model": service.backend.model_id,
-        "queued": m.queue_depth, "running": m.running,
-    })
+    body = {"status": "ok", "backend": service.backend.name, "model": service.backend.model_id,
+            "queued": m.queue_depth, "running": m.running}
+    why = service.engine.health()
+    if why is None:
+        return JSONResponse(body)
+    body.update(status="error", reason=why)  # the engine failed or is stopping: not ready
+    return JSONResponse(body, status_code=503, headers={"Retry-After": "1"})

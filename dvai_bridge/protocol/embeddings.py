@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import numpy as np
@@ -97,11 +98,14 @@ def _encode(vector: np.ndarray, fmt: str) -> list[float] | str:
     return vector.tolist()
 
 
-async def create_embeddings(embedder: Embedder, req: EmbeddingRequest) -> dict[str, Any]:
+async def create_embeddings(embedder: Embedder, req: EmbeddingRequest,
+                            on_device: Callable[[Callable[[], Any]], Awaitable[Any]]
+                            ) -> dict[str, Any]:
+    """``on_device`` runs the model on the thread that owns the device (the engine's)."""
     items = split_inputs(req)
     dims = _dimensions(req, embedder)
-    batch = await asyncio.to_thread(_tokens, embedder, items)
-    vectors = await asyncio.to_thread(embedder.embed_tokens, batch)
+    batch = await asyncio.to_thread(_tokens, embedder, items)  # tokenizers: any thread
+    vectors = await on_device(lambda: embedder.embed_tokens(batch))
     if dims < vectors.shape[1]:
         vectors = l2_normalize(vectors[:, :dims])
     used = sum(len(t) for t in batch)

@@ -349,7 +349,7 @@ class OpenAIService:
             raise ModelNotFound(
                 f"The model {req.model!r} does not exist here; this server embeds with "
                 f"{embedder.model_id!r}.", param="model")
-        return await create_embeddings(embedder, req)
+        return await create_embeddings(embedder, req, self.engine.on_device)
 
 
 def _error_frame(finish: Finished) -> dict[str, Any]:

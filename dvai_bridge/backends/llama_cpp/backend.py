@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import ctypes
 import logging
+import sys
 import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -156,6 +157,8 @@ class LlamaBackend(Backend):
         except Exception as exc:
             llm.close()
             raise ModelLoadFailed(f"llama.cpp could not prepare {model_id}: {exc}") from exc
+        if config.gpu_layers != 0 and bool(backend._lc.llama_supports_gpu_offload()):
+            backend.device_kind = "metal" if sys.platform == "darwin" else "cuda"
         log.info("llama backend: %s, context %d, %d threads, %d GPU layers%s", model_id,
                  backend.context_length, threads, config.gpu_layers,
                  ", embeddings on" if backend.embedder else "")

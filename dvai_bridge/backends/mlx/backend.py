@@ -71,6 +71,18 @@ def resolve_model(model_path: str | None, progress: ProgressHub) -> tuple[Path, 
     return cached_import(gguf), model_id
 
 
+def _device_memory() -> int | None:
+    """The GPU's memory in bytes (Metal: the unified memory MLX may use), None on the CPU."""
+    import mlx.core as mx
+
+    try:
+        info = mx.device_info()
+    except Exception:  # noqa: BLE001 - older MLX, or no device info here
+        return None
+    size = info.get("memory_size") or info.get("total_memory")
+    return int(size) if size else None
+
+
 class MLXBackend(Backend):
     name = "mlx"
     capabilities = Capabilities(chat=True, completions=True, embeddings=False, logprobs=True)
@@ -82,6 +94,8 @@ class MLXBackend(Backend):
         self.model_id = model_id
         self.context_length = context_length
         self.device = device
+        self.device_kind = device.kind
+        self.device_memory = _device_memory()
         self.vocab_size = int(getattr(model.args, "vocab_size", 0)) or None
         self.eos_token_ids = frozenset(int(t) for t in tokenizer.eos_token_ids)
         self.blas_governor: Any = None  # CPU: adapts BLAS threads to other processes' load

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import logging
+import os
 import platform
 from dataclasses import dataclass
+from pathlib import Path
 
 from ...errors import BackendUnavailable
 
@@ -23,6 +25,25 @@ class MLXDevice:
         return self.kind == "cpu"
 
 
+def cuda_expected() -> bool:
+    """An MLX CUDA build is installed and an NVIDIA GPU is visible: MLX will run there, so the
+    CPU's BLAS (and its threads) is not loaded. Decided before ``mlx`` is imported."""
+    from importlib.metadata import PackageNotFoundError, distribution
+
+    for name in ("mlx-cuda-13", "mlx-cuda-12", "mlx-cuda"):
+        try:
+            distribution(name)
+            break
+        except PackageNotFoundError:
+            continue
+    else:
+        return False
+    if os.environ.get("CUDA_VISIBLE_DEVICES", None) in ("", "-1"):
+        return False
+    gpus = Path("/proc/driver/nvidia/gpus")
+    return (gpus.is_dir() and any(gpus.iterdir())) or Path("/dev/nvidia0").exists()
+
+
 def select_device() -> MLXDevice:
     """Metal on Apple Silicon, CUDA where an mlx[cuda] build is installed, else the CPU.
 
@@ -33,7 +54,7 @@ def select_device() -> MLXDevice:
         raise BackendUnavailable(
             "MLX needs Apple Silicon; this is an Intel Mac (no MLX device). " + _HINT)
     blas = None
-    if platform.system() == "Linux":
+    if platform.system() == "Linux" and not cuda_expected():
         from .cpu import enable_fast_blas  # before mlx binds its BLAS
 
         blas = enable_fast_blas()
@@ -57,6 +78,9 @@ def select_device() -> MLXDevice:
             return MLXDevice("cuda")
     except Exception:  # noqa: BLE001
         pass
+    if blas is None and platform.system() == "Linux" and cuda_expected():
+        log.warning("an MLX CUDA build is installed but MLX found no usable GPU; the CPU runs "
+                    "with MLX's bundled reference BLAS (slow)")
     if platform.system() == "Darwin":
         raise BackendUnavailable("MLX found no Metal device on this Mac. " + _HINT)
     try:
