@@ -5,6 +5,11 @@ outlasts the retries, Ctrl-C, a crash); the next attempt asks for the rest with 
 request. Only a file whose size (and sha256, when one is expected) checks out is renamed to
 ``dest``: nothing at ``dest`` is ever half a file.
 
+Before writing, the free space of ``dest``'s file system is checked against the bytes still
+to come (the server's Content-Length): too little is a ``DownloadFailed`` (``disk_full``) and
+nothing is written. A disk that fills up anyway (no Content-Length, or another writer) is the
+same error, and the ``.incomplete`` file is deleted so the disk is not left full.
+
 The HTTP client is huggingface_hub's shared session (``get_session()``), so proxies, client
 factories and ``HF_HUB_OFFLINE`` apply to these downloads as they do to the hub's own.
 """
@@ -19,8 +24,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from ..errors import ChecksumMismatch, DownloadFailed
+from .diskspace import disk_full, ensure_space, is_disk_full
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +44,10 @@ class Cancelled(Exception):
     """The download was asked to stop; what arrived stays in the ``.incomplete`` file."""
 
 
+class _ShortBody(Exception):
+    """The response ended before the file did (retried, resuming)."""
+
+
 @dataclass(frozen=True)
 class Fetched:
     path: Path
@@ -47,6 +58,11 @@ class Fetched:
 
 def partial_path(dest: Path) -> Path:
     return dest.with_name(dest.name + PARTIAL_SUFFIX)
+
+
+def _open_partial(part: Path, mode: str) -> BinaryIO:
+    """The ``.incomplete`` file, opened for the bytes to come (tests wrap it to fill a disk)."""
+    return part.open(mode)
 
 
 def _hash_prefix(path: Path, size: int) -> hashlib._Hash:
@@ -131,24 +147,33 @@ def fetch(url: str, dest: Path, *, headers: dict[str, str] | None = None,
                 total = _total_size(response.headers, position)
                 if expected_size is None:
                     expected_size = total
+                size = total if total is not None else expected_size
+                if size is not None:
+                    ensure_space(part.parent, size - position, label)
                 if on_response:
                     on_response(total, etag)
                 mode = "ab" if position else "wb"
-                with part.open(mode) as out:
-                    for chunk in response.iter_bytes():
-                        out.write(chunk)
-                        if hasher is not None:
-                            hasher.update(chunk)
-                        position += len(chunk)
-                        progressed = True
-                        if on_bytes:
-                            on_bytes(position)
-                        if cancel is not None and cancel.is_set():
-                            raise Cancelled(label)
+                try:
+                    with _open_partial(part, mode) as out:
+                        for chunk in response.iter_bytes():
+                            out.write(chunk)
+                            if hasher is not None:
+                                hasher.update(chunk)
+                            position += len(chunk)
+                            progressed = True
+                            if on_bytes:
+                                on_bytes(position)
+                            if cancel is not None and cancel.is_set():
+                                raise Cancelled(label)
+                except OSError as exc:
+                    if not is_disk_full(exc):
+                        raise
+                    part.unlink(missing_ok=True)
+                    raise disk_full(part.parent, label, position, size) from None
             if expected_size is None or position == expected_size:
                 break
-            raise DownloadFailed(f"{label}: got {position} bytes, expected {expected_size}.")
-        except (httpx2.TransportError, DownloadFailed, HfHubHTTPError) as exc:
+            raise _ShortBody(f"{label}: got {position} bytes, expected {expected_size}.")
+        except (httpx2.TransportError, _ShortBody, HfHubHTTPError) as exc:
             if isinstance(exc, httpx2.ProxyError):
                 raise DownloadFailed(f"Proxy error while downloading {label}: {exc}") from None
             if isinstance(exc, HfHubHTTPError) and exc.response.status_code not in RETRY_STATUS:

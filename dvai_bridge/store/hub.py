@@ -33,6 +33,7 @@ from urllib.parse import urlsplit
 
 from ..errors import ChecksumMismatch, DownloadFailed
 from ..progress import ProgressEvent, ProgressHub
+from .diskspace import ensure_space
 from .fetch import Cancelled, fetch
 from .locations import hf_cache_dir, hf_endpoint, offline
 from .meter import DownloadMeter, SilentBar
@@ -198,14 +199,20 @@ def download_snapshot(repo_id: str, revision: str | None, patterns: list[str] | 
     snapshot = storage / "snapshots" / commit
     meter = DownloadMeter(label, sum(f.size for f in wanted), progress)
     todo = []
+    need = 0  # bytes still to write: the whole model must fit before the first byte moves
     for f in wanted:
         if (snapshot / f.path).exists():
             meter.done(f.path, f.size)
             continue
         todo.append(f)
+        need += f.size
         kept = storage / "blobs" / f"{f.etag}.incomplete"
         if f.etag and kept.is_file():  # bytes of an earlier attempt count from the start
             meter.at(f.path, kept.stat().st_size)
+            need -= kept.stat().st_size
+        elif f.etag and (storage / "blobs" / f.etag).is_file():
+            need -= f.size  # the blob is here (another revision): only a link is missing
+    ensure_space(storage / "blobs", need, label)
     meter.start()
     hf_download = use_hf_download or (lambda f: f.xet and _xet_usable())
     cancel = threading.Event()

@@ -13,9 +13,12 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..progress import ProgressEvent, ProgressHub
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
 
 EMIT_INTERVAL_S = 0.1
 
@@ -132,7 +135,7 @@ class DownloadMeter:
             def close(self) -> None:
                 pass
 
-            def __enter__(self) -> _FileBar:
+            def __enter__(self) -> Self:
                 return self
 
             def __exit__(self, *exc: object) -> None:
@@ -164,7 +167,7 @@ class SilentBar:
     def __getattr__(self, name: str) -> Any:
         return lambda *a, **k: None
 
-    def __enter__(self) -> SilentBar:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:

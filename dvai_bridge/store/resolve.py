@@ -17,6 +17,7 @@ from pathlib import Path
 from ..errors import ModelLoadFailed
 from ..progress import ProgressEvent, ProgressHub
 from . import gguf, hub
+from .diskspace import os_errors
 from .refs import ModelRef, is_remote_reference, parse_reference
 
 log = logging.getLogger(__name__)
@@ -97,7 +98,11 @@ def download_model(ref: str, *, sha256: str | None = None, progress: Progress = 
     ``ChecksumMismatch``, or ``ConfigurationInvalid`` for a reference it cannot parse.
     """
     model = parse_reference(ref, sha256)
-    events = _hub(progress)
+    with os_errors(model.canonical):
+        return _download(model, _hub(progress), refresh)
+
+
+def _download(model: ModelRef, events: ProgressHub | None, refresh: bool) -> Path:
     if model.kind == "local-dir":
         assert model.path is not None
         if not (model.path / "config.json").is_file():

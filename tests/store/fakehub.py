@@ -11,8 +11,9 @@ bytes from it into a real cache:
 
 Faults, switched by tests: ``cut`` drops the connection after N bytes of a file's body (for the
 next few GETs of it), ``fail_after_cut`` answers 503 to every request after a cut,
-``missing`` (404 RepoNotFound) and ``gated`` (403 GatedRepo / 401) repos. ``requests`` records
-every request as ``(method, path, range header)``.
+``missing`` (404 RepoNotFound) and ``gated`` (403 GatedRepo / 401) repos, ``no_length`` (file
+names sent without Content-Length, the body ending when the connection closes). ``requests``
+records every request as ``(method, path, range header)``.
 """
 
 from __future__ import annotations
@@ -95,6 +96,7 @@ class FakeHub:
     gated: dict[str, int] = field(default_factory=dict)  # repo id -> 401 or 403
     cut: dict[str, Cut] = field(default_factory=dict)  # file name (path in repo) -> cut
     fail_after_cut: bool = False
+    no_length: set[str] = field(default_factory=set)  # file names sent without Content-Length
     requests: list[tuple[str, str, str | None]] = field(default_factory=list)
     url: str = ""
     _server: ThreadingHTTPServer | None = None
@@ -111,6 +113,7 @@ class FakeHub:
     def heal(self) -> None:
         """Forget every fault: the network is back."""
         self.cut.clear()
+        self.no_length.clear()
         self._broken = False
         self.fail_after_cut = False
 
@@ -126,7 +129,7 @@ class FakeHub:
         class Handler(_Handler):
             fake = hub
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server = _Server(("127.0.0.1", 0), Handler)
         self._server.daemon_threads = True
         self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
         threading.Thread(target=self._server.serve_forever, daemon=True).start()
@@ -136,6 +139,15 @@ class FakeHub:
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
+
+
+class _Server(ThreadingHTTPServer):
+    def handle_error(self, request: object, client_address: object) -> None:
+        """A client that hangs up (a download stopped on purpose) is not an error."""
+        import sys
+
+        if not isinstance(sys.exc_info()[1], (ConnectionResetError, BrokenPipeError)):
+            super().handle_error(request, client_address)
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -252,7 +264,11 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header(key, value)
         self.send_header("Accept-Ranges", "bytes")
         self.send_header("Content-Type", "application/octet-stream")
-        self.send_header("Content-Length", str(size - start))
+        if name in self.fake.no_length:  # the body ends when the connection does
+            self.send_header("Connection", "close")
+            self.close_connection = True
+        else:
+            self.send_header("Content-Length", str(size - start))
         if start:
             self.send_header("Content-Range", f"bytes {start}-{size - 1}/{size}")
         self.end_headers()
