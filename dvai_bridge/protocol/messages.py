@@ -6,7 +6,6 @@ from typing import Any
 
 from ..errors import InvalidRequest
 from .schema import ChatMessage, TextPart
-from .text import require_encodable
 
 
 def normalize_messages(messages: list[ChatMessage], *, vision: bool = False) -> list[dict[str, Any]]:
@@ -29,8 +28,6 @@ def normalize_messages(messages: list[ChatMessage], *, vision: bool = False) -> 
                         param=f"messages[{i}].content[{j}]",
                     )
             content = "\n".join(texts)
-        if isinstance(content, str):
-            require_encodable(content, f"messages[{i}].content")
         if content is None and not msg.tool_calls:
             if msg.role != "assistant":
                 raise InvalidRequest(f"messages[{i}] ({msg.role}) has no content.",
@@ -38,9 +35,11 @@ def normalize_messages(messages: list[ChatMessage], *, vision: bool = False) -> 
             content = ""
         role = "system" if msg.role == "developer" else msg.role
         item: dict[str, Any] = {"role": role, "content": content or ""}
-        for key in ("name", "tool_call_id", "tool_calls"):
+        for key in ("name", "tool_call_id"):
             value = getattr(msg, key)
             if value is not None:
                 item[key] = value
+        if msg.tool_calls is not None:
+            item["tool_calls"] = [c.model_dump(exclude_none=True) for c in msg.tool_calls]
         out.append(item)
     return out

@@ -9,11 +9,11 @@ from __future__ import annotations
 import logging
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+from pydantic_core import PydanticCustomError
 
 from ..engine.types import GenerationRequest, SamplingParams
 from ..errors import InvalidRequest
-from .text import require_encodable
 
 log = logging.getLogger(__name__)
 
@@ -43,12 +43,33 @@ class NonTextPart(OpenAIBaseModel):
 ContentPart = Annotated[TextPart | NonTextPart, Field(discriminator="type")]
 
 
+class FunctionCall(OpenAIBaseModel):
+    name: str
+    # OpenAI sends a JSON string; some clients send the object itself.
+    arguments: str | dict[str, Any] = "{}"
+
+
+class ToolCall(OpenAIBaseModel):
+    id: str | None = None
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
 class ChatMessage(OpenAIBaseModel):
     role: Literal["system", "developer", "user", "assistant", "tool", "function"]
     content: str | list[ContentPart] | None = None
     name: str | None = None
     tool_call_id: str | None = None
-    tool_calls: list[dict[str, Any]] | None = None
+    tool_calls: list[ToolCall] | None = None
+
+
+class FunctionName(OpenAIBaseModel):
+    name: str
+
+
+class NamedToolChoice(OpenAIBaseModel):
+    type: Literal["function"]
+    function: FunctionName
 
 
 class StreamOptions(OpenAIBaseModel):
@@ -56,6 +77,12 @@ class StreamOptions(OpenAIBaseModel):
 
 
 Stop = str | Annotated[list[str], Field(max_length=16)] | None
+
+# Limits a request is checked against before any work is built for it (docs/usage.md).
+MAX_SEQUENCES = 64  # prompts x n: the sequences one request may queue
+MAX_LOGIT_BIAS = 1024  # entries in logit_bias
+MAX_TOP_K = 2**31 - 1  # the backends' C int; the model's vocabulary is checked later
+GREEDY_BELOW = 1e-5  # a temperature below this samples greedily (1 / 1e-300 overflows)
 
 
 class _SamplingFields(OpenAIBaseModel):
@@ -71,10 +98,11 @@ class _SamplingFields(OpenAIBaseModel):
     seed: int | None = Field(default=None, ge=-(2**63), lt=2**64)
     presence_penalty: float = Field(default=0.0, ge=-2.0, le=2.0)
     frequency_penalty: float = Field(default=0.0, ge=-2.0, le=2.0)
-    logit_bias: dict[str, Annotated[float, Field(ge=-100, le=100)]] | None = None
+    logit_bias: Annotated[dict[str, Annotated[float, Field(ge=-100, le=100)]],
+                          Field(max_length=MAX_LOGIT_BIAS)] | None = None
     user: str | None = None
     # Extensions most local servers accept.
-    top_k: int = Field(default=0, ge=0)
+    top_k: int = Field(default=0, ge=0, le=MAX_TOP_K)
     min_p: float = Field(default=0.0, ge=0.0, le=1.0)
     repetition_penalty: float = Field(default=1.0, gt=0.0, le=10.0)
 
@@ -98,7 +126,7 @@ class _SamplingFields(OpenAIBaseModel):
                 ) from None
         temperature = 1.0 if self.temperature is None else self.temperature
         top_p = 1.0 if self.top_p is None else self.top_p
-        if top_p == 0.0:  # only the most likely token survives: that is greedy
+        if top_p == 0.0 or temperature < GREEDY_BELOW:  # only the most likely token: greedy
             temperature = 0.0
         return SamplingParams(
             temperature=temperature,
@@ -143,7 +171,7 @@ class ChatCompletionRequest(_SamplingFields):
     top_logprobs: int | None = Field(default=None, ge=0, le=20)
     response_format: dict[str, Any] | None = None
     tools: list[dict[str, Any]] | None = None
-    tool_choice: str | dict[str, Any] | None = None
+    tool_choice: str | NamedToolChoice | None = None
     parallel_tool_calls: bool | None = None
 
     def check_supported(self) -> None:
@@ -160,7 +188,19 @@ class ChatCompletionRequest(_SamplingFields):
         )
 
 
-PromptInput = str | list[str] | list[int] | list[list[int]]
+def _few_prompts(value: Any) -> Any:
+    """A list of prompts is counted before its items are validated (3.5 M token lists took
+    pydantic 19 s); a list of token ids is one prompt."""
+    if isinstance(value, list) and len(value) > MAX_SEQUENCES \
+            and not isinstance(value[0], int):
+        raise PydanticCustomError(
+            "too_many_prompts", "at most {limit} prompts per request, got {count}",
+            {"limit": MAX_SEQUENCES, "count": len(value)})
+    return value
+
+
+PromptInput = Annotated[str | list[str] | list[int] | list[list[int]],
+                        BeforeValidator(_few_prompts)]
 
 
 class CompletionRequest(_SamplingFields):
@@ -172,6 +212,12 @@ class CompletionRequest(_SamplingFields):
     best_of: int | None = Field(default=None, ge=1, le=16)
 
     def check_supported(self) -> None:
+        count = 1 if isinstance(self.prompt, str) or not self.prompt \
+            or isinstance(self.prompt[0], int) else len(self.prompt)
+        if count * self.n > MAX_SEQUENCES:
+            raise InvalidRequest(
+                f"This request asks for {count} prompts x n={self.n} = {count * self.n} "
+                f"completions; at most {MAX_SEQUENCES} are served per request.", param="n")
         if self.suffix:
             raise InvalidRequest("suffix (fill-in-the-middle) is not supported.", param="suffix")
         if self.best_of is not None and self.best_of != self.n:
@@ -187,16 +233,14 @@ class CompletionRequest(_SamplingFields):
         """The prompt as a list of prompts, each text or token ids."""
         p = self.prompt
         if isinstance(p, str):
-            require_encodable(p, "prompt")
-            return [p]
+            p = [p]
         if not p:
             raise InvalidRequest("prompt must not be empty.", param="prompt")
         prompts = [list(p)] if all(isinstance(x, int) for x in p) else list(p)
         for i, one in enumerate(prompts):
-            if isinstance(one, str):
-                require_encodable(one, f"prompt[{i}]")
-            elif not one:
-                raise InvalidRequest(f"prompt[{i}] is an empty list of token ids.",
+            if not one:
+                where = "prompt" if isinstance(self.prompt, str) else f"prompt[{i}]"
+                raise InvalidRequest(f"{where} is empty: give text or token ids.",
                                      param="prompt")
         return prompts  # type: ignore[return-value]
 

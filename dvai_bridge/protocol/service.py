@@ -20,6 +20,7 @@ from .messages import normalize_messages
 from .responses import ChunkFactory, CompletionLogprobs, chat_logprobs, new_id, usage
 from .schema import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 from .structured import check_grammar_text, compile_grammar, grammar_text, response_schema
+from .text import require_text
 from .tool_stream import Split
 from .tools import ToolPlan, new_call_id, openai_call
 
@@ -102,6 +103,7 @@ class OpenAIService:
     async def _chat_generation(self, req: ChatCompletionRequest
                                ) -> tuple[GenerationRequest, ToolPlan | None]:
         self.check_model(req.model)
+        require_text(req)
         req.check_supported()
         caps = self.backend.capabilities
         if not caps.chat:
@@ -109,7 +111,10 @@ class OpenAIService:
         if req.logprobs and not caps.logprobs:
             raise InvalidRequest("This backend cannot return logprobs.", param="logprobs")
         messages = normalize_messages(req.messages, vision=caps.vision)
-        plan = ToolPlan.build(req.tools, req.tool_choice, req.parallel_tool_calls,
+        choice = req.tool_choice
+        if choice is not None and not isinstance(choice, str):
+            choice = choice.model_dump()
+        plan = ToolPlan.build(req.tools, choice, req.parallel_tool_calls,
                               self.backend.chat_template_source,
                               any(m["role"] == "tool" or m.get("tool_calls") for m in messages))
         schema = response_schema(req.response_format)
@@ -138,9 +143,14 @@ class OpenAIService:
         return compile_grammar(text, param, tokenizer)
 
     def _checked(self, gen: GenerationRequest) -> GenerationRequest:
-        """Token ids a client sent (logit_bias keys) must exist in the vocabulary."""
+        """Sampling fields that depend on the model: token ids a client sent (logit_bias
+        keys) must exist in the vocabulary, and top_k cannot exceed it."""
         vocab = getattr(self.backend, "vocab_size", None)
         if vocab:
+            if gen.sampling.top_k > vocab:
+                raise InvalidRequest(
+                    f"top_k must be between 0 (off) and the vocabulary size, {vocab}; got "
+                    f"{gen.sampling.top_k}.", param="top_k")
             bad = [t for t, _ in gen.sampling.logit_bias if not 0 <= t < vocab]
             if bad:
                 raise InvalidRequest(
@@ -150,6 +160,7 @@ class OpenAIService:
 
     async def _completion_generations(self, req: CompletionRequest) -> list[GenerationRequest]:
         self.check_model(req.model)
+        require_text(req)
         req.check_supported()
         if not self.backend.capabilities.completions:
             raise NotSupported("This model does not do text completions.", param="prompt")
@@ -158,6 +169,9 @@ class OpenAIService:
         for prompt in req.prompts():
             if isinstance(prompt, str):
                 tokens = await asyncio.to_thread(self.backend.tokenize, prompt)
+                if not tokens:
+                    raise InvalidRequest("prompt has no tokens: give some text.",
+                                         param="prompt")
             else:
                 if vocab_hint and any(not 0 <= t < vocab_hint for t in prompt):
                     raise InvalidRequest("prompt holds token ids outside the vocabulary.",

@@ -32,7 +32,7 @@ def adjusted_logits(raw: np.ndarray, params: SamplingParams, generated: Sequence
     documents); ``recent`` is the repetition-penalty window (prompt tail + completion).
     """
     logits = np.array(raw, dtype=np.float32, copy=True)
-    for token, bias in params.logit_bias:
+    for token, bias in _known(params.logit_bias, len(logits)):
         logits[token] += bias
     if params.repetition_penalty != 1.0 and len(recent):
         ids = np.unique(np.asarray(recent[-REPETITION_WINDOW:], dtype=np.int64))
@@ -45,6 +45,12 @@ def adjusted_logits(raw: np.ndarray, params: SamplingParams, generated: Sequence
         n = np.fromiter(counts.values(), dtype=np.float32, count=len(counts))
         logits[ids] -= params.frequency_penalty * n + params.presence_penalty
     return logits
+
+
+def _known(bias: tuple[tuple[int, float], ...], n_vocab: int) -> list[tuple[int, float]]:
+    """The biases whose token exists (the protocol layer refuses the others first; a negative
+    id would index from the end of the row)."""
+    return [(t, v) for t, v in bias if 0 <= t < n_vocab]
 
 
 def log_softmax(logits: np.ndarray) -> np.ndarray:
@@ -82,11 +88,12 @@ class SamplerChain:
     def _build(self, p: SamplingParams, n_vocab: int, prompt: Sequence[int],
                max_tokens: int) -> None:
         lc, add = self._lc, self._add
-        if p.logit_bias:
-            bias = (lc.llama_logit_bias * len(p.logit_bias))()
-            for i, (token, value) in enumerate(p.logit_bias):
+        known = _known(p.logit_bias, n_vocab)
+        if known:
+            bias = (lc.llama_logit_bias * len(known))()
+            for i, (token, value) in enumerate(known):
                 bias[i].token, bias[i].bias = token, value
-            add(lc.llama_sampler_init_logit_bias(n_vocab, len(p.logit_bias), bias))
+            add(lc.llama_sampler_init_logit_bias(n_vocab, len(known), bias))
         if p.repetition_penalty != 1.0:
             rep = lc.llama_sampler_init_penalties(n_vocab, REPETITION_WINDOW,
                                                   p.repetition_penalty, 0.0, 0.0)
@@ -99,7 +106,7 @@ class SamplerChain:
         if p.greedy:
             add(lc.llama_sampler_init_greedy())
             return
-        if p.top_k > 0:
+        if 0 < p.top_k < n_vocab:  # at or past the vocabulary it keeps every token
             add(lc.llama_sampler_init_top_k(p.top_k))
         if p.top_p < 1.0:
             add(lc.llama_sampler_init_top_p(p.top_p, 1))

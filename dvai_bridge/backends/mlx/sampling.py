@@ -1,11 +1,23 @@
-"""Sampling pieces for MLX: small pure functions over logits, testable without a model."""
+"""Sampling pieces for MLX: small pure functions over logits, testable without a model.
+
+Nothing here touches MLX's global random key: every sampled sequence draws from its own key
+(from its seed, or from the host's RNG when it has none). A step that fails after a sampler
+split the global key left that key pointing into a graph that was never evaluated, and every
+unseeded request after it failed with "[eval] Attempting to eval an array without a
+primitive" until restart (issue 13). For the same reason top-k, top-p and min-p are written
+here rather than taken from ``mlx_lm.sample_utils``, whose versions are compiled with the
+global random state as input and output (and compiled again for every distinct float value a
+client sends). The filters are total: ``top_k`` at or past the vocabulary keeps every token.
+"""
 
 from __future__ import annotations
 
+import math
+import secrets
 from collections.abc import Callable
 
 import mlx.core as mx
-from mlx_lm.sample_utils import apply_min_p, apply_top_k, apply_top_p, greedy_sampler
+from mlx_lm.sample_utils import greedy_sampler
 
 from ...engine.grammar import Grammar, TokenMatcher
 from ...engine.types import SamplingParams
@@ -49,13 +61,48 @@ def repetition_penalty(penalty: float, context: int = 64) -> LogitsProcessor:
 
 
 def logit_bias(bias: tuple[tuple[int, float], ...]) -> LogitsProcessor:
-    ids = mx.array([i for i, _ in bias])
-    values = mx.array([v for _, v in bias])
+    """Add each bias to its token's logit. Ids outside the logits row are dropped (the
+    protocol layer refuses them first; an index past the row must never reach MLX)."""
 
     def process(tokens: mx.array, logits: mx.array) -> mx.array:
-        return logits.at[:, ids].add(values.astype(logits.dtype))
+        vocab = logits.shape[-1]
+        kept = [(i, v) for i, v in bias if 0 <= i < vocab]
+        if not kept:
+            return logits
+        ids = mx.array([i for i, _ in kept])
+        values = mx.array([v for _, v in kept], dtype=logits.dtype)
+        return logits.at[:, ids].add(values)
 
     return process
+
+
+def top_k_filter(logprobs: mx.array, k: int) -> mx.array:
+    """Keep the ``k`` most likely tokens; ``k`` at or past the vocabulary keeps them all."""
+    vocab = logprobs.shape[-1]
+    if k <= 0 or k >= vocab:
+        return logprobs
+    drop = mx.argpartition(-logprobs, kth=k - 1, axis=-1)[..., k:]
+    return mx.put_along_axis(logprobs, drop, mx.array(-math.inf, logprobs.dtype), axis=-1)
+
+
+def top_p_filter(logprobs: mx.array, top_p: float) -> mx.array:
+    """Nucleus: keep the most likely tokens whose mass reaches ``top_p`` (at least one)."""
+    sorted_lp = mx.sort(logprobs, axis=-1)
+    probs = mx.exp(sorted_lp.astype(mx.float32))
+    above = mx.cumsum(probs, axis=-1, reverse=True, inclusive=False)
+    total = above[..., :1] + probs[..., :1]
+    dropped = (above >= top_p * total).sum(axis=-1, keepdims=True)
+    dropped = mx.minimum(dropped, logprobs.shape[-1] - 1)  # the best token always stays
+    threshold = mx.take_along_axis(sorted_lp, dropped, axis=-1)
+    return mx.where(logprobs < threshold, mx.array(-math.inf, logprobs.dtype), logprobs)
+
+
+def min_p_filter(logprobs: mx.array, min_p: float) -> mx.array:
+    """Drop tokens less likely than ``min_p`` times the most likely one (which stays)."""
+    if min_p <= 0.0:
+        return logprobs
+    floor = mx.max(logprobs, axis=-1, keepdims=True) + math.log(min(min_p, 1.0))
+    return mx.where(logprobs < floor, mx.array(-math.inf, logprobs.dtype), logprobs)
 
 
 def grammar_mask(matcher: TokenMatcher) -> LogitsProcessor:
@@ -81,28 +128,26 @@ def grammar_mask(matcher: TokenMatcher) -> LogitsProcessor:
 
 
 def make_sequence_sampler(params: SamplingParams) -> Sampler:
-    """A sampler for one sequence. With a seed it draws from its own random key, so its
-    output does not depend on which other sequences share the batch."""
+    """A sampler for one sequence, drawing from its own random key: from its seed (so its
+    output does not depend on which other sequences share the batch), else from the host's
+    RNG. MLX's global key is never used (see the module docstring)."""
     if params.temperature == 0.0:
         return greedy_sampler  # one shared object: the batch samples greedy rows in one call
     filters: list[Callable[[mx.array], mx.array]] = []
     if 0.0 < params.top_p < 1.0:
-        filters.append(lambda x: apply_top_p(x, params.top_p))
+        filters.append(lambda x: top_p_filter(x, params.top_p))
     if params.min_p > 0.0:
-        filters.append(lambda x: apply_min_p(x, params.min_p, 1))
+        filters.append(lambda x: min_p_filter(x, params.min_p))
     if params.top_k > 0:
-        filters.append(lambda x: apply_top_k(x, params.top_k))
+        filters.append(lambda x: top_k_filter(x, params.top_k))
     inv_temp = 1.0 / params.temperature
-    seed = None if params.seed is None else params.seed % (2**64)
-    state = {"key": mx.random.key(seed) if seed is not None else None}
+    seed = secrets.randbits(64) if params.seed is None else params.seed % (2**64)
+    state = {"key": mx.random.key(seed)}
 
     def sample(logprobs: mx.array) -> mx.array:
         for f in filters:
             logprobs = f(logprobs)
-        key = state["key"]
-        if key is None:
-            return mx.random.categorical(logprobs * inv_temp)
-        state["key"], sub = mx.random.split(key)
+        state["key"], sub = mx.random.split(state["key"])
         return mx.random.categorical(logprobs * inv_temp, key=sub)
 
     return sample

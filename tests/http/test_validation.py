@@ -1,0 +1,130 @@
+"""Request validation before any work reaches the engine (issue 13 items 1, 2, 8 and 12): each
+bad field is a 400 naming it, on the fake backend given a vocabulary as real backends have."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from dvai_bridge.backends.fake import FakeBackend
+from dvai_bridge.protocol.schema import MAX_LOGIT_BIAS, MAX_SEQUENCES
+
+from .conftest import chat
+from .test_errors import assert_envelope
+
+U = {"role": "user", "content": "hi"}
+TOOL = {"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}
+
+
+class VocabFake(FakeBackend):
+    vocab_size = 259
+
+
+@pytest.fixture
+def vclient(client_for):
+    return client_for(VocabFake())
+
+
+def post(client, path, body):
+    return client.post(path, content=json.dumps(body).encode(),
+                       headers={"content-type": "application/json"})
+
+
+@pytest.mark.parametrize("top_k", [260, 49152, 10**18, 2**64])
+def test_top_k_past_the_vocabulary_is_a_400_naming_top_k(vclient, top_k):
+    r = post(vclient, "/v1/chat/completions", chat(top_k=top_k, temperature=0.8))
+    assert_envelope(r, 400, param="top_k")
+
+
+@pytest.mark.parametrize("top_k", [0, 1, 259])
+def test_top_k_up_to_the_vocabulary_is_served(vclient, top_k):
+    r = post(vclient, "/v1/chat/completions", chat(top_k=top_k, temperature=0.8))
+    assert r.status_code == 200, r.text
+
+
+@pytest.mark.parametrize("extra,param", [
+    ({"logit_bias": {str(i): 1 for i in range(MAX_LOGIT_BIAS + 1)}}, "logit_bias"),
+    ({"logit_bias": {"-1": 1}}, "logit_bias"),
+    ({"logit_bias": {"259": 1}}, "logit_bias"),
+    ({"logit_bias": {"9" * 5000: 1}}, "logit_bias"),
+    ({"seed": 2**64}, "seed"),
+    ({"top_logprobs": 21, "logprobs": True}, "top_logprobs"),
+    ({"n": 17}, "n"),
+    ({"temperature": float("nan")}, "temperature"),
+    ({"top_p": float("inf")}, "top_p"),
+    ({"min_p": -0.1}, "min_p"),
+    ({"repetition_penalty": 0}, "repetition_penalty"),
+])
+def test_sampling_fields_out_of_range_are_a_400_naming_the_field(vclient, extra, param):
+    body = json.dumps(chat(**extra))  # NaN / Infinity as Python's json writes them
+    r = vclient.post("/v1/chat/completions", content=body.encode(),
+                     headers={"content-type": "application/json"})
+    assert_envelope(r, 400, param=param)
+
+
+def test_a_temperature_too_small_to_invert_samples_greedily(vclient):
+    r = post(vclient, "/v1/chat/completions", chat(temperature=5e-324))
+    assert r.status_code == 200, r.text
+
+
+@pytest.mark.parametrize("path,body,param", [
+    ("/v1/chat/completions",
+     {"messages": [U, {"role": "assistant", "tool_calls": [{"function": 5}]}, U]},
+     "messages[1].tool_calls[0].function"),
+    ("/v1/chat/completions",
+     {"messages": [U, {"role": "assistant", "tool_calls": [
+         {"id": "c", "type": "function", "function": {"name": "f", "arguments": 5}}]}, U]},
+     "messages[1].tool_calls[0].function.arguments"),
+    ("/v1/chat/completions",
+     {"messages": [U], "tools": [TOOL], "tool_choice": {"type": "function", "function": "f"}},
+     "tool_choice.function"),
+    ("/v1/completions", {"prompt": ""}, "prompt"),
+    ("/v1/completions", {"prompt": ["a", ""]}, "prompt"),
+])
+def test_client_errors_that_were_500_are_a_400_naming_the_field(client, path, body, param):
+    err = assert_envelope(post(client, path, body), 400, param=param)
+    assert "sequence" not in err["message"].lower()
+
+
+LONE = "\ud800"
+
+
+@pytest.mark.parametrize("path,body,param", [
+    ("/v1/chat/completions", {"messages": [U], "stop": LONE}, "stop"),
+    ("/v1/chat/completions", {"messages": [U], "stop": ["x", LONE]}, "stop[1]"),
+    ("/v1/chat/completions", {"messages": [{**U, "name": LONE}]}, "messages[0].name"),
+    ("/v1/chat/completions", {"messages": [U], "user": LONE}, "user"),
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": f"a{LONE}"}]},
+     "messages[0].content"),
+    ("/v1/chat/completions",
+     {"messages": [{"role": "user", "content": [{"type": "text", "text": LONE}]}]},
+     "messages[0].content[0].text"),
+    ("/v1/chat/completions",
+     {"messages": [U], "tools": [{"type": "function", "function": {
+         "name": "f", "description": LONE}}]}, "tools[0].function.description"),
+    ("/v1/chat/completions",
+     {"messages": [U], "tools": [{"type": "function", "function": {
+         "name": "f", "parameters": {"type": "object", "properties": {LONE: {}}}}}]},
+     "tools[0].function.parameters.properties"),
+    ("/v1/chat/completions",
+     {"messages": [U, {"role": "assistant", "tool_calls": [
+         {"id": "c", "type": "function", "function": {"name": "f", "arguments": LONE}}]}, U]},
+     "messages[1].tool_calls[0].function.arguments"),
+    ("/v1/chat/completions", {"messages": [U], "some_extension": [LONE]},
+     "some_extension[0]"),
+    ("/v1/completions", {"prompt": LONE}, "prompt"),
+    ("/v1/completions", {"prompt": ["ok", LONE]}, "prompt[1]"),
+])
+def test_lone_surrogates_are_refused_in_every_field(client, path, body, param):
+    assert_envelope(post(client, path, body), 400, param=param, mentions="surrogate")
+
+
+def test_prompts_times_choices_is_bounded_before_work_is_built(client):
+    r = post(client, "/v1/completions", {"prompt": ["Hi"] * 5, "n": 16})
+    assert_envelope(r, 400, param="n", mentions=str(MAX_SEQUENCES))
+    r = post(client, "/v1/completions", {"prompt": [[1]] * (MAX_SEQUENCES + 1)})
+    assert_envelope(r, 400, param="prompt")
+    r = post(client, "/v1/completions", {"prompt": ["Hi"] * 4, "n": 16, "max_tokens": 2})
+    assert r.status_code == 200, r.text
+    assert len(r.json()["choices"]) == MAX_SEQUENCES
