@@ -90,8 +90,12 @@ def serve(**options: Any) -> None:
 
 
 @main.command()
-def doctor() -> None:
-    """Show what this machine offers each backend."""
+@click.option("--no-probe", is_flag=True, help="Skip the backends' test decodes.")
+def doctor(no_probe: bool) -> None:
+    """Show what this machine offers each backend, and whether each really generates here."""
+    from .backends import probe
+    from .engine.limits import describe, resolve_limits
+
     click.echo(f"python    {platform.python_version()} on {platform.system()} "
                f"{platform.machine()}")
     try:
@@ -100,8 +104,21 @@ def doctor() -> None:
         device = select_device()
         extra = f", BLAS: {device.blas}" if device.is_cpu else ""
         click.echo(f"mlx       device {device.kind}{extra}")
+        click.echo(f"engine    defaults on {describe(device.kind, resolve_limits(device.kind))}")
     except BridgeError as exc:
         click.echo(f"mlx       unavailable: {exc.message}")
+    if not no_probe:
+        for backend in ("mlx", "llama"):
+            if not probe.installed(backend):
+                click.echo(f"probe     {backend}: not installed")
+                continue
+            try:
+                result = probe.probe(backend)
+            except BridgeError as exc:  # no model to probe llama with
+                click.echo(f"probe     {backend}: not run ({exc.message})")
+                continue
+            state = "ok" if result.ok else "FAILED"
+            click.echo(f"probe     {backend}: {state}: {result.detail}")
     try:
         from .store.resolve import embedded_default_gguf
 

@@ -41,3 +41,21 @@ def test_serve_with_an_unknown_backend_fails_with_a_clear_message():
         capture_output=True, text=True, timeout=60)
     assert proc.returncode == 1
     assert "Unknown backend 'nosuch'" in proc.stderr
+
+
+def test_doctor_shows_the_device_its_engine_defaults_and_each_backends_probe(tmp_path):
+    env = {**os.environ, "DVAI_BRIDGE_CACHE": str(tmp_path)}  # no cached probe answers
+    out = subprocess.run([sys.executable, "-m", "dvai_bridge", "doctor"], capture_output=True,
+                         text=True, timeout=300, env=env, check=True).stdout
+    assert re.search(r"^mlx +device (cpu|cuda|metal)", out, re.M), out
+    assert re.search(r"^engine +defaults on \w+: batch \d+, prefill chunk \d+", out, re.M), out
+    assert re.search(r"^probe +mlx: ok: mlx [\d.]+: device", out, re.M), out
+    llama = re.search(r"^probe +llama: (.*)$", out, re.M)
+    assert llama, out
+    import importlib.util
+
+    if importlib.util.find_spec("llama_cpp") is not None:  # scripts/setup.sh --dev built it
+        assert llama.group(1).startswith("ok: llama-cpp-python"), out
+        assert "decoded" in llama.group(1)
+    else:
+        assert llama.group(1) == "not installed"
