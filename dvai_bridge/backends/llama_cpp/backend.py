@@ -15,6 +15,7 @@ token, as llama-server documents for its ``cache_prompt``.)
 from __future__ import annotations
 
 import ctypes
+import functools
 import logging
 import sys
 import warnings
@@ -37,9 +38,10 @@ from ...errors import (
 )
 from ...progress import ProgressEvent, ProgressHub
 from ..base import Backend, Capabilities, Message
+from ..chat_text import ControlText
 from .gguf import resolve_gguf
 from .sampling import SamplerChain, adjusted_logits, log_softmax, top_entries
-from .template import ChatTemplate
+from .template import ChatTemplate, control_strings
 from .threads import physical_cores
 
 log = logging.getLogger(__name__)
@@ -183,9 +185,23 @@ class LlamaBackend(Backend):
             tokens.insert(0, self._bos)  # once: a template that writes bos_token keeps its own
         return tokens
 
+    @functools.cached_property
+    def control_text(self) -> ControlText:
+        return ControlText(control_strings(self._lc, self._vocab, self.vocab_size, self._piece))
+
     def chat_tokens(self, messages: list[Message], tools: list[dict[str, Any]] | None = None
                     ) -> list[int]:
-        return self._tokenize(self.template.render(messages, tools), add_bos=True)
+        # Control-token strings in the request are tokenized as text (backends/chat_text.py).
+        masked = self.control_text.mask(messages, tools)
+        if masked is None:
+            return self._tokenize(self.template.render(messages, tools), add_bos=True)
+        tokens = masked.tokenize(
+            self.template.render(masked.messages, masked.tools),
+            special=lambda s: self._tokenize(s, add_bos=False),
+            text=lambda s: self.llm.tokenize(s.encode("utf-8"), add_bos=False, special=False))
+        if self._add_bos and (not tokens or tokens[0] != self._bos):
+            tokens.insert(0, self._bos)
+        return tokens
 
     @property
     def chat_template_source(self) -> str | None:

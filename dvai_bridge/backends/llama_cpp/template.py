@@ -55,3 +55,11 @@ class ChatTemplate:
         except jinja2.TemplateError as exc:
             raise InvalidRequest(f"The model's chat template rejected the messages: {exc}",
                                  param="messages") from None
+
+
+def control_strings(lc: Any, vocab: Any, n_vocab: int, piece: Any) -> list[str]:
+    """The text of every control token of a llama.cpp vocabulary (what ``tokenize(...,
+    special=True)`` turns into a marker): ``piece(token, special=True)`` gives its bytes."""
+    control = int(lc.LLAMA_TOKEN_ATTR_CONTROL)
+    return [piece(t, special=True).decode("utf-8", "replace") for t in range(n_vocab)
+            if int(lc.llama_vocab_get_attr(vocab, t)) & control]

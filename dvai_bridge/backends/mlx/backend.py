@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from collections.abc import Iterator, Sequence
@@ -23,6 +24,7 @@ from ...store.resolve import (
     is_repo_id,
 )
 from ..base import FALLBACK_CHAT_TEMPLATE, Backend, Batch, Capabilities, Message
+from ..chat_text import ControlText, hf_control_strings
 from .device import MLXDevice, select_device
 
 log = logging.getLogger(__name__)
@@ -135,8 +137,16 @@ class MLXBackend(Backend):
         return backend
 
     # -- text <-> tokens ------------------------------------------------------------
+    @functools.cached_property
+    def control_text(self) -> ControlText:
+        return ControlText(hf_control_strings(self.tokenizer._tokenizer))
+
     def chat_tokens(self, messages: list[Message], tools: list[dict[str, Any]] | None = None
                     ) -> list[int]:
+        # Control-token strings in the request are tokenized as text (backends/chat_text.py).
+        masked = self.control_text.mask(messages, tools)
+        if masked is not None:
+            messages, tools = masked.messages, masked.tools
         try:
             if self._fallback is not None:
                 text = self._fallback.render(messages=messages, add_generation_prompt=True)
@@ -146,7 +156,12 @@ class MLXBackend(Backend):
         except jinja2.TemplateError as exc:
             raise InvalidRequest(f"The model's chat template rejected the messages: {exc}",
                                  param="messages") from None
-        return list(self.tokenizer.encode(text, add_special_tokens=False))
+        encode = self.tokenizer.encode
+        if masked is None:
+            return list(encode(text, add_special_tokens=False))
+        return masked.tokenize(
+            text, special=lambda s: list(encode(s, add_special_tokens=False)),
+            text=lambda s: list(encode(s, add_special_tokens=False, split_special_tokens=True)))
 
     @property
     def chat_template_source(self) -> str | None:
