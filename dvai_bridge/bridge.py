@@ -13,9 +13,7 @@
 from __future__ import annotations
 
 import asyncio
-import errno
 import logging
-import socket
 import threading
 import time
 from dataclasses import dataclass
@@ -24,15 +22,18 @@ from typing import Any
 
 import uvicorn
 
+from .backends.base import Backend
 from .backends.registry import create_backend
 from .config import StartConfig
-from .engine.scheduler import AsyncEngine, Scheduler
-from .backends.base import Backend
 from .engine.limits import describe, resolve_limits
+from .engine.scheduler import AsyncEngine, Scheduler
 from .engine.types import BatchLimits
-from .errors import AlreadyStarted, BridgeError, ConfigurationInvalid, PortsExhausted
+from .errors import AlreadyStarted, BridgeError, ConfigurationInvalid
+from .fdlimit import keep_file_limit
 from .http.app import create_app
+from .http.connections import guarded_h11, serve
 from .http.drain import Drain
+from .http.listen import bind_port
 from .http.security import SecurityOptions
 from .progress import ProgressEvent, ProgressHub
 from .protocol.service import OpenAIService
@@ -58,29 +59,6 @@ class BridgeStatus:
     backend: str | None = None
     base_url: str | None = None
     model_id: str | None = None
-
-
-def bind_port(host: str, base: int, attempts: int) -> socket.socket:
-    """A listening-ready socket on the first free port of base, base+1, ... base+attempts-1."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    ports = [0] if base == 0 else range(base, min(base + attempts, 65536))
-    for port in ports:
-        sock = socket.socket(family, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((host, port))
-        except OSError as exc:
-            sock.close()
-            if exc.errno in (errno.EADDRINUSE, errno.EACCES):
-                continue
-            raise ConfigurationInvalid(f"Cannot bind {host}:{port}: {exc}", param="host") \
-                from None
-        sock.set_inheritable(True)
-        return sock
-    last = base + len(ports) - 1
-    raise PortsExhausted(
-        f"Every port from {base} to {last} on {host} is busy; free one, or set "
-        "http_base_port / http_max_port_attempts.", param="http_base_port")
 
 
 class _Running:
@@ -127,7 +105,7 @@ class Bridge:
         scheduler = None
         try:
             # The model loads on the engine's thread, which then runs every step on it.
-            scheduler = Scheduler(lambda: create_backend(config, self.progress),
+            scheduler = Scheduler(lambda: _keeping_file_limit(config, self.progress),
                                   max_queued=config.max_queued,
                                   limits=lambda b: _limits(config, b))
             backend = scheduler.backend
@@ -135,9 +113,10 @@ class Bridge:
                              shutdown_grace_s=config.shutdown_grace_s)
             server = uvicorn.Server(uvicorn.Config(
                 app, log_level=config.log_level.lower(), lifespan="off",
-                timeout_graceful_shutdown=int(SHUTDOWN_GRACE_S), access_log=False))
+                timeout_graceful_shutdown=int(SHUTDOWN_GRACE_S), access_log=False,
+                http=guarded_h11()))
             server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
-            thread = threading.Thread(target=lambda: asyncio.run(server.serve(sockets=[sock])),
+            thread = threading.Thread(target=lambda: asyncio.run(serve(server, sock)),
                                       name="dvai-http", daemon=True)
             thread.start()
             while not server.started:
@@ -195,6 +174,11 @@ class Bridge:
     def serving(self, config: StartConfig | None = None, **options: Any) -> _Serving:
         """``with bridge.serving(cfg) as server:`` (or ``async with``): stops on exit."""
         return _Serving(self, config, options)
+
+
+def _keeping_file_limit(config: StartConfig, progress: ProgressHub) -> Backend:
+    with keep_file_limit():  # mlx_lm lowers RLIMIT_NOFILE when first imported
+        return create_backend(config, progress)
 
 
 def _limits(config: StartConfig, backend: Backend) -> BatchLimits:

@@ -7,6 +7,7 @@ from collections.abc import Iterable
 from fastapi import FastAPI
 
 from ..protocol.service import OpenAIService
+from . import connections
 from .drain import Drain, DrainGuard
 from .errors import install_error_handlers
 from .metrics import install_metrics
@@ -17,11 +18,12 @@ from .security import MAX_BODY_BYTES, BodyLimit, Cors, HostGuard, KeyCheck, Opti
 def create_app(service: OpenAIService, *, cors_origin: str | list[str] | None = "*",
                api_key: str | Iterable[str] | None = None,
                allowed_hosts: Iterable[str] = (), max_body_bytes: int = MAX_BODY_BYTES,
-               shutdown_grace_s: float = 5.0) -> FastAPI:
+               shutdown_grace_s: float = 5.0, body_timeout_s: float | None = None) -> FastAPI:
     """The app over ``service``. ``app.state.drain`` lets whoever stops the server drain it.
 
     Requests pass, outermost first: metrics, HostGuard (Host and Origin), CORS, DrainGuard,
-    KeyCheck (when keys are given), BodyLimit, then the routes.
+    KeyCheck (when keys are given), BodyLimit, then the routes. The body's deadline is the
+    connection edge's (``connections.DEFAULT_LIMITS``) unless ``body_timeout_s`` is given.
     """
     app = FastAPI(title="dvai-bridge", version="0.1.0", docs_url=None, redoc_url=None)
     app.state.service = service
@@ -29,7 +31,8 @@ def create_app(service: OpenAIService, *, cors_origin: str | list[str] | None = 
     install_error_handlers(app)
     keys = [api_key] if isinstance(api_key, str) else [k for k in api_key or () if k]
     # add_middleware wraps what is already there: the last one added sees a request first.
-    app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
+    app.add_middleware(BodyLimit, max_bytes=max_body_bytes,
+                       timeout_s=body_timeout_s or connections.DEFAULT_LIMITS.body_timeout_s)
     if keys:
         app.add_middleware(KeyCheck, keys=keys)
     app.add_middleware(DrainGuard, drain=drain)

@@ -9,6 +9,7 @@ every web page the user opens. The guards, outermost first:
     (Drain)        503  the server is stopping (see ``drain.py``)
     KeyCheck       401  no or wrong ``Authorization: Bearer <key>`` (``/health`` stays open)
     BodyLimit      413  a body over the limit, with or without Content-Length
+                   408  a body that has not ended ``timeout_s`` after the headers
 
 Each is a small ASGI middleware that answers with the OpenAI error envelope; docs/security.md
 says what each one protects against.
@@ -16,6 +17,7 @@ says what each one protects against.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import ipaddress
@@ -39,11 +41,12 @@ from ..errors import (
     RequestError,
     Unauthorized,
 )
-from .errors import error_response
+from .errors import envelope, error_response
 
 log = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 16 << 20
+BODY_TIMEOUT_S = 60.0
 LOOPBACK_NAMES = frozenset({"127.0.0.1", "localhost", "::1"})
 OPEN_PATHS = frozenset({"/health"})
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE", "QUERY"})
@@ -142,6 +145,13 @@ async def _refuse(exc: RequestError, scope: Scope, receive: Receive, send: Send,
     if headers:
         response.headers.update(headers)
     await response(scope, receive, send)
+
+
+async def _refuse_envelope(status: int, message: str, code: str, scope: Scope,
+                           receive: Receive, send: Send) -> None:
+    """For refusals no ``BridgeError`` class stands for; the connection is closed after."""
+    await envelope(status, message, "invalid_request_error", None, code,
+                   {"Connection": "close"})(scope, receive, send)
 
 
 class HostGuard:
@@ -277,16 +287,19 @@ class KeyCheck:
 
 
 class BodyLimit:
-    """Read the whole body first, refusing it past ``max_bytes``, then hand it on.
+    """Read the whole body first, refusing it past ``max_bytes`` or ``timeout_s``, then hand
+    it on.
 
     Content-Length over the limit is refused before a byte is read; a chunked body is counted
-    as it arrives. After the body, ``receive`` passes through (the routes watch it for the
-    client's disconnect).
+    as it arrives. A body that has not ended ``timeout_s`` after the headers is 408. After the
+    body, ``receive`` passes through (the routes watch it for the client's disconnect).
     """
 
-    def __init__(self, app: ASGIApp, *, max_bytes: int = MAX_BODY_BYTES) -> None:
+    def __init__(self, app: ASGIApp, *, max_bytes: int = MAX_BODY_BYTES,
+                 timeout_s: float = BODY_TIMEOUT_S) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.timeout_s = timeout_s
 
     def _too_large(self) -> PayloadTooLarge:
         return PayloadTooLarge(
@@ -302,8 +315,15 @@ class BodyLimit:
                                  {"Connection": "close"})
         chunks: list[bytes] = []
         size = 0
+        deadline = asyncio.get_running_loop().time() + self.timeout_s
         while True:
-            message = await receive()
+            try:
+                message = await asyncio.wait_for(
+                    receive(), deadline - asyncio.get_running_loop().time())
+            except asyncio.TimeoutError:
+                return await _refuse_envelope(
+                    408, f"The request body did not arrive within {self.timeout_s:g} s.",
+                    "request_timeout", scope, receive, send)
             if message["type"] != "http.request":  # the client left before the body ended
                 return
             body = message.get("body", b"")
