@@ -11,6 +11,7 @@ from fastapi.responses import JSONResponse, Response
 
 from ..protocol.schema import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 from ..protocol.service import OpenAIService
+from .body import openapi_body, parsed_body
 from .sse import sse_response
 
 T = TypeVar("T")
@@ -43,24 +44,27 @@ async def _unless_disconnected(request: Request, work: Awaitable[T]) -> T | Resp
     return Response(status_code=499)
 
 
-@router.post("/v1/chat/completions")
-async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any:
+@router.post("/v1/chat/completions", openapi_extra=openapi_body(ChatCompletionRequest))
+async def chat_completions(request: Request) -> Any:
+    body = await parsed_body(request, ChatCompletionRequest)  # off the event loop
     service = _service(request)
     if body.stream:
         return sse_response(await service.chat_stream(body))
     return await _unless_disconnected(request, service.chat(body))
 
 
-@router.post("/v1/completions")
-async def completions(body: CompletionRequest, request: Request) -> Any:
+@router.post("/v1/completions", openapi_extra=openapi_body(CompletionRequest))
+async def completions(request: Request) -> Any:
+    body = await parsed_body(request, CompletionRequest)  # off the event loop
     service = _service(request)
     if body.stream:
         return sse_response(await service.completion_stream(body))
     return await _unless_disconnected(request, service.completion(body))
 
 
-@router.post("/v1/embeddings")
-async def embeddings(body: EmbeddingRequest, request: Request) -> Any:
+@router.post("/v1/embeddings", openapi_extra=openapi_body(EmbeddingRequest))
+async def embeddings(request: Request) -> Any:
+    body = await parsed_body(request, EmbeddingRequest)  # off the event loop
     return await _unless_disconnected(request, _service(request).embeddings(body))
 
 

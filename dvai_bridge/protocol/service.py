@@ -12,11 +12,20 @@ from typing import Any
 from ..backends.base import Backend
 from ..engine.grammar import Grammar
 from ..engine.scheduler import AsyncEngine, EventStream
-from ..engine.types import Finished, GenerationRequest, TextDelta
-from ..errors import BackendError, BridgeError, InvalidRequest, ModelNotFound, NotSupported
+from ..engine.types import Finished, GenerationRequest, SamplingParams, TextDelta
+from ..errors import (
+    BackendError,
+    BridgeError,
+    ContextLengthExceeded,
+    InvalidRequest,
+    ModelNotFound,
+    NotSupported,
+)
 from .embeddings import create_embeddings
 from .embeddings import unavailable as embeddings_unavailable
 from .messages import normalize_messages
+from .preprocess import Preprocessor
+from .prompt_size import PromptBound
 from .responses import ChunkFactory, CompletionLogprobs, chat_logprobs, new_id, usage
 from .schema import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 from .structured import check_grammar_text, compile_grammar, grammar_text, response_schema
@@ -70,8 +79,10 @@ async def _merge(streams: Sequence[EventStream]) -> AsyncIterator[tuple[int, Any
 
 
 class OpenAIService:
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(self, engine: AsyncEngine, prep: Preprocessor | None = None) -> None:
         self.engine = engine
+        self.prep = prep or Preprocessor()
+        self._prompt_bound: PromptBound | None = None
 
     @property
     def backend(self) -> Backend:
@@ -100,17 +111,30 @@ class OpenAIService:
         return self.models()["data"][0]  # "default"
 
     # -- prompts -----------------------------------------------------------------------
+    # Everything from here to the engine runs on the pre-processing pool (preprocess.py):
+    # limits first, then templating, tokenizing and grammar compilation, off the event loop.
+    def _bound(self) -> PromptBound:
+        if self._prompt_bound is None:
+            self._prompt_bound = PromptBound(self.backend)
+        return self._prompt_bound
+
     async def _chat_generation(self, req: ChatCompletionRequest
                                ) -> tuple[GenerationRequest, ToolPlan | None]:
+        return await self.prep.run(self._prepare_chat, req)
+
+    def _prepare_chat(self, req: ChatCompletionRequest
+                      ) -> tuple[GenerationRequest, ToolPlan | None]:
         self.check_model(req.model)
         require_text(req)
         req.check_supported()
+        self._check_sampling(req.sampling())
         caps = self.backend.capabilities
         if not caps.chat:
             raise NotSupported("This model does not do chat completions.", param="messages")
         if req.logprobs and not caps.logprobs:
             raise InvalidRequest("This backend cannot return logprobs.", param="logprobs")
         messages = normalize_messages(req.messages, vision=caps.vision)
+        self._bound().check((m["content"] for m in messages), "messages")
         choice = req.tool_choice
         if choice is not None and not isinstance(choice, str):
             choice = choice.model_dump()
@@ -121,8 +145,8 @@ class OpenAIService:
         tools = None
         if plan is not None:
             messages, tools = plan.messages(messages), plan.template_tools()
-        prompt = await asyncio.to_thread(self.backend.chat_tokens, messages, tools)
-        gen = self._checked(req.to_generation(prompt, self.backend.context_length))
+        prompt = self.backend.chat_tokens(messages, tools)
+        gen = req.to_generation(prompt, self.backend.context_length)
         calls = None  # auto with a response_format: the reply is calls or the JSON answer
         if plan is not None and plan.active and (plan.forced or schema is not None):
             calls = plan.calls_grammar()
@@ -130,8 +154,7 @@ class OpenAIService:
             schema = None  # the reply is calls only; response_format applies to content
         text = grammar_text(schema, calls)
         if text is not None:
-            grammar = await asyncio.to_thread(self._grammar, *text)
-            gen = dataclasses.replace(gen, grammar=grammar)
+            gen = dataclasses.replace(gen, grammar=self._grammar(*text))
         return gen, plan
 
     def _grammar(self, text: str, param: str) -> Grammar:
@@ -142,42 +165,52 @@ class OpenAIService:
             raise InvalidRequest(exc.message, param=param) from None
         return compile_grammar(text, param, tokenizer)
 
-    def _checked(self, gen: GenerationRequest) -> GenerationRequest:
+    def _check_sampling(self, sampling: SamplingParams) -> None:
         """Sampling fields that depend on the model: token ids a client sent (logit_bias
         keys) must exist in the vocabulary, and top_k cannot exceed it."""
         vocab = getattr(self.backend, "vocab_size", None)
         if vocab:
-            if gen.sampling.top_k > vocab:
+            if sampling.top_k > vocab:
                 raise InvalidRequest(
                     f"top_k must be between 0 (off) and the vocabulary size, {vocab}; got "
-                    f"{gen.sampling.top_k}.", param="top_k")
-            bad = [t for t, _ in gen.sampling.logit_bias if not 0 <= t < vocab]
+                    f"{sampling.top_k}.", param="top_k")
+            bad = [t for t, _ in sampling.logit_bias if not 0 <= t < vocab]
             if bad:
                 raise InvalidRequest(
                     f"logit_bias names token ids outside the vocabulary (0-{vocab - 1}): "
                     f"{bad[:5]}.", param="logit_bias")
-        return gen
 
     async def _completion_generations(self, req: CompletionRequest) -> list[GenerationRequest]:
+        return await self.prep.run(self._prepare_completion, req)
+
+    def _prepare_completion(self, req: CompletionRequest) -> list[GenerationRequest]:
         self.check_model(req.model)
         require_text(req)
         req.check_supported()
+        self._check_sampling(req.sampling())
         if not self.backend.capabilities.completions:
             raise NotSupported("This model does not do text completions.", param="prompt")
+        context = self.backend.context_length
+        prompts = req.prompts()
+        self._bound().check((p for p in prompts if isinstance(p, str)), "prompt")
         gens: list[GenerationRequest] = []
-        vocab_hint = getattr(self.backend, "vocab_size", None)
-        for prompt in req.prompts():
+        vocab = getattr(self.backend, "vocab_size", None)
+        for prompt in prompts:
             if isinstance(prompt, str):
-                tokens = await asyncio.to_thread(self.backend.tokenize, prompt)
+                tokens = self.backend.tokenize(prompt)
                 if not tokens:
                     raise InvalidRequest("prompt has no tokens: give some text.",
                                          param="prompt")
             else:
-                if vocab_hint and any(not 0 <= t < vocab_hint for t in prompt):
+                if len(prompt) >= context:  # before looking at each id
+                    raise ContextLengthExceeded(
+                        f"This model's maximum context length is {context} tokens; the "
+                        f"prompt has {len(prompt)} tokens.", param="prompt")
+                if vocab and any(not 0 <= t < vocab for t in prompt):
                     raise InvalidRequest("prompt holds token ids outside the vocabulary.",
                                          param="prompt")
                 tokens = list(prompt)
-            gens.append(self._checked(req.to_generation(tokens, self.backend.context_length)))
+            gens.append(req.to_generation(tokens, context))
         return gens
 
     def _open(self, gens: list[GenerationRequest]) -> list[EventStream]:

@@ -1,0 +1,105 @@
+"""JSON request bodies parsed and validated off the event loop.
+
+FastAPI parses a declared body on the event loop: 3.5 M token lists (14 MB) took 25 s of
+``json.loads`` and validation there, and every other client, ``/health`` included, waited
+(issue 13 item 2). The routes that take large bodies read the bytes here and hand parsing
+and validation to the service's pre-processing pool; what comes back, or the 400, is what
+FastAPI would have produced (same content-type rule, same ``RequestValidationError`` shape,
+so ``errors.py`` maps it as before). The OpenAPI schema still documents the body.
+
+Off the loop is not enough for ``json.loads``: one call holds the GIL until the whole document
+is built (3.5 M lists: ~3 s), and the loop waits for the GIL. So a body is first measured:
+more than ``MAX_JSON_VALUES`` array items and object members (commas and brackets outside
+strings; a pass over the bytes, ~40 ms for 14 MB) is refused before it is parsed.
+"""
+
+from __future__ import annotations
+
+import email.message
+import json
+import re
+from typing import Any, TypeVar
+
+from fastapi import HTTPException, Request
+from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel, ValidationError
+
+from ..errors import InvalidRequest
+
+M = TypeVar("M", bound=BaseModel)
+
+MAX_JSON_VALUES = 1 << 18  # 262,144: ~0.25 s of json.loads at worst on a slow core
+_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
+
+
+def json_values(raw: bytes, limit: int = MAX_JSON_VALUES) -> int:
+    """How many array items and object members ``raw`` holds, counted exactly once the
+    quick upper bound (commas and brackets inside strings too) passes ``limit``."""
+    def count(b: bytes) -> int:
+        return b.count(b",") + b.count(b"[") + b.count(b"{")
+
+    n = count(raw)
+    return n if n <= limit else count(_STRING.sub(b"", raw))
+
+
+def _is_json(content_type: str | None) -> bool:
+    if not content_type:
+        return False
+    message = email.message.Message()
+    message["content-type"] = content_type
+    subtype = message.get_content_subtype()
+    return message.get_content_maintype() == "application" and (
+        subtype == "json" or subtype.endswith("+json"))
+
+
+def parse(model: type[M], raw: bytes, content_type: str | None) -> M:
+    """``raw`` as ``model``, or the exception FastAPI would raise for it."""
+    if not raw:
+        raise RequestValidationError([{"type": "missing", "loc": ("body",),
+                                       "msg": "Field required", "input": None}])
+    if not _is_json(content_type):
+        data: Any = raw
+    else:
+        if json_values(raw) > MAX_JSON_VALUES:
+            raise InvalidRequest(
+                f"The request body holds more than {MAX_JSON_VALUES} JSON values (array "
+                "items and object members); send fewer prompts, messages or token ids.")
+        try:
+            data = json.loads(raw)
+        except json.JSONDecodeError as e:
+            raise RequestValidationError([{
+                "type": "json_invalid", "loc": ("body", e.pos), "msg": "JSON decode error",
+                "input": {}, "ctx": {"error": e.msg}}]) from e
+        except Exception as e:  # undecodable bytes, nesting too deep: errors.py words them
+            raise HTTPException(400, "There was an error parsing the body") from e
+    try:
+        return model.model_validate(data)
+    except ValidationError as e:
+        raise RequestValidationError(
+            [{**err, "loc": ("body", *err["loc"])} for err in e.errors(include_url=False)]
+        ) from None
+
+
+async def parsed_body(request: Request, model: type[M]) -> M:
+    raw = await request.body()
+    return await request.app.state.service.prep.run(
+        parse, model, raw, request.headers.get("content-type"))
+
+
+def _inline(schema: Any, defs: dict[str, Any]) -> Any:
+    if isinstance(schema, dict):
+        ref = schema.get("$ref")
+        if isinstance(ref, str) and ref.startswith("#/$defs/"):
+            return _inline(defs[ref.removeprefix("#/$defs/")], defs)
+        return {k: _inline(v, defs) for k, v in schema.items() if k != "$defs"}
+    if isinstance(schema, list):
+        return [_inline(v, defs) for v in schema]
+    return schema
+
+
+def openapi_body(model: type[BaseModel]) -> dict[str, Any]:
+    """``openapi_extra`` documenting ``model`` as the JSON body (its definitions inlined)."""
+    schema = model.model_json_schema()
+    body = _inline(schema, schema.get("$defs", {}))
+    return {"requestBody": {"required": True,
+                            "content": {"application/json": {"schema": body}}}}
