@@ -10,6 +10,7 @@ import threading
 from typing import Any
 
 import click
+from click.core import ParameterSource
 
 from .bridge import shared
 from .config import StartConfig
@@ -24,6 +25,15 @@ def _help(field: str) -> str:
 def _print_progress(event: ProgressEvent) -> None:
     if event.phase in ("load", "download", "verify") and event.message:
         click.echo(f"[{event.phase}] {event.message}", err=True)
+
+
+def _key_in_argv(ctx: click.Context, _param: click.Parameter, keys: tuple[str, ...]
+                 ) -> tuple[str, ...]:
+    if keys and ctx.get_parameter_source("api_key") is ParameterSource.COMMANDLINE:
+        click.echo("warning: --api-key on the command line is visible to every user of this "
+                   "machine (ps, /proc); set DVAI_BRIDGE_API_KEY or use --api-key-file (mode "
+                   "600) instead.", err=True)
+    return keys
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -45,15 +55,16 @@ def main() -> None:
 @click.option("--gpu-layers", type=int, default=0, show_default=True, help=_help("gpu_layers"))
 @click.option("--embedding-mode", is_flag=True, default=False, help=_help("embedding_mode"))
 @click.option("--embedding-model", default=None, help=_help("embedding_model"))
-@click.option("--api-key", multiple=True, envvar="DVAI_BRIDGE_API_KEY",
+@click.option("--api-key", multiple=True, envvar="DVAI_BRIDGE_API_KEY", callback=_key_in_argv,
               help=_help("api_key") + " Repeat for several keys; DVAI_BRIDGE_API_KEY may hold "
-              "several, separated by spaces.")
+              "several, separated by spaces. Prefer the variable or --api-key-file: other "
+              "users of this machine can read the command line (ps).")
 @click.option("--api-key-file", envvar="DVAI_BRIDGE_API_KEY_FILE", default=None,
               type=click.Path(dir_okay=False), help=_help("api_key_file"))
 @click.option("--allowed-host", "allowed_hosts", multiple=True, help=_help("allowed_hosts"))
 @click.option("--cors-origin", multiple=True,
-              callback=lambda _c, _p, v: None if "none" in v else (list(v) if v else "*"),
-              help=_help("cors_origin") + " Repeat for a list; 'none' turns CORS off.")
+              callback=lambda _c, _p, v: None if "none" in v else list(v),
+              help=_help("cors_origin") + " Repeat for a list; 'none' lets no page in.")
 @click.option("--max-body-mb", type=int, default=16, show_default=True, help=_help("max_body_mb"))
 @click.option("--shutdown-grace", "shutdown_grace_s", type=float, default=5.0, show_default=True,
               help=_help("shutdown_grace_s"))

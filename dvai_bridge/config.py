@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from .errors import ConfigurationInvalid
@@ -37,8 +39,10 @@ class StartConfig(BaseModel):
     http_max_port_attempts: int = Field(16, ge=1, le=1024,
                                         description="Ports to try: base, base+1, ...")
     cors_origin: str | list[str] | None = Field(
-        "*", description="CORS: '*' (any web page may call the server), one origin, a list of "
-        "origins, or None (no web page may). A request whose Origin is not allowed gets 403.")
+        default_factory=list, description="Web pages that may call the server (CORS): pages "
+        "on loopback origins (http(s)://localhost, 127.0.0.1, [::1], any port) always, plus "
+        "this origin or list of origins; '*' lets any web page in; None lets no page in, "
+        "loopback ones included. A request whose Origin is not allowed gets 403.")
     api_key: str | list[str] | None = Field(
         None, description="Require 'Authorization: Bearer <key>' with this key, or one of these "
         "keys, on every route but /health (optional).")
@@ -66,6 +70,11 @@ class StartConfig(BaseModel):
         None, ge=0, description="Memory for cached conversation prefixes (KV), in MiB; "
         "0 turns the prompt cache off. Default: by device (CPU 1024, CUDA 8192, Metal 4096, "
         "at most a tenth of the GPU's memory).")
+    shard: Literal["auto", "tensor", "pipeline"] = Field(
+        "auto", description="Under mlx.launch (an MLX distributed group), how the model is "
+        "split across the ranks: 'tensor' (every layer sliced, mlx-lm's shard), 'pipeline' "
+        "(runs of whole layers) or 'auto' (tensor where the model's heads divide by the group "
+        "size, else pipeline). Ignored in one process.")
     log_level: str = Field("info", description="Log level: debug, info, warning, error.")
 
     @field_validator("backend")

@@ -10,19 +10,23 @@ from ..protocol.service import OpenAIService
 from . import connections
 from .drain import Drain, DrainGuard
 from .errors import install_error_handlers
+from .methods import HeadAsGet, PlainOptions
 from .metrics import install_metrics
+from .openapi import install_openapi
 from .routes import router
-from .security import MAX_BODY_BYTES, BodyLimit, Cors, HostGuard, KeyCheck, Options204
+from .security import MAX_BODY_BYTES, BodyLimit, Cors, HostGuard, KeyCheck, OriginPolicy
 
 
-def create_app(service: OpenAIService, *, cors_origin: str | list[str] | None = "*",
+def create_app(service: OpenAIService, *, cors_origin: str | Iterable[str] | None = (),
                api_key: str | Iterable[str] | None = None,
                allowed_hosts: Iterable[str] = (), max_body_bytes: int = MAX_BODY_BYTES,
                shutdown_grace_s: float = 5.0, body_timeout_s: float | None = None) -> FastAPI:
     """The app over ``service``. ``app.state.drain`` lets whoever stops the server drain it.
 
     Requests pass, outermost first: metrics, HostGuard (Host and Origin), CORS, DrainGuard,
-    KeyCheck (when keys are given), BodyLimit, then the routes. The body's deadline is the
+    KeyCheck (when keys are given), BodyLimit, HeadAsGet, PlainOptions, then the routes.
+    ``cors_origin``: ``()`` loopback pages only, origins to add to them, ``"*"`` any page,
+    ``None`` no page (see ``OriginPolicy``). The body's deadline is the
     connection edge's (``connections.DEFAULT_LIMITS``) unless ``body_timeout_s`` is given.
     """
     app = FastAPI(title="dvai-bridge", version="0.1.0", docs_url=None, redoc_url=None)
@@ -30,17 +34,19 @@ def create_app(service: OpenAIService, *, cors_origin: str | list[str] | None = 
     app.state.drain = drain = Drain(shutdown_grace_s)
     install_error_handlers(app)
     keys = [api_key] if isinstance(api_key, str) else [k for k in api_key or () if k]
+    origins = OriginPolicy.of(cors_origin)
     # add_middleware wraps what is already there: the last one added sees a request first.
+    app.add_middleware(PlainOptions)
+    app.add_middleware(HeadAsGet)
     app.add_middleware(BodyLimit, max_bytes=max_body_bytes,
                        timeout_s=body_timeout_s or connections.DEFAULT_LIMITS.body_timeout_s)
     if keys:
         app.add_middleware(KeyCheck, keys=keys)
     app.add_middleware(DrainGuard, drain=drain)
-    if cors_origin:
-        app.add_middleware(Cors, cors_origin=cors_origin)
-    else:
-        app.add_middleware(Options204)
-    app.add_middleware(HostGuard, allowed_hosts=allowed_hosts, cors_origin=cors_origin)
+    if origins.open:
+        app.add_middleware(Cors, origins=origins)
+    app.add_middleware(HostGuard, allowed_hosts=allowed_hosts, origins=origins)
     install_metrics(app, service.engine.scheduler.metrics)
     app.include_router(router)
+    install_openapi(app, keys=bool(keys))
     return app

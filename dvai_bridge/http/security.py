@@ -10,6 +10,7 @@ every web page the user opens. The guards, outermost first:
     KeyCheck       401  no or wrong ``Authorization: Bearer <key>`` (``/health`` stays open)
     BodyLimit      413  a body over the limit, with or without Content-Length
                    408  a body that has not ended ``timeout_s`` after the headers
+                   400  a body in UTF-16 or UTF-32 (JSON here is UTF-8)
 
 Each is a small ASGI middleware that answers with the OpenAI error envelope; docs/security.md
 says what each one protects against.
@@ -21,7 +22,10 @@ import asyncio
 import hashlib
 import hmac
 import ipaddress
+import json
 import logging
+import os
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +40,7 @@ from ..errors import (
     ConfigurationInvalid,
     Forbidden,
     HostNotAllowed,
+    InvalidRequest,
     OriginNotAllowed,
     PayloadTooLarge,
     RequestError,
@@ -59,7 +64,7 @@ class SecurityOptions:
 
     api_keys: frozenset[str] = frozenset()
     allowed_hosts: tuple[str, ...] = ()
-    cors_origin: str | list[str] | None = "*"
+    cors_origin: str | Iterable[str] | None = ()
     max_body_bytes: int = MAX_BODY_BYTES
 
     @classmethod
@@ -77,6 +82,46 @@ class SecurityOptions:
                 "cors_origin": self.cors_origin, "max_body_bytes": self.max_body_bytes}
 
 
+# Pages served from this machine's loopback names, any port: what the server allows by default.
+LOOPBACK_ORIGIN_REGEX = r"https?://(localhost|127\.0\.0\.1|\[::1\])(:[0-9]{1,5})?"
+_LOOPBACK_ORIGIN = re.compile(LOOPBACK_ORIGIN_REGEX)
+
+
+@dataclass(frozen=True)
+class OriginPolicy:
+    """Which web pages (``Origin`` headers) may use the server, from ``cors_origin``.
+
+    ``None``: none. Otherwise pages on loopback origins (``http(s)://localhost``,
+    ``127.0.0.1``, ``[::1]``, any port), plus the origins listed; ``"*"`` (alone or listed):
+    every page. ``[]``, the default, is loopback origins only.
+    """
+
+    any_origin: bool = False
+    loopback: bool = True
+    origins: frozenset[str] = frozenset()
+
+    @classmethod
+    def of(cls, cors_origin: str | Iterable[str] | None) -> OriginPolicy:
+        if cors_origin is None:
+            return cls(loopback=False)
+        listed = [cors_origin] if isinstance(cors_origin, str) else list(cors_origin)
+        return cls("*" in listed, True, frozenset(_origin_key(o) for o in listed if o != "*"))
+
+    def allows(self, origin: str) -> bool:
+        key = _origin_key(origin)
+        return self.any_origin or key in self.origins or (
+            self.loopback and _LOOPBACK_ORIGIN.fullmatch(key) is not None)
+
+    @property
+    def open(self) -> bool:
+        """Whether any page at all may call the server (CORS headers are sent)."""
+        return self.any_origin or self.loopback or bool(self.origins)
+
+
+def _origin_key(origin: str) -> str:
+    return origin.strip().rstrip("/").lower()
+
+
 def load_api_keys(api_key: str | Iterable[str] | None, api_key_file: str | None
                   ) -> frozenset[str]:
     """Keys from the option (one or several) and from a file of one key per line."""
@@ -89,12 +134,24 @@ def load_api_keys(api_key: str | Iterable[str] | None, api_key_file: str | None
         except (OSError, UnicodeDecodeError) as exc:
             raise ConfigurationInvalid(f"Cannot read the API key file {path}: {exc}",
                                        param="api_key_file") from None
+        _warn_if_shared(path)
         from_file = {ln.strip() for ln in lines if ln.strip() and not ln.lstrip().startswith("#")}
         if not from_file:
             raise ConfigurationInvalid(f"The API key file {path} holds no key.",
                                        param="api_key_file")
         keys |= from_file
     return frozenset(keys)
+
+
+def _warn_if_shared(path: Path) -> None:
+    """A key file that other users may read gives the key away."""
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        return
+    if os.name == "posix" and mode & 0o077:
+        log.warning("the API key file %s can be read or written by other users (mode %s); "
+                    "run: chmod 600 %s", path, oct(mode & 0o777), path)
 
 
 def is_loopback(host: str) -> bool:
@@ -164,15 +221,13 @@ class HostGuard:
     """
 
     def __init__(self, app: ASGIApp, *, allowed_hosts: Iterable[str] = (),
-                 cors_origin: str | list[str] | None = "*") -> None:
+                 origins: OriginPolicy | None = None) -> None:
         self.app = app
         names = {_normalize(h) for h in allowed_hosts}
         self.any_host = "*" in names
         self.suffixes = tuple(n for n in names if n.startswith("."))
         self.names = LOOPBACK_NAMES | {n for n in names if not n.startswith(".")}
-        origins = [cors_origin] if isinstance(cors_origin, str) else list(cors_origin or ())
-        self.any_origin = "*" in origins
-        self.origins = frozenset(o.rstrip("/").lower() for o in origins)
+        self.origins = origins or OriginPolicy()
 
     def host_allowed(self, host: str | None) -> bool:
         if host is None or self.any_host:  # HTTP/1.0 without Host: not a browser
@@ -186,7 +241,7 @@ class HostGuard:
             return False
 
     def origin_allowed(self, origin: str | None) -> bool:
-        return origin is None or self.any_origin or origin.rstrip("/").lower() in self.origins
+        return origin is None or self.origins.allows(origin)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -211,17 +266,24 @@ class HostGuard:
 
 
 class Cors(CORSMiddleware):
-    """Starlette's CORS, with preflights answered 204 and a refused preflight as an envelope.
+    """Starlette's CORS over an ``OriginPolicy``, with preflights answered 204 and a refused
+    preflight as an envelope.
 
-    ``Access-Control-Allow-Private-Network: true`` goes on preflights that ask for it (Chrome's
-    Private Network Access: a public page calling a loopback server). An OPTIONS request that is
-    not a preflight is answered 204 as well.
+    ``Access-Control-Allow-Private-Network: true`` goes on preflights that ask for it from an
+    allowed origin (Chrome's Private Network Access: a public page calling a loopback server);
+    a refused preflight carries no Access-Control-Allow-* header at all.
     """
 
-    def __init__(self, app: ASGIApp, *, cors_origin: str | list[str]) -> None:
-        origins = [cors_origin] if isinstance(cors_origin, str) else list(cors_origin)
-        super().__init__(app, allow_origins=origins, allow_methods=["*"], allow_headers=["*"],
+    def __init__(self, app: ASGIApp, *, origins: OriginPolicy) -> None:
+        super().__init__(app, allow_origins=["*"] if origins.any_origin else sorted(
+                             origins.origins),
+                         allow_origin_regex=LOOPBACK_ORIGIN_REGEX if origins.loopback else None,
+                         allow_methods=["*"], allow_headers=["*"],
                          allow_private_network=True, max_age=3600)
+        self.policy = origins
+
+    def is_allowed_origin(self, origin: str) -> bool:
+        return self.policy.allows(origin)
 
     def preflight_response(self, request_headers: Headers) -> Response:
         response = super().preflight_response(request_headers)
@@ -232,28 +294,9 @@ class Cors(CORSMiddleware):
         why = bytes(response.body).decode()
         out = error_response(Forbidden(f"{why} (preflight for {request_headers['origin']!r}).",
                                        param="origin", code="cors_preflight_refused"))
-        out.headers.update(headers)
+        out.headers.update({k: v for k, v in headers.items()
+                            if not k.startswith("access-control-allow")})
         return out
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["method"] == "OPTIONS" and not (
-                "access-control-request-method" in Headers(scope=scope)):
-            return await Response(status_code=204, headers={"Allow": "GET, POST, OPTIONS"})(
-                scope, receive, send)
-        await super().__call__(scope, receive, send)
-
-
-class Options204:
-    """Without CORS, OPTIONS is still answered 204 (and browsers get no CORS headers)."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["method"] == "OPTIONS":
-            return await Response(status_code=204, headers={"Allow": "GET, POST, OPTIONS"})(
-                scope, receive, send)
-        await self.app(scope, receive, send)
 
 
 class KeyCheck:
@@ -334,6 +377,11 @@ class BodyLimit:
             chunks.append(body)
             if not message.get("more_body", False):
                 break
+        encoding = json.detect_encoding(b"".join(chunks[:4])[:4]) if size else "utf-8"
+        if encoding not in ("utf-8", "utf-8-sig"):
+            return await _refuse(InvalidRequest(
+                f"The request body is encoded as {encoding.upper()}; send JSON encoded as "
+                "UTF-8.", code="invalid_request"), scope, receive, send)
         replayed = False
 
         async def replay() -> Message:

@@ -71,10 +71,50 @@ def test_the_bound_address_is_an_allowed_host_unless_it_is_a_wildcard():
 
 
 # -- Origin and CORS ---------------------------------------------------------------------
-def test_wildcard_cors_lets_any_page_in(client):
+LOOPBACK_PAGES = ["http://localhost", "http://localhost:3000", "https://localhost:8443",
+                  "http://127.0.0.1:8080", "http://127.0.0.1", "http://[::1]:5173",
+                  "HTTP://LOCALHOST:3000/"]
+OTHER_PAGES = ["https://app.example", "http://127.0.0.2:8000", "http://localhost.evil.example",
+               "http://127.0.0.1.nip.io", "null", "http://localhost:3000.evil.example",
+               "file://", "http://[::2]:80", "ws://localhost:3000"]
+
+
+@pytest.mark.parametrize("origin", LOOPBACK_PAGES)
+def test_by_default_pages_on_loopback_origins_may_call(client, origin):
+    r = client.post(URL, json=chat("hi"), headers={"Origin": origin})
+    ok(r)
+    assert r.headers["access-control-allow-origin"] == origin
+    assert "origin" in r.headers["vary"].lower()
+
+
+@pytest.mark.parametrize("origin", OTHER_PAGES)
+def test_by_default_other_pages_are_refused(client, origin):
+    """Before issue 13 the default was '*': any page the user opened could drive the server."""
+    r = client.post(URL, json=chat("hi"), headers={"Origin": origin})
+    assert_envelope(r, 403, param="origin", code="origin_not_allowed")
+    assert "access-control-allow-origin" not in r.headers
+    r = client.get("/metrics", headers={"Origin": origin})
+    assert r.status_code == 403
+
+
+def test_the_default_config_is_loopback_pages_only():
+    assert StartConfig().cors_origin == []
+    assert SecurityOptions.from_config(StartConfig()).cors_origin == []
+
+
+def test_wildcard_cors_lets_any_page_in_when_asked_for(client_for):
+    client = client_for(cors_origin="*")
     r = client.post(URL, json=chat("hi"), headers={"Origin": "https://app.example"})
     ok(r)
     assert r.headers["access-control-allow-origin"] == "*"
+
+
+def test_configured_origins_are_added_to_the_loopback_ones(client_for):
+    client = client_for(cors_origin="https://app.example")
+    for origin in ("https://app.example", "http://localhost:3000"):
+        ok(client.post(URL, json=chat("hi"), headers={"Origin": origin}))
+    assert client.post(URL, json=chat("hi"), headers={"Origin": "http://127.0.0.2:8000"}) \
+        .status_code == 403
 
 
 def test_exact_origin_and_allow_list(client_for):
@@ -94,8 +134,9 @@ def test_exact_origin_and_allow_list(client_for):
 def test_without_cors_no_page_may_drive_the_server(client_for):
     client = client_for(cors_origin=None)
     ok(client.post(URL, json=chat("hi")))
-    r = client.post(URL, json=chat("hi"), headers={"Origin": "https://app.example"})
-    assert_envelope(r, 403, code="origin_not_allowed")
+    for origin in ("https://app.example", "http://localhost:3000"):
+        r = client.post(URL, json=chat("hi"), headers={"Origin": origin})
+        assert_envelope(r, 403, code="origin_not_allowed")
     assert client.options(URL).status_code == 204
 
 
@@ -103,23 +144,41 @@ PREFLIGHT = {"Origin": "https://app.example", "Access-Control-Request-Method": "
              "Access-Control-Request-Headers": "authorization, content-type"}
 
 
-@pytest.mark.parametrize("cors", ["*", "https://app.example", ["https://app.example"]])
-def test_preflight_is_204_with_private_network_access(client_for, cors):
+@pytest.mark.parametrize("cors,origin", [
+    ("*", "https://app.example"), ("https://app.example", "https://app.example"),
+    (["https://app.example"], "https://app.example"), ([], "http://localhost:3000")])
+def test_preflight_is_204_with_private_network_access(client_for, cors, origin):
     client = client_for(cors_origin=cors, api_key="k")  # preflights carry no key
-    r = client.options(URL, headers={**PREFLIGHT, "Access-Control-Request-Private-Network":
-                                     "true"})
+    r = client.options(URL, headers={**PREFLIGHT, "Origin": origin,
+                                     "Access-Control-Request-Private-Network": "true"})
     assert r.status_code == 204 and r.content == b""
-    assert r.headers["access-control-allow-origin"] in ("*", "https://app.example")
+    assert r.headers["access-control-allow-origin"] in ("*", origin)
     assert "POST" in r.headers["access-control-allow-methods"]
     assert r.headers["access-control-allow-headers"] == "authorization, content-type"
     assert r.headers["access-control-allow-private-network"] == "true"
 
 
-def test_preflight_from_an_origin_not_allowed_is_refused(client_for):
-    client = client_for(cors_origin="https://app.example")
-    r = client.options(URL, headers={**PREFLIGHT, "Origin": "https://evil.example"})
+@pytest.mark.parametrize("cors", ["default", "https://app.example"])
+def test_preflight_from_an_origin_not_allowed_gets_no_private_network_access(client_for, cors):
+    """Before: with the default '*' every page got Access-Control-Allow-Private-Network."""
+    client = client_for() if cors == "default" else client_for(cors_origin=cors)
+    r = client.options(URL, headers={**PREFLIGHT, "Origin": "https://evil.example",
+                                     "Access-Control-Request-Private-Network": "true"})
     assert_envelope(r, 403, code="origin_not_allowed")
-    assert "access-control-allow-origin" not in r.headers
+    assert not [h for h in r.headers if h.startswith("access-control-allow")], r.headers
+
+
+def test_a_refused_preflight_carries_no_allow_headers():
+    from starlette.datastructures import Headers
+
+    from dvai_bridge.http.security import Cors, OriginPolicy
+
+    cors = Cors(None, origins=OriginPolicy.of([]))  # type: ignore[arg-type]
+    r = cors.preflight_response(Headers({"origin": "https://evil.example",
+                                         "access-control-request-method": "POST",
+                                         "access-control-request-private-network": "true"}))
+    assert r.status_code == 403
+    assert not [h for h in r.headers if h.startswith("access-control-allow")], r.headers
 
 
 def test_plain_options_is_204(client):
@@ -185,7 +244,36 @@ def test_cli_reads_several_keys_from_the_environment(monkeypatch):
     monkeypatch.delenv("DVAI_BRIDGE_API_KEY")
     ctx = serve.make_context("serve", ["--cors-origin", "none"])
     assert ctx.params["cors_origin"] is None
-    assert serve.make_context("serve", []).params["cors_origin"] == "*"
+    assert serve.make_context("serve", []).params["cors_origin"] == []
+    assert serve.make_context("serve", ["--cors-origin", "*"]).params["cors_origin"] == ["*"]
+
+
+def test_an_api_key_on_the_command_line_is_warned_about(monkeypatch, capsys):
+    from dvai_bridge.cli import serve
+
+    monkeypatch.delenv("DVAI_BRIDGE_API_KEY", raising=False)
+    serve.make_context("serve", ["--api-key", "secret"])
+    err = capsys.readouterr().err
+    assert "visible to every user" in err and "DVAI_BRIDGE_API_KEY" in err
+    assert "--api-key-file" in err and "secret" not in err
+    monkeypatch.setenv("DVAI_BRIDGE_API_KEY", "secret")
+    serve.make_context("serve", [])
+    assert capsys.readouterr().err == ""
+
+
+def test_a_key_file_others_can_read_is_warned_about(tmp_path, caplog):
+    f = tmp_path / "keys"
+    f.write_text("k1\n")
+    f.chmod(0o644)
+    with caplog.at_level(logging.WARNING, logger="dvai_bridge.http.security"):
+        assert load_api_keys(None, str(f)) == {"k1"}
+    assert "other users" in caplog.text and "chmod 600" in caplog.text and "0o644" in caplog.text
+    assert "k1" not in caplog.text
+    caplog.clear()
+    f.chmod(0o600)
+    with caplog.at_level(logging.WARNING, logger="dvai_bridge.http.security"):
+        load_api_keys(None, str(f))
+    assert caplog.text == ""
 
 
 # -- exposure warning ----------------------------------------------------------------------

@@ -1,0 +1,108 @@
+"""The OpenAPI schema says which statuses each route really answers, with the error envelope.
+
+FastAPI documents 200 and its own 422; this server answers validation errors 400 (never 422)
+and, depending on the route, 401, 403, 404, 408, 413, 429, 500, 501 and 503, each in the
+OpenAI envelope. Schemathesis (and any client generator) checks responses against this.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
+
+ENVELOPE = "ErrorEnvelope"
+
+_WHY = {
+    "400": "The request is malformed; `param` names the field",
+    "401": "Missing or wrong API key (only when the server has keys)",
+    "403": "Host or Origin not allowed (DNS rebinding, web pages CORS does not allow)",
+    "404": "No such model",
+    "408": "The request (headers or body) did not arrive in time",
+    "413": "The request body is over the size limit",
+    "429": "The queue is full; retry after Retry-After",
+    "500": "Internal or backend error",
+    "501": "This model does not serve this endpoint",
+    "503": "Stopping, engine failed, or too many connections; retry after Retry-After",
+}
+
+_INFERENCE = ("400", "403", "408", "413", "429", "500", "501", "503")
+_READ = ("403", "500", "503")
+_ROUTES: dict[tuple[str, str], tuple[str, ...]] = {
+    ("post", "/v1/chat/completions"): _INFERENCE,
+    ("post", "/v1/completions"): _INFERENCE,
+    ("post", "/v1/embeddings"): (*_INFERENCE, "404"),
+    ("get", "/v1/models"): _READ,
+    ("get", "/v1/models/{model_id}"): (*_READ, "404"),
+}
+_OPEN = frozenset({"/health"})  # answered without a key
+
+_ENVELOPE_SCHEMA = {
+    "title": ENVELOPE,
+    "type": "object",
+    "required": ["error"],
+    "properties": {"error": {
+        "type": "object",
+        "required": ["message", "type", "param", "code"],
+        "properties": {
+            "message": {"type": "string"},
+            "type": {"type": "string"},
+            "param": {"anyOf": [{"type": "string"}, {"type": "null"}]},
+            "code": {"anyOf": [{"type": "string"}, {"type": "null"}]},
+        },
+    }},
+}
+
+_HEALTH_SCHEMA = {
+    "type": "object",
+    "required": ["status"],
+    "properties": {
+        "status": {"type": "string", "enum": ["ok", "error"]},
+        "backend": {"type": "string"}, "model": {"type": "string"},
+        "queued": {"type": "integer"}, "running": {"type": "integer"},
+        "reason": {"type": "string"},
+    },
+}
+
+
+def _error(status: str) -> dict[str, Any]:
+    return {"description": _WHY[status], "content": {
+        "application/json": {"schema": {"$ref": f"#/components/schemas/{ENVELOPE}"}}}}
+
+
+def document_statuses(schema: dict[str, Any], *, keys: bool) -> dict[str, Any]:
+    """``schema`` with 422 replaced by what each operation really answers."""
+    schema.setdefault("components", {}).setdefault("schemas", {})[ENVELOPE] = _ENVELOPE_SCHEMA
+    for path, item in schema.get("paths", {}).items():
+        for method, op in item.items():
+            responses = op.setdefault("responses", {})
+            responses.pop("422", None)
+            if path == "/health":
+                responses["200"] = {"description": "Ready", "content": {
+                    "application/json": {"schema": _HEALTH_SCHEMA}}}
+                responses["503"] = {"description": "Not ready: the engine failed or the "
+                                    "server is stopping", "content": {
+                                        "application/json": {"schema": _HEALTH_SCHEMA}}}
+                responses["403"] = _error("403")
+                continue
+            statuses = _ROUTES.get((method, path),
+                                   _INFERENCE if method == "post" else _READ)
+            for status in statuses:
+                responses.setdefault(status, _error(status))
+            if keys and path not in _OPEN:
+                responses.setdefault("401", _error("401"))
+    schema.get("components", {}).get("schemas", {}).pop("HTTPValidationError", None)
+    schema.get("components", {}).get("schemas", {}).pop("ValidationError", None)
+    return schema
+
+
+def install_openapi(app: FastAPI, *, keys: bool) -> None:
+    """Serve the corrected schema at ``/openapi.json`` (built once, on first use)."""
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = document_statuses(get_openapi(
+                title=app.title, version=app.version, routes=app.routes), keys=keys)
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
