@@ -9,7 +9,7 @@ import struct
 import numpy as np
 import pytest
 
-from dvai_bridge.backends import registry
+from dvai_bridge.backends import probe, registry
 from dvai_bridge.backends.llama_cpp.gguf import read_metadata
 from dvai_bridge.backends.llama_cpp.sampling import adjusted_logits, log_softmax, top_entries
 from dvai_bridge.backends.llama_cpp.template import ChatTemplate
@@ -111,6 +111,10 @@ def test_auto_picks_llama_for_gguf_unless_mlx_has_a_gpu(monkeypatch, caplog, dev
     monkeypatch.setattr(registry.importlib.util, "find_spec",
                         lambda name: (object() if llama_installed else None)
                         if name == "llama_cpp" else real_find_spec(name))
+    # the probe (tests/unit/test_probe.py) says this llama build decodes here
+    monkeypatch.setattr(probe, "installed", lambda backend: llama_installed)
+    monkeypatch.setattr(probe, "probe", lambda backend, model: probe.ProbeResult(
+        backend, True, "decoded"))
     caplog.set_level(logging.INFO, logger="dvai_bridge.backends.registry")
     assert registry.resolve_name(StartConfig(model_path="/m/x.gguf")) == expected
     assert registry.resolve_name(StartConfig()) == expected  # the embedded default is a GGUF
