@@ -94,3 +94,21 @@ def test_just_under_the_limit_is_read_and_judged_on_its_merits(server):
     r = httpx.post(server.base_url + "/chat/completions", json=chat(content), timeout=60,
                    headers={"Authorization": "Bearer k1"})
     assert r.status_code == 400 and r.json()["error"]["code"] == "context_length_exceeded"
+
+
+def test_head_options_and_utf16_on_the_socket(server):
+    """HEAD answers like GET without a body and the connection stays usable; OPTIONS on an
+    unknown path is 404; a UTF-16 body is 400 (issue 13 item 12)."""
+    root = server.base_url.removesuffix("/v1")
+    key = {"Authorization": "Bearer k1"}
+    with httpx.Client(timeout=5) as client:
+        head = client.head(root + "/health")
+        assert head.status_code == 200 and head.content == b""
+        assert int(head.headers["content-length"]) > 0
+        assert client.get(root + "/health").json()["status"] == "ok"  # same connection
+        r = client.options(root + "/nope")
+        assert r.status_code == 404 and r.json()["error"]["type"] == "not_found_error"
+        r = client.post(server.base_url + "/chat/completions", headers={
+            **key, "content-type": "application/json"},
+            content='{"messages": [{"role": "user", "content": "hi"}]}'.encode("utf-16"))
+        assert r.status_code == 400 and "UTF-16" in r.json()["error"]["message"]
