@@ -23,6 +23,7 @@ from typing import Any
 import uvicorn
 
 from .backends.base import Backend
+from .backends.mlx.distributed.group import GroupInfo, launched_backend
 from .backends.registry import create_backend
 from .config import StartConfig
 from .engine.limits import describe, resolve_limits
@@ -101,6 +102,7 @@ class Bridge:
 
     def _start(self, config: StartConfig) -> _Running:
         security = SecurityOptions.from_config(config)  # a bad key file fails before the load
+        _check_group(config)  # under mlx.launch, only rank 0 gets here
         sock = bind_port(config.host, config.http_base_port, config.http_max_port_attempts)
         scheduler = None
         try:
@@ -178,7 +180,37 @@ class Bridge:
 
 def _keeping_file_limit(config: StartConfig, progress: ProgressHub) -> Backend:
     with keep_file_limit():  # mlx_lm lowers RLIMIT_NOFILE when first imported
+        if _group() is not None:  # one model across an MLX distributed group
+            from .backends.mlx import distributed
+
+            return distributed.load(config, progress)
         return create_backend(config, progress)
+
+
+def _group() -> GroupInfo | None:
+    """This process's place in the MLX distributed group it was launched into, if any."""
+    if launched_backend() is None:
+        return None  # mlx is not even imported
+    from .backends.mlx import distributed
+
+    found = distributed.current()
+    return None if found is None else found[1]
+
+
+def _check_group(config: StartConfig) -> None:
+    """In an MLX distributed group, rank 0 serves (the others run ``run_follower``), and
+    only through MLX."""
+    info = _group()
+    if info is None:
+        return
+    if info.rank != 0:
+        raise ConfigurationInvalid(
+            f"This is rank {info.rank} of an MLX distributed group: only rank 0 serves HTTP; "
+            "the others run dvai_bridge.backends.mlx.distributed.run_follower (dvai-bridge "
+            "serve does this by itself).")
+    if config.backend not in ("auto", "mlx"):
+        raise ConfigurationInvalid(f"Only the mlx backend serves across an MLX distributed "
+                                   f"group, not {config.backend!r}.", param="backend")
 
 
 def _limits(config: StartConfig, backend: Backend) -> BatchLimits:

@@ -72,11 +72,17 @@ def main() -> None:
 @click.option("--prefill-chunk", type=int, default=None, help=_help("prefill_chunk"))
 @click.option("--prompt-cache-mb", type=int, default=None, help=_help("prompt_cache_mb"))
 @click.option("--max-queued", type=int, default=64, show_default=True, help=_help("max_queued"))
+@click.option("--shard", type=click.Choice(["auto", "tensor", "pipeline"]), default="auto",
+              show_default=True, help=_help("shard"))
 @click.option("--log-level", default="info", show_default=True, help=_help("log_level"))
 def serve(**options: Any) -> None:
-    """Serve a model until Ctrl-C. Prints the base_url for OpenAI clients."""
+    """Serve a model until Ctrl-C. Prints the base_url for OpenAI clients.
+
+    Under mlx.launch, rank 0 serves and the other ranks compute with it (docs/distributed.md).
+    """
     logging.basicConfig(level=options["log_level"].upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    _follow_if_not_rank_0(options)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
@@ -100,6 +106,24 @@ def serve(**options: Any) -> None:
         click.echo("Stopped.", err=True)
 
 
+def _follow_if_not_rank_0(options: dict[str, Any]) -> None:
+    """Ranks > 0 of an MLX distributed group compute for rank 0 and speak no HTTP: they run
+    here until rank 0 stops the group (exit 0) or the group is lost (exit 1)."""
+    from .backends.mlx.distributed import current, launched_backend, run_follower
+
+    if launched_backend() is None:
+        return
+    try:
+        found = current()
+        if found is None or found[1].rank == 0:
+            return
+        code = run_follower(StartConfig.build(**options), shared.progress)
+    except BridgeError as exc:
+        click.echo(f"error: {exc.message}", err=True)
+        sys.exit(1)
+    sys.exit(code)
+
+
 @main.command()
 @click.option("--no-probe", is_flag=True, help="Skip the backends' test decodes.")
 def doctor(no_probe: bool) -> None:
@@ -118,6 +142,7 @@ def doctor(no_probe: bool) -> None:
         click.echo(f"engine    defaults on {describe(device.kind, resolve_limits(device.kind))}")
     except BridgeError as exc:
         click.echo(f"mlx       unavailable: {exc.message}")
+    _doctor_group()
     if not no_probe:
         for backend in ("mlx", "llama"):
             if not probe.installed(backend):
@@ -136,6 +161,21 @@ def doctor(no_probe: bool) -> None:
         click.echo(f"default   {embedded_default_gguf()}")
     except BridgeError as exc:
         click.echo(f"default   {exc.message}")
+
+
+def _doctor_group() -> None:
+    from .backends.mlx.distributed import current, launched_backend
+
+    if launched_backend() is None:
+        click.echo("group     none: one process (start under mlx.launch to split a model "
+                   "across processes or machines; docs/distributed.md)")
+        return
+    try:
+        found = current()
+    except BridgeError as exc:
+        click.echo(f"group     FAILED: {exc.message}")
+        return
+    click.echo(f"group     {found[1].describe()}" if found else "group     one rank")
 
 
 from .cli_store import download_bar, register  # noqa: E402  (pull, models ls/rm)

@@ -84,6 +84,9 @@ async def health(request: Request) -> Any:
     m = service.engine.scheduler.metrics
     body = {"status": "ok", "backend": service.backend.name, "model": service.backend.model_id,
             "queued": m.queue_depth, "running": m.running}
+    group = getattr(service.backend, "group_info", None)  # served by an MLX distributed group
+    if group is not None:
+        body["group"] = group.as_dict()
     why = service.engine.health()
     if why is None:
         return JSONResponse(body)

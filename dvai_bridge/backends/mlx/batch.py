@@ -66,13 +66,20 @@ class MLXBatch(Batch):
             max_tokens=[request.max_tokens],
             caches=[snapshot],
             all_tokens=[tokens[:cached]],
-            samplers=[sampling.make_sequence_sampler(request.sampling)],
-            logits_processors=[sampling.logits_processors(request.sampling, len(tokens),
-                                                          request.grammar)],
+            samplers=[self._sampler(key, request)],
+            logits_processors=[self._processors(key, request)],
         )
         self._uid[key], self._key[uid] = uid, key
         self._top[key] = request.top_logprobs if request.logprobs else -1
         return cached
+
+    def _sampler(self, key: int, request: GenerationRequest) -> sampling.Sampler:
+        return sampling.make_sequence_sampler(request.sampling)
+
+    def _processors(self, key: int, request: GenerationRequest
+                    ) -> list[sampling.LogitsProcessor]:
+        return sampling.logits_processors(request.sampling, len(request.prompt_tokens),
+                                          request.grammar)
 
     def step(self) -> list[tuple[int, TokenChoice]]:
         if self.backend.blas_governor is not None:
