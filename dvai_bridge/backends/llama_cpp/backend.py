@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from ...config import StartConfig
-from ...engine.types import CancelToken, GenerationRequest, TokenChoice
+from ...engine.types import BatchLimits, CancelToken, GenerationRequest, TokenChoice
 from ...errors import (
     BackendError,
     BackendUnavailable,
@@ -37,7 +37,7 @@ from ...errors import (
     ModelLoadFailed,
 )
 from ...progress import ProgressEvent, ProgressHub
-from ..base import Backend, Capabilities, Message
+from ..base import Backend, Batch, Capabilities, Message
 from ..chat_text import ControlText
 from .gguf import resolve_gguf
 from .sampling import SamplerChain, adjusted_logits, log_softmax, top_entries
@@ -294,6 +294,8 @@ class LlamaBackend(Backend):
             raise ContextLengthExceeded(
                 f"This model's context is {self.context_length} tokens; the prompt has "
                 f"{len(prompt)}.", param="messages")
+        if self._ctx is None:
+            raise BackendError("This backend decodes through its batch (open_batch).")
         params = request.sampling
         want = request.top_logprobs if request.logprobs else -1
         try:
@@ -345,6 +347,20 @@ class LlamaBackend(Backend):
         logprobs = log_softmax(adjusted_logits(raw, params, generated, recent))
         token = chain.sample(self._ctx)
         return TokenChoice(token, float(logprobs[token]), top_entries(logprobs, want))
+
+    # -- continuous batching -----------------------------------------------------------
+    def open_batch(self, limits: BatchLimits) -> Batch | None:
+        """Sequences decoded together in a context of their own (batch.py). The context
+        ``generate`` uses is freed: its KV cache would only hold memory from now on."""
+        from .batch import LlamaBatch
+
+        batch = LlamaBatch(self, max_batch=limits.max_batch, prefill_chunk=limits.prefill_chunk,
+                           prompt_cache_bytes=limits.prompt_cache_bytes)
+        self.llm._ctx.close()
+        self._ctx = None
+        log.info("llama backend: continuous batching of up to %d sequences over %d KV cells, "
+                 "prefill chunk %d", batch.n_seq, batch.n_ctx, batch.chunk)
+        return batch
 
     # -- embeddings ------------------------------------------------------------------
     def embed(self, inputs: list[list[int]] | list[str]) -> list[list[float]]:

@@ -124,8 +124,9 @@ class SamplerChain:
             raise MemoryError("a llama.cpp sampler could not be created")
         self._lc.llama_sampler_chain_add(self._chain, sampler)
 
-    def sample(self, ctx: ctypes.c_void_p) -> int:
-        return int(self._lc.llama_sampler_sample(self._chain, ctx, -1))
+    def sample(self, ctx: ctypes.c_void_p, idx: int = -1) -> int:
+        """Pick from the logits row of output ``idx`` of the last decode (-1: the last)."""
+        return int(self._lc.llama_sampler_sample(self._chain, ctx, idx))
 
     def close(self) -> None:
         if self._chain:
