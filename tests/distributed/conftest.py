@@ -32,7 +32,7 @@ BIN = Path(sys.executable).parent
 SERVE = [str(BIN / "dvai-bridge"), "serve", "--backend", "mlx", "--port", "0",
          "--log-level", "info"]
 START_TIMEOUT_S = 240.0
-_SERVING = re.compile(r"Serving \S+ \(mlx\) at (http://\S+/v1)")
+_SERVING = re.compile(r"Serving (\S+) \(mlx\) at (http://\S+/v1)")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -68,6 +68,7 @@ class Served:
         self.label = label
         self.lines: list[str] = []
         self.base_url = ""
+        self.model_id = ""
         self._threads = [threading.Thread(target=self._read, args=(p,), daemon=True)
                          for p in procs]
         for t in self._threads:
@@ -92,7 +93,7 @@ class Served:
             for line in list(self.lines):
                 m = _SERVING.search(line)
                 if m:
-                    self.base_url = m.group(1)
+                    self.model_id, self.base_url = m.group(1), m.group(2)
                     return self
             if any(p.poll() is not None for p in self.procs):
                 break
@@ -164,6 +165,15 @@ def _popen(cmd: list[str], env: dict[str, str]) -> subprocess.Popen:
                             start_new_session=True)
 
 
+def assert_group_formed(served: Served, shard: str) -> None:
+    """Rank 0 serves for a group of 2, each rank holding its part of the model (not two
+    servers each with the whole model)."""
+    group = served.health().json().get("group")
+    assert group == {"size": 2, "rank": 0, "backend": "ring", "shard": shard}, group
+    for rank in (0, 1):
+        assert re.search(rf"rank {rank} of 2 \(ring\): {shard} parallel", served.output)
+
+
 def launch_group(*extra: str) -> Served:
     """``mlx.launch -n 2 --backend ring -- dvai-bridge serve ...``, serving."""
     (port,) = free_ports(1)
@@ -190,7 +200,7 @@ def start_one_process(*extra: str) -> Served:
 
 
 def chat(served: Served, prompt: str, max_tokens: int, **fields: Any) -> dict[str, Any]:
-    body = {"model": "SmolLM2-135M-Instruct", "max_tokens": max_tokens, "temperature": 0,
+    body = {"model": served.model_id, "max_tokens": max_tokens, "temperature": 0,
             "messages": [{"role": "user", "content": prompt}], **fields}
     r = httpx.post(f"{served.base_url}/chat/completions", json=body, timeout=300)
     assert r.status_code == 200, r.text
@@ -201,6 +211,7 @@ def chat(served: Served, prompt: str, max_tokens: int, **fields: Any) -> dict[st
 def group() -> Iterator[Served]:
     served = launch_group("--shutdown-grace", "120")  # a stop lets requests in flight finish
     try:
+        assert_group_formed(served, "pipeline")
         yield served
     finally:
         served.stop()

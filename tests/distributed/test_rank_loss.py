@@ -1,0 +1,143 @@
+"""A rank that dies ends the group with a clear error on rank 0, never a hang or an orphan."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psutil
+
+from .conftest import Served, chat, launch_group, start_ranks
+
+GROUP_LOST = "MLX distributed group"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def _wait_health_503(served: Served, timeout: float) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        r = served.health()
+        if r.status_code == 503:
+            return r.json()
+        time.sleep(0.1)
+    raise AssertionError(f"/health still {r.status_code} {r.text}\n{served.output[-3000:]}")
+
+
+def _assert_refused(served: Served) -> None:
+    r = httpx.post(f"{served.base_url}/chat/completions", timeout=30, json={
+        "model": "SmolLM2-135M-Instruct", "max_tokens": 4,
+        "messages": [{"role": "user", "content": "hi"}]})
+    assert r.status_code == 503, r.text
+    assert r.json()["error"]["code"] == "engine_failed"
+    assert GROUP_LOST in r.json()["error"]["message"]
+
+
+def _stop_rank_0(served: Served) -> None:
+    os.kill(served.procs[0].pid, signal.SIGTERM)
+    codes = served.wait_exit(60)
+    assert codes[0] == 0, served.output[-3000:]
+
+
+def test_rank_1_killed_mid_stream(tmp_path: Path) -> None:
+    served = start_ranks(tmp_path)
+    try:
+        chat(served, "Say hello.", 4)  # warm
+        events: list[Any] = []
+        body = {"model": "SmolLM2-135M-Instruct", "stream": True, "max_tokens": 400,
+                "temperature": 0, "messages": [{"role": "user", "content": "Tell a long story."}]}
+        with httpx.stream("POST", f"{served.base_url}/chat/completions", json=body,
+                          timeout=120) as r:
+            assert r.status_code == 200
+            for line in r.iter_lines():
+                if not line.startswith("data: "):
+                    continue
+                events.append(line[6:] if line == "data: [DONE]" else json.loads(line[6:]))
+                if len(events) == 4:
+                    os.kill(served.procs[1].pid, signal.SIGKILL)
+        errors = [e for e in events if isinstance(e, dict) and "error" in e]
+        assert events[-1] == "[DONE]"
+        assert len(errors) == 1 and GROUP_LOST in errors[0]["error"]["message"], events[-3:]
+        assert len(events) < 300  # ended by the loss, not by max_tokens
+
+        health = _wait_health_503(served, 10)
+        assert health["status"] == "error" and GROUP_LOST in health["reason"]
+        assert "another rank is gone" in health["reason"]
+        _assert_refused(served)
+        _stop_rank_0(served)
+    finally:
+        served.stop()
+
+
+def test_rank_1_killed_while_idle_is_noticed(tmp_path: Path) -> None:
+    served = start_ranks(tmp_path)
+    try:
+        assert served.health().status_code == 200
+        os.kill(served.procs[1].pid, signal.SIGKILL)
+        started = time.monotonic()
+        health = _wait_health_503(served, 15)  # the heartbeat runs every second while idle
+        print(f"\n[distributed] idle loss seen by /health after {time.monotonic() - started:.2f}s")
+        assert GROUP_LOST in health["reason"]
+        _assert_refused(served)
+        _stop_rank_0(served)
+    finally:
+        served.stop()
+
+
+def test_rank_0_killed_ends_rank_1(tmp_path: Path) -> None:
+    served = start_ranks(tmp_path)
+    try:
+        os.kill(served.procs[0].pid, signal.SIGKILL)
+        codes = served.wait_exit(30)
+        assert codes[1] == 1, served.output[-3000:]  # it says the group was lost, and exits
+        assert "rank 0 is gone" in served.output
+    finally:
+        served.stop()
+
+
+def test_under_mlx_launch_killing_rank_1_ends_the_group() -> None:
+    served = launch_group()
+    try:
+        pids = served.all_pids()
+        rank0, rank1 = served.rank_pids()
+        stream_error: list[str] = []
+
+        def stream() -> None:
+            body = {"model": "SmolLM2-135M-Instruct", "stream": True, "max_tokens": 400,
+                    "messages": [{"role": "user", "content": "Tell a long story."}]}
+            try:
+                with httpx.stream("POST", f"{served.base_url}/chat/completions", json=body,
+                                  timeout=120) as r:
+                    for line in r.iter_lines():
+                        if '"error"' in line:
+                            stream_error.append(line)
+            except httpx.HTTPError as exc:  # rank 0 went away mid-answer
+                stream_error.append(repr(exc))
+
+        t = threading.Thread(target=stream)
+        t.start()
+        while served.health().json()["running"] == 0:
+            time.sleep(0.02)
+        os.kill(rank1, signal.SIGKILL)
+        t.join(120)
+        assert stream_error, "the stream ended as if nothing happened"
+        # mlx.launch ends the other ranks when one fails (and exits 0 itself, whatever the
+        # ranks did); rank 0 said why before it drained and stopped.
+        codes = served.wait_exit(60)
+        assert codes[0] is not None, served.output[-3000:]
+        assert f"{GROUP_LOST} (ring, 2 ranks) stopped working" in served.output
+        assert not [p for p in pids if _alive(p)], "orphan processes"
+        assert rank0 in pids
+    finally:
+        served.stop()
