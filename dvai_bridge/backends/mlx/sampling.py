@@ -1,13 +1,14 @@
 """Sampling pieces for MLX: small pure functions over logits, testable without a model.
 
 Nothing here touches MLX's global random key: every sampled sequence draws from its own key
-(from its seed, or from the host's RNG when it has none). A step that fails after a sampler
-split the global key left that key pointing into a graph that was never evaluated, and every
-unseeded request after it failed with "[eval] Attempting to eval an array without a
-primitive" until restart (issue 13). For the same reason top-k, top-p and min-p are written
-here rather than taken from ``mlx_lm.sample_utils``, whose versions are compiled with the
-global random state as input and output (and compiled again for every distinct float value a
-client sends). The filters are total: ``top_k`` at or past the vocabulary keeps every token.
+(from its seed, or from the host's RNG when it has none), and top-k, top-p and min-p are
+written here rather than taken from ``mlx_lm.sample_utils``, whose versions are compiled with
+the global random state as input and output. When one of those raised while being traced
+(``top_k`` >= the vocabulary), the global state was left a placeholder of the failed trace,
+and every later unseeded request failed with "[eval] Attempting to eval an array without a
+primitive" until restart (issue 13). Compiled, they were also traced again for every distinct
+float value a client sends. The filters are total: ``top_k`` at or past the vocabulary
+keeps every token.
 """
 
 from __future__ import annotations
