@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import time
 from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import AsyncExitStack
@@ -134,7 +135,6 @@ class OpenAIService:
         if req.logprobs and not caps.logprobs:
             raise InvalidRequest("This backend cannot return logprobs.", param="logprobs")
         messages = normalize_messages(req.messages, vision=caps.vision)
-        self._bound().check((m["content"] for m in messages), "messages")
         choice = req.tool_choice
         if choice is not None and not isinstance(choice, str):
             choice = choice.model_dump()
@@ -145,6 +145,10 @@ class OpenAIService:
         tools = None
         if plan is not None:
             messages, tools = plan.messages(messages), plan.template_tools()
+        # What the template will render at least: the contents (tool descriptions included,
+        # in the system prompt or as the template's ``tools``).
+        rendered = [m["content"] for m in messages] + ([json.dumps(tools)] if tools else [])
+        self._bound().check(rendered, "messages")
         prompt = self.backend.chat_tokens(messages, tools)
         gen = req.to_generation(prompt, self.backend.context_length)
         calls = None  # auto with a response_format: the reply is calls or the JSON answer

@@ -159,3 +159,18 @@ def test_a_prompt_just_under_the_size_bound_is_tokenized_and_refused(e2e_server,
     assert "100" in r.json()["error"]["message"]  # the exact count: ~100,000 tokens
     assert max(watch.health) < HEALTH_BOUND_S
     assert_probes_answer(e2e_server)
+
+
+def test_a_15_mib_tool_description_is_refused_cheaply(e2e_server, watch):
+    """Tools are rendered too (SmolLM2: in a Hermes system prompt): counted before templating."""
+    tool = {"type": "function", "function": {"name": "f", "description": "word " * (3 * MIB),
+                                             "parameters": {"type": "object"}}}
+    started = time.monotonic()
+    r = post(e2e_server, {**PROBE, "tools": [tool]})
+    took = time.monotonic() - started
+    assert r.status_code == 400 and r.json()["error"]["code"] == "context_length_exceeded"
+    print(f"\n15 MiB tool description: {took:.2f} s, RSS peak "
+          f"+{(max(watch.rss) - watch.rss[0]) / MIB:.0f} MiB")
+    assert took < 10
+    assert max(watch.rss) - watch.rss[0] < 250 * MIB
+    assert max(watch.health) < HEALTH_BOUND_S

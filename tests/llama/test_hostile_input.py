@@ -12,6 +12,7 @@ from dvai_bridge import Bridge, StartConfig
 from tests.e2e.conftest import E2EServer
 from tests.e2e.test_hostile_input import (  # noqa: F401 - collected here, on this server
     test_a_15_mib_message_is_refused_cheaply,
+    test_a_15_mib_tool_description_is_refused_cheaply,
     test_a_prompt_just_under_the_size_bound_is_tokenized_and_refused,
     test_client_errors_are_400_naming_the_field,
     test_extreme_sampling_values_are_served_and_hurt_nothing,
