@@ -145,9 +145,10 @@ class OpenAIService:
         tools = None
         if plan is not None:
             messages, tools = plan.messages(messages), plan.template_tools()
-        # What the template will render at least: the contents (tool descriptions included,
-        # in the system prompt or as the template's ``tools``).
+        # What the template will render at least: the contents, the calls in the history and
+        # the tool definitions (in a Hermes system prompt, or as the template's ``tools``).
         rendered = [m["content"] for m in messages] + ([json.dumps(tools)] if tools else [])
+        rendered += [json.dumps(m["tool_calls"]) for m in messages if m.get("tool_calls")]
         self._bound().check(rendered, "messages")
         prompt = self.backend.chat_tokens(messages, tools)
         gen = req.to_generation(prompt, self.backend.context_length)
