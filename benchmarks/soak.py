@@ -22,6 +22,7 @@ quarter; after the burst within twice that). The RSS slope after warm-up is repo
 
     . .venv/bin/activate && python benchmarks/soak.py                 # 3 minutes
     python benchmarks/soak.py --duration 30 --out /tmp/soak.json
+    python benchmarks/soak.py --backend mlx   # the real MLX engine with a hostile mix (soak_real.py)
 
 Writes ``benchmarks/results/soak.json`` (``--out``), prints a summary, exits 1 on a failed verdict.
 """
@@ -342,6 +343,15 @@ def run_soak(duration: float = 180.0, clients: int = 16, token_delay: float = 0.
 
 
 def main() -> None:
+    if "--backend" in sys.argv:  # the real engine with a hostile mix: benchmarks/soak_real.py
+        i = sys.argv.index("--backend")
+        if sys.argv[i + 1] != "fake":
+            sys.path.insert(0, str(HERE))
+            import soak_real
+
+            soak_real.main(sys.argv[1:i] + sys.argv[i + 2:])
+            return
+        del sys.argv[i:i + 2]
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--duration", type=float, default=180.0, help="seconds of mixed load")
     ap.add_argument("--clients", type=int, default=16)

@@ -1,5 +1,6 @@
-"""A short run of benchmarks/soak.py: 16 clients mixing streams, non-streams and hang-ups
-against the real server, then a burst past the queue. ``-m "not soak"`` skips it."""
+"""Short runs of benchmarks/soak.py (fake backend: 16 clients mixing streams, non-streams and
+hang-ups, then a burst past the queue) and of benchmarks/soak_real.py (the real MLX engine with
+issue 13's hostile items 1-6 among normal traffic). ``-m "not soak"`` skips them."""
 
 from __future__ import annotations
 
@@ -29,3 +30,24 @@ def test_short_soak_keeps_every_stream_whole_and_leaks_nothing(soak):
     assert not result["dropped"] and not result["mixed"] and not result["other"], result
     assert result["verdict"] == {k: True for k in result["verdict"]}, {
         k: result[k] for k in ("verdict", "burst", "rss_mb", "after_burst_health")}
+
+
+@pytest.fixture(scope="module")
+def soak_real():
+    spec = importlib.util.spec_from_file_location("dvai_soak_real", SOAK.with_name("soak_real.py"))
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.soak
+@pytest.mark.e2e
+def test_short_hostile_soak_on_mlx_hurts_no_other_request(soak_real):
+    """Issue 13's items 1-6 among normal traffic on the real MLX engine, for a minute."""
+    result = soak_real.run_real_soak(duration=60, clients=6, hostile_share=0.2)
+    print("\n[soak_real]", soak_real.summary(result))
+    assert result["hostile_requests"] >= 7 and result["requests"] >= 30, result["by_kind"]
+    assert result["verdict"] == {k: True for k in result["verdict"]}, {
+        k: result[k] for k in ("verdict", "server_errors", "cross_request", "transport",
+                               "statuses", "rss_mb", "slowest_health_s", "after_health")}
