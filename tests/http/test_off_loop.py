@@ -66,12 +66,12 @@ CASES = {
     # 3.5 M token lists of [1]: 14 MB. Before: /health waited ~50 s behind json.loads + pydantic.
     "3.5M prompt lists": ("/v1/completions",
                           b'{"prompt": [' + b",".join([b"[1]"] * 3_500_000) + b"]}",
-                          None),
+                          "prompt"),
     # 400,000 empty messages (11 MB): 3 s on the loop before. Both are refused from a count of
     # their JSON values (http/body.py), as json.loads would hold the GIL for seconds.
     "400k empty messages": ("/v1/chat/completions",
                             json.dumps({"messages": [{"role": "user", "content": ""}] * 400_000},
-                                       separators=(",", ":")).encode(), None),
+                                       separators=(",", ":")).encode(), "messages"),
 }
 
 
