@@ -1,6 +1,7 @@
-"""The llama backend: a GGUF file through llama-cpp-python, one context, one sequence at a time.
+"""The llama backend: a GGUF file through llama-cpp-python.
 
-The model is loaded with ``llama_cpp.Llama``; generation drives llama.cpp's C API on that
+With the engine batching (its default), sequences run in ``batch.py``, many to a context. What
+follows is the one-at-a-time path (``max_batch_size=1``), ``generate``. The model is loaded with ``llama_cpp.Llama``; generation drives llama.cpp's C API on that
 context directly (``llama_decode``, a sampler chain, ``llama_get_logits_ith``) rather than
 ``Llama.generate``, for three reasons: the prompt is evaluated in chunks with the caller's cancel
 token checked between chunks and inside them (llama.cpp's abort callback), logprobs come from

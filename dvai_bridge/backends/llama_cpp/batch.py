@@ -203,9 +203,13 @@ class LlamaBatch(Batch):
 
     def _sample(self, seq: _Seq, idx: int) -> TokenChoice:
         row = None
-        if seq.matcher is not None or seq.want >= 0:
+        if seq.matcher is not None or seq.want >= 0 or seq.chain.argmax_only:
             ptr = self._lc.llama_get_logits_ith(self.ctx, idx)
             row = np.ctypeslib.as_array(ptr, shape=(self.backend.vocab_size,))
+        if seq.chain.argmax_only and seq.matcher is None and seq.want < 0:
+            token = int(np.argmax(row))
+            seq.tokens.append(token)
+            return TokenChoice(token)
         if seq.matcher is not None:  # -inf in place: the sampler and logprobs read it next
             row[~seq.matcher.allowed(self.backend.vocab_size)] = -np.inf
         logprobs = None

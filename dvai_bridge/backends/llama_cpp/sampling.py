@@ -79,6 +79,11 @@ class SamplerChain:
         if not chain:
             raise MemoryError("llama_sampler_chain_init failed")
         self._chain = chain
+        # Nothing but the argmax of the logits: the batch takes it from the row itself,
+        # the same token (the first of equal maxima, as llama.cpp's greedy sampler) for less.
+        self.argmax_only = params.greedy and not _known(params.logit_bias, n_vocab) \
+            and params.repetition_penalty == 1.0 \
+            and not (params.presence_penalty or params.frequency_penalty)
         try:
             self._build(params, n_vocab, prompt, max_tokens)
         except BaseException:
