@@ -111,6 +111,9 @@ class Bridge:
                                   max_queued=config.max_queued,
                                   limits=lambda b: _limits(config, b))
             backend = scheduler.backend
+            watch = getattr(backend, "watch", None)  # an MLX distributed group's rank 0
+            if watch is not None:
+                watch(scheduler.fail)
             app = create_app(OpenAIService(AsyncEngine(scheduler)), **security.app_options(),
                              shutdown_grace_s=config.shutdown_grace_s)
             server = uvicorn.Server(uvicorn.Config(

@@ -74,6 +74,8 @@ def main() -> None:
 @click.option("--max-queued", type=int, default=64, show_default=True, help=_help("max_queued"))
 @click.option("--shard", type=click.Choice(["auto", "tensor", "pipeline"]), default="auto",
               show_default=True, help=_help("shard"))
+@click.option("--group-timeout", "group_timeout_s", type=float, default=120.0,
+              show_default=True, help=_help("group_timeout_s"))
 @click.option("--log-level", default="info", show_default=True, help=_help("log_level"))
 def serve(**options: Any) -> None:
     """Serve a model until Ctrl-C. Prints the base_url for OpenAI clients.

@@ -75,6 +75,11 @@ class StartConfig(BaseModel):
         "split across the ranks: 'tensor' (every layer sliced, mlx-lm's shard), 'pipeline' "
         "(runs of whole layers) or 'auto' (tensor where the model's heads divide by the group "
         "size, else pipeline). Ignored in one process.")
+    group_timeout_s: float = Field(
+        120.0, gt=0, description="Under mlx.launch: how long rank 0 waits for the other "
+        "ranks within one step (and they for rank 0) before it declares the group lost and "
+        "answers 503; a rank whose process dies is noticed at once, this catches a hung rank "
+        "or a machine that vanished.")
     log_level: str = Field("info", description="Log level: debug, info, warning, error.")
 
     @field_validator("backend")

@@ -120,6 +120,14 @@ class Scheduler:
         if self._thread.is_alive():
             log.error("the engine thread did not stop within %gs", timeout)
 
+    def fail(self, exc: BaseException) -> None:
+        """Put the engine in its failure state from another thread: for a watchdog that sees
+        the engine thread stuck where nothing can interrupt it (an MLX distributed collective
+        whose peer went silent). Sequences in flight end with the error, queued and new ones
+        get 503; the stuck thread is left to itself."""
+        if self.failure is None and not self._closed:
+            self._fail(exc)
+
     def _fail_waiting(self, error: BridgeError, reason: str = "error") -> None:
         jobs, calls = self._inbox.drain()
         for job in jobs:

@@ -53,6 +53,25 @@ def free_ports(n: int) -> list[int]:
             s.close()
 
 
+def ring_base_port(n: int = 2) -> int:
+    """A port p with p .. p+n-1 free: mlx.launch gives rank i port p+i for the ring."""
+    for _ in range(50):
+        (base,) = free_ports(1)
+        socks = []
+        try:
+            for port in range(base, base + n):
+                s = socket.socket()
+                socks.append(s)
+                s.bind(("127.0.0.1", port))
+            return base
+        except OSError:
+            continue
+        finally:
+            for s in socks:
+                s.close()
+    raise RuntimeError("no run of free ports")
+
+
 def _env() -> dict[str, str]:
     env = dict(os.environ)
     env.setdefault("DVAI_BRIDGE_BLAS_THREADS", "1")  # see tests/e2e/conftest.py
@@ -176,7 +195,7 @@ def assert_group_formed(served: Served, shard: str) -> None:
 
 def launch_group(*extra: str) -> Served:
     """``mlx.launch -n 2 --backend ring -- dvai-bridge serve ...``, serving."""
-    (port,) = free_ports(1)
+    port = ring_base_port()
     cmd = [str(BIN / "mlx.launch"), "-n", "2", "--backend", "ring", "-p", str(port), "--",
            *SERVE, *extra]
     return Served([_popen(cmd, _env())], "mlx.launch group").wait_serving()

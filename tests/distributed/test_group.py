@@ -15,7 +15,7 @@ import httpx
 import psutil
 import pytest
 
-from .conftest import BIN, Served, _env, chat, free_ports, start_one_process
+from .conftest import BIN, Served, _env, chat, ring_base_port, start_one_process
 
 PROMPTS = [
     "What is the capital of France?",
@@ -101,7 +101,7 @@ def test_health_shows_the_group(group: Served) -> None:
 
 
 def test_doctor_shows_each_rank() -> None:
-    (port,) = free_ports(1)
+    port = ring_base_port()
     out = subprocess.run(
         [str(BIN / "mlx.launch"), "-n", "2", "--backend", "ring", "-p", str(port), "--",
          str(BIN / "dvai-bridge"), "doctor", "--no-probe"],
@@ -109,7 +109,8 @@ def test_doctor_shows_each_rank() -> None:
         check=False)
     assert out.returncode == 0, out.stderr
     lines = [ln for ln in out.stdout.splitlines() if ln.startswith("group")]
-    assert sorted(lines) == [f"group     ring, 2 ranks, this is rank {r}" for r in (0, 1)]
+    assert sorted(lines) == [f"group     ring, 2 ranks, this is rank {r}" for r in (0, 1)], (
+        out.stdout + out.stderr)
 
 
 def test_one_process_doctor_says_no_group() -> None:

@@ -141,3 +141,51 @@ def test_under_mlx_launch_killing_rank_1_ends_the_group() -> None:
         assert rank0 in pids
     finally:
         served.stop()
+
+
+def test_hung_rank_1_is_declared_lost_after_the_group_timeout(tmp_path: Path) -> None:
+    """SIGSTOP: the process lives and its kernel still acknowledges, so no socket closes; the
+    collective would wait forever. The watchdog ends it after --group-timeout."""
+    served = start_ranks(tmp_path, "--group-timeout", "3")
+    rank1 = served.procs[1].pid
+    try:
+        chat(served, "Say hello.", 4)  # warm
+        events: list[Any] = []
+        body = {"model": served.model_id, "stream": True, "max_tokens": 400,
+                "messages": [{"role": "user", "content": "Tell a long story."}]}
+        started = 0.0
+        with httpx.stream("POST", f"{served.base_url}/chat/completions", json=body,
+                          timeout=120) as r:
+            for line in r.iter_lines():
+                if line.startswith("data: {"):
+                    events.append(json.loads(line[6:]))
+                    if len(events) == 4:
+                        os.kill(rank1, signal.SIGSTOP)
+                        started = time.monotonic()
+        took = time.monotonic() - started
+        errors = [e for e in events if "error" in e]
+        assert len(errors) == 1, events[-3:]
+        assert "no answer from the group for 3 s" in errors[0]["error"]["message"]
+        assert 3 <= took < 30
+        health = served.health()
+        assert health.status_code == 503 and GROUP_LOST in health.json()["reason"]
+        _assert_refused(served)
+        os.kill(rank1, signal.SIGKILL)
+        _stop_rank_0(served)
+    finally:
+        if _alive(rank1):
+            os.kill(rank1, signal.SIGCONT)
+        served.stop()
+
+
+def test_hung_rank_0_makes_rank_1_exit(tmp_path: Path) -> None:
+    served = start_ranks(tmp_path, "--group-timeout", "3")
+    rank0 = served.procs[0].pid
+    try:
+        os.kill(rank0, signal.SIGSTOP)
+        assert served.procs[1].wait(30) == 1, served.output[-3000:]
+        assert "exiting: The MLX distributed group" in served.output
+        assert "no answer from the group for 3 s" in served.output
+    finally:
+        os.kill(rank0, signal.SIGCONT)
+        served.stop()

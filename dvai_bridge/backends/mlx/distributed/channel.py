@@ -20,6 +20,9 @@ can run any more, so it must end the engine loop, which makes it the engine's fa
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import mlx.core as mx
@@ -47,7 +50,20 @@ class Channel:
         self.info = info
         self.stream = generation_stream
         self.lost: str | None = None
+        self.busy_since: float | None = None  # waiting on the group since (for a watchdog)
         self._pending: list[int] = []
+
+    @contextmanager
+    def busy(self) -> Iterator[None]:
+        """Mark a stretch in which this rank waits on the others (nested: the outermost)."""
+        outer = self.busy_since is None
+        if outer:
+            self.busy_since = time.monotonic()
+        try:
+            yield
+        finally:
+            if outer:
+                self.busy_since = None
 
     # -- rank 0 ----------------------------------------------------------------------
     def queue(self, words: list[int]) -> None:
@@ -83,9 +99,10 @@ class Channel:
         if self.lost is not None:
             raise GroupLost(self.lost)
         try:
-            out = mx.distributed.all_sum(mx.array(words, dtype=mx.int32), group=self.group,
-                                         stream=self.stream)
-            return out.tolist()
+            with self.busy():
+                out = mx.distributed.all_sum(mx.array(words, dtype=mx.int32),
+                                             group=self.group, stream=self.stream)
+                return out.tolist()
         except Exception as exc:  # whatever the backend raised, the group is gone
             raise self.fail(exc) from exc
 

@@ -21,7 +21,10 @@ cached n tok*n``, ``REMOVE key``, ``STEP``, ``STOP``. An empty message is a hear
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import mlx.core as mx
@@ -90,9 +93,10 @@ class LeaderBatch(_GroupBatch):
         self.channel.queue([REMOVE, key])
 
     def step(self) -> list[tuple[int, TokenChoice]]:
-        self.channel.send([STEP])
         try:
-            out = super().step()
+            with self.channel.busy():
+                self.channel.send([STEP])
+                out = super().step()
         except Exception as exc:  # the ranks may no longer be in step
             raise self.channel.fail(exc) from exc
         if self._errors:  # a sampler or logits processor failed; the step itself went on
@@ -157,11 +161,29 @@ class GroupBackend(MLXBackend):
     """An ``MLXBackend`` over this rank's shard; on rank 0, its batches lead the group."""
 
     def __init__(self, *args: Any, group: Any, info: GroupInfo, total_layers: int,
-                 **kwargs: Any) -> None:
+                 stall_timeout: float = 120.0, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.channel = Channel(group, info)
         self.group_info = info
         self.total_layers = total_layers
+        self.stall_timeout = stall_timeout
+        self._closed = threading.Event()
+
+    def watch(self, on_stall: Callable[[GroupLost], None]) -> None:
+        """Call ``on_stall`` (once, from a watchdog thread) if this rank waits on the group
+        longer than ``stall_timeout`` seconds: a peer that hangs, or a machine that vanished
+        without closing its connections, blocks a collective for good, and nothing can
+        interrupt it."""
+        def run() -> None:
+            period = min(1.0, self.stall_timeout / 4)
+            while not self._closed.wait(period):
+                since = self.channel.busy_since
+                if since is not None and time.monotonic() - since > self.stall_timeout:
+                    on_stall(self.channel.fail(
+                        f"no answer from the group for {self.stall_timeout:g} s"))
+                    return
+
+        threading.Thread(target=run, name="dvai-group-watchdog", daemon=True).start()
 
     def open_batch(self, limits: BatchLimits) -> LeaderBatch:
         if limits.max_batch < 2:
@@ -178,6 +200,7 @@ class GroupBackend(MLXBackend):
         self.channel.send()  # heartbeat: a rank that died is noticed while idle too
 
     def close(self) -> None:
+        self._closed.set()
         if self.group_info.rank == 0 and self.channel.lost is None:
             try:
                 self.channel.send([STOP])
@@ -189,6 +212,7 @@ class GroupBackend(MLXBackend):
 def follow(backend: GroupBackend) -> int:
     """Ranks > 0: run rank 0's steps until it says stop (0) or the group is lost (1)."""
     channel = backend.channel
+    backend.watch(_exit_stalled)  # stuck in a collective: only leaving ends it
     batch: FollowerBatch | None = None
     try:
         while True:
@@ -198,7 +222,8 @@ def follow(backend: GroupBackend) -> int:
                 op = words[i]
                 if op == STEP:
                     assert batch is not None
-                    batch.step()
+                    with channel.busy():
+                        batch.step()
                     i += 1
                 elif op == ADD:
                     assert batch is not None
@@ -226,6 +251,12 @@ def follow(backend: GroupBackend) -> int:
         if batch is not None:
             batch.close()
         backend.close()
+
+
+def _exit_stalled(error: GroupLost) -> None:
+    log.critical("exiting: %s", error.message)
+    logging.shutdown()
+    os._exit(1)
 
 
 def _add(batch: FollowerBatch, words: list[int], i: int) -> int:

@@ -137,7 +137,8 @@ class _PipelinedLlama:
 
 
 def load_sharded(model_path: str | None, *, context_size: int | None, progress: ProgressHub,
-                 group: Any, info: GroupInfo, shard: str = "auto") -> GroupBackend:
+                 group: Any, info: GroupInfo, shard: str = "auto",
+                 stall_timeout: float = 120.0) -> GroupBackend:
     """A ``GroupBackend`` over this rank's part of the model."""
     import mlx.core as mx
     from mlx_lm.utils import load_model, load_tokenizer
@@ -181,7 +182,8 @@ def load_sharded(model_path: str | None, *, context_size: int | None, progress: 
     info = dataclasses.replace(info, shard=mode)
     backend = GroupBackend(model, tokenizer, model_id=model_id,
                            context_length=min(context_size or native, native), device=device,
-                           group=group, info=info, total_layers=total)
+                           group=group, info=info, total_layers=total,
+                           stall_timeout=stall_timeout)
     backend.blas_governor = governor
     log.info("rank %d of %d (%s): %s parallel, %d of %d layers here", info.rank, info.size,
              info.backend, mode, len(model.layers), total)
