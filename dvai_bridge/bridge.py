@@ -221,6 +221,9 @@ def _limits(config: StartConfig, backend: Backend) -> BatchLimits:
                             prefill_chunk=config.prefill_chunk,
                             prompt_cache_mb=config.prompt_cache_mb,
                             device_memory=backend.device_memory)
+    if getattr(backend, "group_info", None) is not None and limits.max_batch < 2:
+        raise ConfigurationInvalid("An MLX distributed group runs every sequence in a batch: "
+                                   "max_batch_size must be at least 2.", param="max_batch_size")
     log.info("engine on %s", describe(backend.device_kind, limits))
     return limits
 

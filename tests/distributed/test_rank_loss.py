@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 import psutil
 
-from .conftest import Served, chat, launch_group, start_ranks
+from .conftest import SERVE, Served, _env, _popen, chat, free_ports, launch_group, start_ranks
 
 GROUP_LOST = "MLX distributed group"
 
@@ -188,4 +188,23 @@ def test_hung_rank_0_makes_rank_1_exit(tmp_path: Path) -> None:
         assert "no answer from the group for 3 s" in served.output
     finally:
         os.kill(rank0, signal.SIGCONT)
+        served.stop()
+
+
+def test_a_group_refuses_to_serve_unbatched(tmp_path: Path) -> None:
+    """--max-batch-size 1 would run sequences outside the mirrored batch: refused at start,
+    and rank 1 (left waiting for rank 0) exits by itself."""
+    ports = free_ports(2)
+    hostfile = tmp_path / "hosts.json"
+    hostfile.write_text(json.dumps([[f"127.0.0.1:{p}"] for p in ports]))
+    procs = [_popen([*SERVE, "--max-batch-size", "1"],
+                    _env() | {"MLX_RANK": str(r), "MLX_HOSTFILE": str(hostfile)})
+             for r in range(2)]
+    served = Served(procs, "unbatched group")
+    try:
+        assert procs[0].wait(120) == 1
+        assert procs[1].wait(30) == 1
+        served.wait_exit(5)
+        assert "max_batch_size must be at least 2" in served.output
+    finally:
         served.stop()
