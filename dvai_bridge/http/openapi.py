@@ -30,8 +30,8 @@ _WHY = {
 _INFERENCE = ("400", "403", "408", "413", "429", "500", "501", "503")
 _READ = ("403", "500", "503")
 _ROUTES: dict[tuple[str, str], tuple[str, ...]] = {
-    ("post", "/v1/chat/completions"): _INFERENCE,
-    ("post", "/v1/completions"): _INFERENCE,
+    ("post", "/v1/chat/completions"): (*_INFERENCE, "404"),  # model_not_found
+    ("post", "/v1/completions"): (*_INFERENCE, "404"),
     ("post", "/v1/embeddings"): (*_INFERENCE, "404"),
     ("get", "/v1/models"): _READ,
     ("get", "/v1/models/{model_id}"): (*_READ, "404"),

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, Strict, model_validator
 from pydantic_core import PydanticCustomError
 
 from ..engine.types import GenerationRequest, SamplingParams
@@ -199,7 +199,8 @@ def _few_prompts(value: Any) -> Any:
     return value
 
 
-PromptInput = Annotated[str | list[str] | list[int] | list[list[int]],
+TokenId = Annotated[int, Strict()]  # true/false are not token ids (JSON booleans)
+PromptInput = Annotated[str | list[str] | list[TokenId] | list[list[TokenId]],
                         BeforeValidator(_few_prompts)]
 
 
@@ -251,7 +252,7 @@ class CompletionRequest(_SamplingFields):
 
 
 class EmbeddingRequest(OpenAIBaseModel):
-    input: str | list[str] | list[int] | list[list[int]]
+    input: str | list[str] | list[TokenId] | list[list[TokenId]]
     model: str | None = None
     encoding_format: Literal["float", "base64"] = "float"
     dimensions: int | None = Field(default=None, ge=1)

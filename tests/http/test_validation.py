@@ -128,3 +128,11 @@ def test_prompts_times_choices_is_bounded_before_work_is_built(client):
     r = post(client, "/v1/completions", {"prompt": ["Hi"] * 4, "n": 16, "max_tokens": 2})
     assert r.status_code == 200, r.text
     assert len(r.json()["choices"]) == MAX_SEQUENCES
+
+
+@pytest.mark.parametrize("prompt", [[False], [[True]], [[1, True]], [1, False]])
+def test_booleans_are_not_token_ids(client, prompt):
+    """JSON true/false in a token-id prompt is a 400 naming prompt (pydantic's lax mode used to
+    read them as ids 1/0; schemathesis found it)."""
+    err = assert_envelope(post(client, "/v1/completions", {"prompt": prompt}), 400)
+    assert err["param"].startswith("prompt"), err
