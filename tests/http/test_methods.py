@@ -88,10 +88,10 @@ def _responses(client, key: str | None = None) -> dict[tuple[str, str], set[str]
 
 def test_openapi_lists_the_statuses_each_route_answers(client):
     got = _responses(client)
-    inference = {"200", "400", "403", "408", "413", "429", "500", "501", "503"}
-    assert got[("post", URL)] == inference  # was {200, 422}
+    inference = {"200", "400", "403", "404", "408", "413", "429", "500", "501", "503"}
+    assert got[("post", URL)] == inference  # was {200, 422}; 404: model_not_found
     assert got[("post", "/v1/completions")] == inference
-    assert got[("post", "/v1/embeddings")] == inference | {"404"}
+    assert got[("post", "/v1/embeddings")] == inference
     assert got[("get", "/v1/models/{model_id}")] == {"200", "403", "404", "500", "503"}
     assert got[("get", "/health")] == {"200", "403", "503"}
     assert not any("422" in statuses for statuses in got.values())
