@@ -151,3 +151,7 @@ class Backend(ABC):
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Free the model. Called once, from the engine thread."""
+
+    def end_thread(self) -> None:  # noqa: B027 - optional hook
+        """Called last on the engine thread, after ``close``, just before the thread ends:
+        drop thread-local device state (MLX: the thread's streams)."""

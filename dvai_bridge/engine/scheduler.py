@@ -165,6 +165,7 @@ class Scheduler:
                 backend.close()
             except Exception:
                 log.exception("backend close failed")
+            backend.end_thread()
 
     def _fail(self, exc: BaseException) -> None:
         log.critical("the engine failed; it serves nothing until restarted", exc_info=exc)

@@ -217,25 +217,33 @@ class MLXBackend(Backend):
             steps.close()
 
     def close(self) -> None:
-        """Free the model and this thread's MLX state, on the engine thread.
-
-        ``mx.clear_streams`` drops the thread's streams, compile cache and random state while
-        the thread still has its Python thread state. Left to the thread's exit, those
-        thread-local C++ objects are destroyed after Python considers the thread done; they
-        take the GIL to drop Python objects, and if the interpreter is finalizing by then
-        (``serve`` stopping on SIGTERM) the thread is unwound inside a noexcept destructor:
-        "terminate called without an active exception", exit 134 (seen on CUDA and on the CPU,
-        about one stop in three, in gdb: ``__call_tls_dtors`` -> ``PyGILState_Ensure``)."""
+        """Let pending work finish and return MLX's cached buffers (any thread; the engine
+        calls it on its own). The weights go with the backend object."""
         import mlx.core as mx
 
-        self.model = None
         try:
             mx.synchronize()
             mx.clear_cache()
-            if hasattr(mx, "clear_streams"):
-                mx.clear_streams()
         except Exception:  # noqa: BLE001 - closing must not fail the shutdown
             log.exception("freeing MLX state failed")
+
+    def end_thread(self) -> None:
+        """Drop the engine thread's MLX state (``mx.clear_streams``: its streams, compile cache
+        and random state) while the thread still has its Python thread state.
+
+        Left to the thread's exit, those thread-local C++ objects are destroyed after Python
+        considers the thread done; they take the GIL to drop Python objects, and if the
+        interpreter is finalizing by then (``serve`` stopping on SIGTERM) the thread is unwound
+        inside a noexcept destructor: "terminate called without an active exception", exit 134
+        (seen on CUDA and on the CPU, about one stop in three; in gdb: ``__call_tls_dtors`` ->
+        ``PyGILState_Ensure``). After this, MLX cannot be used on the thread again."""
+        import mlx.core as mx
+
+        try:
+            if hasattr(mx, "clear_streams"):
+                mx.clear_streams()
+        except Exception:  # noqa: BLE001
+            log.exception("clearing the engine thread's MLX streams failed")
 
     def on_idle(self) -> None:
         if self.blas_governor is not None:
