@@ -218,7 +218,8 @@ def test_concurrent_clients_each_get_their_own_complete_answer(bridge):
 
 
 def test_a_full_queue_answers_429_with_retry_after(bridge):
-    server = bridge.start_blocking(cfg(backend="tiny-queue", max_queued=1))
+    # one running (a second of tokens), one queued: the other two of four find the queue full
+    server = bridge.start_blocking(cfg(backend="tiny-queue", max_queued=1, max_batch_size=1))
 
     async def run() -> list[httpx.Response]:
         async with httpx.AsyncClient(timeout=60) as c:
