@@ -37,6 +37,7 @@ _ROUTES: dict[tuple[str, str], tuple[str, ...]] = {
     ("get", "/v1/models/{model_id}"): (*_READ, "404"),
 }
 _OPEN = frozenset({"/health"})  # answered without a key
+_STREAMING = frozenset({("post", "/v1/chat/completions"), ("post", "/v1/completions")})
 
 _ENVELOPE_SCHEMA = {
     "title": ENVELOPE,
@@ -86,6 +87,11 @@ def document_statuses(schema: dict[str, Any], *, keys: bool) -> dict[str, Any]:
                                         "application/json": {"schema": _HEALTH_SCHEMA}}}
                 responses["403"] = _error("403")
                 continue
+            if (method, path) in _STREAMING:  # "stream": true answers server-sent events
+                ok = responses.setdefault("200", {"description": "Successful Response"})
+                ok.setdefault("content", {}).setdefault("text/event-stream", {
+                    "schema": {"description": "each event's data: a chunk object (or an "
+                               "error envelope), then the string [DONE]"}})
             statuses = _ROUTES.get((method, path),
                                    _INFERENCE if method == "post" else _READ)
             for status in statuses:

@@ -111,3 +111,10 @@ def test_openapi_errors_are_described_as_the_envelope(client):
     assert envelope["required"] == ["error"]
     assert set(envelope["properties"]["error"]["required"]) == {"message", "type", "param",
                                                                 "code"}
+
+
+def test_openapi_documents_streamed_answers_as_event_streams(client):
+    schema = client.get("/openapi.json").json()
+    for path in (URL, "/v1/completions"):
+        content = schema["paths"][path]["post"]["responses"]["200"]["content"]
+        assert "text/event-stream" in content and "application/json" in content

@@ -618,7 +618,7 @@ CATALOG: list[Case] = [
     Case("completions empty prompt list", {"prompt": []}, 400, "prompt", "empty", path=COMP),
     Case("completions prompt an object", {"prompt": {"text": "x"}}, 400, "prompt",
          "a valid string or a valid list", path=COMP),
-    Case("completions prompt mixing text and ids", {"prompt": [1, "a"]}, 400, "prompt[1]",
+    Case("completions prompt mixing text and ids", {"prompt": [1, "a"]}, 400, "prompt[*",
          "valid integer", path=COMP),
     Case("completions prompt over the context", comp("y " * 3000), 400, "prompt",
          "maximum context length", path=COMP),
