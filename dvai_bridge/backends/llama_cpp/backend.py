@@ -285,16 +285,9 @@ class LlamaBackend(Backend):
 
     # -- generation ------------------------------------------------------------------
     def generate(self, request: GenerationRequest, cancel: CancelToken) -> Iterator[TokenChoice]:
-        prompt = list(request.prompt_tokens)
-        if not prompt:
-            raise InvalidRequest("The prompt is empty.", param="prompt")
-        if any(not 0 <= t < self.vocab_size for t in prompt):
-            raise InvalidRequest("The prompt holds token ids outside the vocabulary.",
-                                 param="prompt")
-        if len(prompt) >= self.context_length:
-            raise ContextLengthExceeded(
-                f"This model's context is {self.context_length} tokens; the prompt has "
-                f"{len(prompt)}.", param="messages")
+        from .batch import checked_prompt
+
+        prompt = checked_prompt(request, self.vocab_size, self.context_length)
         if self._ctx is None:
             raise BackendError("This backend decodes through its batch (open_batch).")
         params = request.sampling

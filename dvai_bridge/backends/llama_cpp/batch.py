@@ -51,6 +51,22 @@ log = logging.getLogger(__name__)
 CPU_UBATCH = 63
 
 
+def checked_prompt(request: GenerationRequest, vocab: int, n_ctx: int) -> list[int]:
+    """The request's prompt, refused before it takes a slot: empty, ids outside the
+    vocabulary (llama.cpp would read past its tables), or no room left in the context."""
+    prompt = list(request.prompt_tokens)
+    if not prompt:
+        raise InvalidRequest("The prompt is empty.", param="prompt")
+    if any(not 0 <= t < vocab for t in prompt):
+        raise InvalidRequest("The prompt holds token ids outside the vocabulary.",
+                             param="prompt")
+    if len(prompt) >= n_ctx:
+        raise ContextLengthExceeded(
+            f"This model's context is {n_ctx} tokens; the prompt has {len(prompt)}.",
+            param="messages")
+    return prompt
+
+
 @dataclass(eq=False)
 class _Seq:
     key: int
@@ -90,21 +106,11 @@ class LlamaBatch(Batch):
 
     # -- joining and leaving -------------------------------------------------------------
     def add(self, key: int, request: GenerationRequest) -> int:
-        prompt = list(request.prompt_tokens)
-        vocab = self.backend.vocab_size
-        if not prompt:
-            raise InvalidRequest("The prompt is empty.", param="prompt")
-        if any(not 0 <= t < vocab for t in prompt):
-            raise InvalidRequest("The prompt holds token ids outside the vocabulary.",
-                                 param="prompt")
-        if len(prompt) >= self.n_ctx:
-            raise ContextLengthExceeded(
-                f"This model's context is {self.n_ctx} tokens; the prompt has "
-                f"{len(prompt)}.", param="messages")
+        prompt = checked_prompt(request, self.backend.vocab_size, self.n_ctx)
         if not self._free:
             raise BackendError(f"All {self.n_seq} sequence slots are in use.")
         matcher = request.grammar.matcher() if request.grammar is not None else None
-        chain = SamplerChain(request.sampling, n_vocab=vocab, prompt=prompt,
+        chain = SamplerChain(request.sampling, n_vocab=self.backend.vocab_size, prompt=prompt,
                              max_tokens=request.max_tokens)
         slot = self._free.pop()
         try:
