@@ -44,11 +44,13 @@ from ..batch import KV, MLXBatch, MLXCacheOps
 from ..sampling import LogitsProcessor, Sampler
 from .channel import Channel, GroupLost
 from .group import GroupInfo
+from .links import RingLinks
 
 log = logging.getLogger(__name__)
 
 OPEN, ADD, REMOVE, STEP, STOP = 1, 2, 3, 4, 5
 MIB = 1 << 20
+LINK_CHECK_S = 0.5  # how often the watchdog looks, while this rank waits on the group
 
 
 class GroupCacheOps(MLXCacheOps):
@@ -173,14 +175,22 @@ class GroupBackend(MLXBackend):
         """Call ``on_stall`` (once, from a watchdog thread) if this rank waits on the group
         longer than ``stall_timeout`` seconds: a peer that hangs, or a machine that vanished
         without closing its connections, blocks a collective for good, and nothing can
-        interrupt it."""
+        interrupt it. On the ring backend it also ends at once when a ring connection closes
+        (``links``), since MLX may then wait forever instead of raising."""
+        links = RingLinks.from_env(self.group_info.backend)
+
         def run() -> None:
-            period = min(1.0, self.stall_timeout / 4)
+            period = min(LINK_CHECK_S, self.stall_timeout / 4)
             while not self._closed.wait(period):
                 since = self.channel.busy_since
-                if since is not None and time.monotonic() - since > self.stall_timeout:
-                    on_stall(self.channel.fail(
-                        f"no answer from the group for {self.stall_timeout:g} s"))
+                if since is None:
+                    continue
+                # Waiting on the group: a closed ring connection means the wait never ends.
+                why = links.lost() if links is not None else None
+                if why is None and time.monotonic() - since > self.stall_timeout:
+                    why = f"no answer from the group for {self.stall_timeout:g} s"
+                if why is not None:
+                    on_stall(self.channel.fail(why))
                     return
 
         threading.Thread(target=run, name="dvai-group-watchdog", daemon=True).start()
