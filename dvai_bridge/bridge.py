@@ -114,7 +114,9 @@ class Bridge:
             watch = getattr(backend, "watch", None)  # an MLX distributed group's rank 0
             if watch is not None:
                 watch(scheduler.fail)
-            app = create_app(OpenAIService(AsyncEngine(scheduler)), **security.app_options(),
+            app = create_app(OpenAIService(AsyncEngine(scheduler), aliases=config.model_aliases,
+                                           strict_model_names=config.strict_model_names),
+                             **security.app_options(),
                              shutdown_grace_s=config.shutdown_grace_s)
             server = uvicorn.Server(uvicorn.Config(
                 app, log_level=config.log_level.lower(), lifespan="off",

@@ -45,6 +45,9 @@ def main() -> None:
 @main.command()
 @click.option("--backend", default="auto", show_default=True, help=_help("backend"))
 @click.option("--model", "model_path", default=None, help=_help("model_path"))
+@click.option("--alias", "model_aliases", multiple=True, help=_help("model_aliases"))
+@click.option("--strict-model-names", is_flag=True, default=False,
+              help=_help("strict_model_names"))
 @click.option("--host", default="127.0.0.1", show_default=True, help=_help("host"))
 @click.option("--port", "http_base_port", type=int, default=38883, show_default=True,
               help=_help("http_base_port"))

@@ -31,6 +31,13 @@ class StartConfig(BaseModel):
         None, ge=1, description="llama backend: CPU threads. Default: the physical cores.")
     gpu_layers: int = Field(
         0, ge=-1, description="llama backend: layers to offload to the GPU (-1: all, 0: none).")
+    model_aliases: list[str] = Field(
+        default_factory=list, description="More names for the served model, listed by "
+        "/v1/models beside its id.")
+    strict_model_names: bool = Field(
+        False, description="Answer only requests naming the served model (its id, an alias or "
+        "'default'); other names get 404. Off: on this one-model server any name is served by "
+        "the model, as client libraries often send a fixed name such as gpt-4o-mini.")
     host: str = Field(
         "127.0.0.1", description="Address to bind. Keep it loopback; any other address without "
         "an API key logs a loud warning.")

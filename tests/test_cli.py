@@ -59,3 +59,27 @@ def test_doctor_shows_the_device_its_engine_defaults_and_each_backends_probe(tmp
         assert "decoded" in llama.group(1)
     else:
         assert llama.group(1) == "not installed"
+
+
+def test_serve_alias_and_strict_model_names_reach_the_server():
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dvai_bridge", "serve", "--backend", "fake", "--port", "0",
+         "--log-level", "warning", "--alias", "mine", "--alias", "other",
+         "--strict-model-names"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ})
+    try:
+        line = proc.stdout.readline()
+        match = re.search(r"at (http://127\.0\.0\.1:\d+/v1)", line)
+        assert match, line + proc.stderr.read()
+        base = match.group(1)
+        assert [m["id"] for m in httpx.get(base + "/models").json()["data"]] == [
+            "fake-model", "mine", "other"]
+        msgs = [{"role": "user", "content": "cli"}]
+        assert httpx.post(base + "/chat/completions",
+                          json={"model": "other", "messages": msgs}).status_code == 200
+        r = httpx.post(base + "/chat/completions", json={"model": "gpt-4o", "messages": msgs})
+        assert r.status_code == 404 and r.json()["error"]["code"] == "model_not_found"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=15) == 0
+    finally:
+        proc.kill()

@@ -19,12 +19,12 @@ from ..errors import (
     BridgeError,
     ContextLengthExceeded,
     InvalidRequest,
-    ModelNotFound,
     NotSupported,
 )
 from .embeddings import create_embeddings
 from .embeddings import unavailable as embeddings_unavailable
 from .messages import normalize_messages
+from .model_names import ModelNames
 from .preprocess import Preprocessor
 from .prompt_size import PromptBound
 from .responses import ChunkFactory, CompletionLogprobs, chat_logprobs, new_id, usage
@@ -80,10 +80,15 @@ async def _merge(streams: Sequence[EventStream]) -> AsyncIterator[tuple[int, Any
 
 
 class OpenAIService:
-    def __init__(self, engine: AsyncEngine, prep: Preprocessor | None = None) -> None:
+    def __init__(self, engine: AsyncEngine, prep: Preprocessor | None = None, *,
+                 aliases: Sequence[str] = (), strict_model_names: bool = False) -> None:
         self.engine = engine
         self.prep = prep or Preprocessor()
         self._prompt_bound: PromptBound | None = None
+        embedder = self.backend.embedder
+        self.names = ModelNames(self.backend.model_id, aliases=aliases,
+                                embedder_id=embedder.model_id if embedder else None,
+                                strict=strict_model_names)
 
     @property
     def backend(self) -> Backend:
@@ -91,25 +96,13 @@ class OpenAIService:
 
     # -- models ------------------------------------------------------------------------
     def check_model(self, name: str | None) -> None:
-        if name and name not in (self.backend.model_id, "default"):
-            raise ModelNotFound(
-                f"The model {name!r} does not exist here; this server serves "
-                f"{self.backend.model_id!r}.", param="model")
+        self.names.check_chat(name)
 
     def models(self) -> dict[str, Any]:
-        ids = [self.backend.model_id]
-        embedder = self.backend.embedder
-        if embedder is not None and embedder.model_id not in ids:
-            ids.append(embedder.model_id)  # an embedding model served beside the chat model
-        return {"object": "list", "data": [
-            {"id": i, "object": "model", "created": 0, "owned_by": "dvai-bridge"} for i in ids]}
+        return self.names.listing()
 
     def model(self, model_id: str) -> dict[str, Any]:
-        for entry in self.models()["data"]:
-            if entry["id"] == model_id:
-                return entry
-        self.check_model(model_id)  # raises, naming what is served
-        return self.models()["data"][0]  # "default"
+        return self.names.entry(model_id)
 
     # -- prompts -----------------------------------------------------------------------
     # Everything from here to the engine runs on the pre-processing pool (preprocess.py):
@@ -397,10 +390,7 @@ class OpenAIService:
         if embedder is None:
             self.check_model(req.model)
             raise embeddings_unavailable(self.backend)
-        if req.model and req.model not in (embedder.model_id, self.backend.model_id, "default"):
-            raise ModelNotFound(
-                f"The model {req.model!r} does not exist here; this server embeds with "
-                f"{embedder.model_id!r}.", param="model")
+        self.names.check_embedding(req.model)
         return await create_embeddings(embedder, req, self.engine.on_device)
 
 

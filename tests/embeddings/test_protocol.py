@@ -45,9 +45,9 @@ class FakeEmbedder(Embedder):
         return out
 
 
-def _client(backend: FakeBackend) -> tuple[TestClient, Scheduler]:
+def _client(backend: FakeBackend, **names) -> tuple[TestClient, Scheduler]:
     scheduler = Scheduler(backend)
-    app = create_app(OpenAIService(AsyncEngine(scheduler)))
+    app = create_app(OpenAIService(AsyncEngine(scheduler), **names))
     return TestClient(app, base_url="http://127.0.0.1", raise_server_exceptions=False), scheduler
 
 
@@ -175,7 +175,20 @@ def test_wrong_shapes_and_formats_are_400s(client):
 def test_the_model_field_names_the_embedder_or_the_chat_model(client):
     assert _post(client, input="a", model="fake-embed").status_code == 200
     assert _post(client, input="a", model="fake-model").status_code == 200
-    _assert_error(_post(client, input="a", model="other"), 404, "model")
+    r = _post(client, input="a", model="text-embedding-3-small")  # a client library's default
+    assert r.status_code == 200 and r.json()["model"] == "fake-embed"
+
+
+def test_strict_names_refuse_other_embedding_model_names(embedder):
+    backend = FakeBackend()
+    backend.embedder = embedder  # type: ignore[attr-defined]
+    client, scheduler = _client(backend, strict_model_names=True)
+    try:
+        assert _post(client, input="a", model="fake-embed").status_code == 200
+        _assert_error(_post(client, input="a", model="other"), 404, "model")
+    finally:
+        client.close()
+        scheduler.close()
 
 
 def test_no_embedder_on_a_chat_backend_is_a_501_naming_the_alternatives():

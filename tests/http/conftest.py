@@ -16,7 +16,8 @@ from dvai_bridge.protocol.service import OpenAIService
 
 def make_app(backend: FakeBackend | None = None, **app_options):
     scheduler = Scheduler(backend or FakeBackend(), max_queued=app_options.pop("max_queued", 64))
-    app = create_app(OpenAIService(AsyncEngine(scheduler)), **app_options)
+    names = {k: app_options.pop(k) for k in ("aliases", "strict_model_names") if k in app_options}
+    app = create_app(OpenAIService(AsyncEngine(scheduler), **names), **app_options)
     return app, scheduler
 
 

@@ -49,9 +49,38 @@ def test_malformed_requests_get_a_400_envelope(client, name, body, status, param
     assert client.post("/v1/chat/completions", json=chat("ok")).status_code == 200
 
 
-def test_unknown_model_is_404_model_not_found(client):
+def test_unknown_model_is_404_model_not_found_with_strict_names(client_for):
+    client = client_for(strict_model_names=True, aliases=["mine"])
     r = client.post("/v1/chat/completions", json={**chat("x"), "model": "gpt-9"})
     assert_envelope(r, 404, param="model", code="model_not_found", mentions="gpt-9")
+    assert "'fake-model', 'mine'" in r.json()["error"]["message"]  # it names what is served
+    for name in ("fake-model", "mine", "default", ""):
+        r = client.post("/v1/chat/completions", json={**chat("x"), "model": name})
+        assert r.status_code == 200, (name, r.text)
+
+
+def test_any_model_name_is_served_by_the_one_model(client):
+    """Client libraries hard-code names (gpt-3.5-turbo, gpt-4o-mini): a one-model server
+    answers them with its model, and says which in ``model``."""
+    for name in ("gpt-4o-mini", "gpt-3.5-turbo", "some/other-model"):
+        r = client.post("/v1/chat/completions", json={**chat("x"), "model": name})
+        assert r.status_code == 200, r.text
+        assert r.json()["model"] == "fake-model"
+    r = client.post("/v1/completions", json={"model": "gpt-3.5-turbo-instruct", "prompt": "x",
+                                             "max_tokens": 2})
+    assert r.status_code == 200 and r.json()["model"] == "fake-model"
+
+
+def test_models_lists_aliases_with_a_real_created_time(client_for):
+    import time
+
+    client = client_for(aliases=["mine", "fake-model", "mine"])
+    data = client.get("/v1/models").json()["data"]
+    assert [m["id"] for m in data] == ["fake-model", "mine"]  # once each, the id first
+    assert all(abs(m["created"] - time.time()) < 600 for m in data)
+    assert client.get("/v1/models/mine").json()["id"] == "mine"
+    assert client.get("/v1/models/default").json()["id"] == "fake-model"
+    assert_envelope(client.get("/v1/models/gpt-9"), 404, param="model", code="model_not_found")
 
 
 def test_image_part_on_a_text_model_is_refused_naming_the_part(client):
