@@ -32,6 +32,7 @@ from .engine.types import BatchLimits
 from .errors import AlreadyStarted, BridgeError, ConfigurationInvalid
 from .fdlimit import keep_file_limit
 from .http.app import create_app
+from .protocol.reasoning import ReasoningOptions
 from .http.connections import guarded_h11, serve
 from .http.drain import Drain
 from .http.listen import bind_port
@@ -114,7 +115,8 @@ class Bridge:
             watch = getattr(backend, "watch", None)  # an MLX distributed group's rank 0
             if watch is not None:
                 watch(scheduler.fail)
-            app = create_app(OpenAIService(AsyncEngine(scheduler)), **security.app_options(),
+            reasoning = ReasoningOptions.from_config(config)
+            app = create_app(OpenAIService(AsyncEngine(scheduler), reasoning=reasoning), **security.app_options(),
                              shutdown_grace_s=config.shutdown_grace_s)
             server = uvicorn.Server(uvicorn.Config(
                 app, log_level=config.log_level.lower(), lifespan="off",
