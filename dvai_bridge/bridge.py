@@ -32,12 +32,12 @@ from .engine.types import BatchLimits
 from .errors import AlreadyStarted, BridgeError, ConfigurationInvalid
 from .fdlimit import keep_file_limit
 from .http.app import create_app
-from .protocol.reasoning import ReasoningOptions
 from .http.connections import guarded_h11, serve
 from .http.drain import Drain
 from .http.listen import bind_port
 from .http.security import SecurityOptions
 from .progress import ProgressEvent, ProgressHub
+from .protocol.reasoning import ReasoningOptions
 from .protocol.service import OpenAIService
 from .store.inuse import ServingLease, take_lease
 

@@ -13,6 +13,7 @@ import logging
 import platform
 from collections.abc import Callable
 from importlib.metadata import entry_points
+from pathlib import Path
 
 from ..config import StartConfig
 from ..errors import BackendUnavailable, BridgeError, ConfigurationInvalid
@@ -92,8 +93,6 @@ def _choose_for_gguf() -> tuple[str, str]:
 def _unless_llama_fails(ref: str | None, why: str) -> tuple[str, str]:
     """Keep llama only if its probe decodes here (a build for another CPU, or kernels that
     crash on this one, would kill the server at its first request)."""
-    from pathlib import Path
-
     from ..store.resolve import embedded_default_gguf
 
     try:  # the build is what is probed: the small embedded model is the fast witness

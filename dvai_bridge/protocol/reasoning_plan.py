@@ -29,6 +29,7 @@ from .reasoning import (
     detect_format,
 )
 
+
 def template_kwargs(effort: str | None, requested: dict[str, Any] | None,
                     source: str | None) -> dict[str, Any] | None:
     kwargs = dict(requested or {})

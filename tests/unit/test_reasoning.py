@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from dvai_bridge.engine.reasoning import GatedGrammar, ReasoningSpec, ReasoningTracker
+from dvai_bridge.errors import InvalidRequest
 from dvai_bridge.protocol.reasoning import (
     HARMONY,
     MISTRAL,
@@ -16,7 +17,6 @@ from dvai_bridge.protocol.reasoning import (
     detect_format,
 )
 from dvai_bridge.protocol.reasoning_plan import template_kwargs
-from dvai_bridge.errors import InvalidRequest
 
 # (format, starts inside, reply text, reasoning, content)
 CASES = [
@@ -28,8 +28,8 @@ CASES = [
     (THINK, True, "cut off mid-thought </thi", "cut off mid-thought </thi", ""),
     (THINK, False, "<think>\n\n</think>\n\nOff.", "", "Off."),
     (MISTRAL, False, "[THINK]Sum it.[/THINK]The sum is 4.", "Sum it.", "The sum is 4."),
-    (HARMONY, False, "<|channel|>analysis<|message|>User asks 2+2.<|end|><|start|>assistant"
-     "<|channel|>final<|message|>4<|return|>", "User asks 2+2.", "4"),
+    (HARMONY, False, ("<|channel|>analysis<|message|>User asks 2+2.<|end|><|start|>assistant"
+                      "<|channel|>final<|message|>4<|return|>"), "User asks 2+2.", "4"),
 ]
 
 

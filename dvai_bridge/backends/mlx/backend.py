@@ -153,9 +153,15 @@ class MLXBackend(Backend):
                 text = self._fallback.render(messages=messages, add_generation_prompt=True,
                                              **(template_kwargs or {}))
             else:
-                text = self.tokenizer.apply_chat_template(
-                    messages, tools=tools or None, add_generation_prompt=True, tokenize=False,
-                    chat_template=self._template_override, **(template_kwargs or {}))
+                # A --chat-template goes straight to the HF tokenizer: mlx-lm's wrapper would
+                # set enable_thinking from the model's vocabulary, not the template's default.
+                render = (self.tokenizer._tokenizer.apply_chat_template
+                          if self._template_override is not None
+                          else self.tokenizer.apply_chat_template)
+                extra = {"chat_template": self._template_override} \
+                    if self._template_override is not None else {}
+                text = render(messages, tools=tools or None, add_generation_prompt=True,
+                              tokenize=False, **extra, **(template_kwargs or {}))
         except jinja2.TemplateError as exc:
             raise InvalidRequest(f"The model's chat template rejected the messages: {exc}",
                                  param="messages") from None
