@@ -30,6 +30,7 @@ class ReasoningSpec:
     close_tokens: tuple[int, ...]  # what the engine forces to end it (marker + layout)
     budget: int | None = None  # reasoning tokens allowed before the engine closes the block
     inside: bool = True  # the prompt opened the block
+    open_text: str | None = None  # the marker that opens one, when the model may write it
 
 
 class ReasoningTracker:
@@ -39,17 +40,23 @@ class ReasoningTracker:
         self.spec = spec
         self._bytes = token_bytes
         self._close = spec.close_text.encode()
+        self._open = spec.open_text.encode() if spec.open_text else None
         self._tail = b""
         self.inside = spec.inside
         self.tokens = 0
 
     def advance(self, token_id: int) -> None:
-        if not self.inside:
+        if not self.inside and self._open is None:
+            return
+        self._tail = (self._tail + self._bytes(token_id))[-(len(self._close) + 32):]
+        if not self.inside:  # a model that opens its block itself (Qwen3's own template)
+            if self._open is not None and self._open in self._tail:
+                self.inside, self._tail = True, b""
+                self.tokens += 1
             return
         self.tokens += 1
-        self._tail = (self._tail + self._bytes(token_id))[-(len(self._close) + 32):]
         if self._close in self._tail:
-            self.inside = False
+            self.inside, self._tail = False, b""
 
     @property
     def spent(self) -> bool:

@@ -83,8 +83,10 @@ class ReasoningPlan:
     def apply(self, gen: GenerationRequest, backend: Backend) -> GenerationRequest:
         """The request with the engine's reasoning spec, and the grammar (if any) gated to
         start after the block."""
-        if not self.inside:
-            return gen
+        if not self.inside:  # only counted (the model may open a block itself)
+            spec = ReasoningSpec(self.fmt.close, (), None, inside=False,
+                                 open_text=self.fmt.open)
+            return dataclasses.replace(gen, reasoning=spec)
         spec = ReasoningSpec(self.fmt.close, tuple(backend.text_tokens(self.fmt.close_text)),
                              self.budget, inside=True)
         grammar = gen.grammar

@@ -104,3 +104,21 @@ def test_bad_template_kwargs_are_a_400(client_with) -> None:
     assert r.json()["error"]["param"] == "chat_template_kwargs"
     r = client_with("x").post("/v1/chat/completions", json=chat(reasoning_effort="huge"))
     assert r.status_code == 400 and r.json()["error"]["param"] == "reasoning_effort"
+
+
+def test_a_block_the_model_opens_itself_is_parsed_and_counted(client_for) -> None:
+    backend = FakeBackend(reply="<think>\nhm</think>\n\nyes")
+    # Qwen3's own template: the generation prompt does not open the block, the model does.
+    backend.set_chat_template("{% for m in messages %}{{ m.content }}{% endfor %}"
+                              "{# assistant messages carry <think> blocks #}")
+    body = client_for(backend).post("/v1/chat/completions", json=chat()).json()
+    msg = body["choices"][0]["message"]
+    assert (msg["reasoning_content"], msg["content"]) == ("hm", "yes")
+    assert body["usage"]["completion_tokens_details"]["reasoning_tokens"] > 0
+
+
+def test_a_model_without_a_reasoning_template_is_unchanged(client_for) -> None:
+    body = client_for(FakeBackend(reply="<think>x</think>y")).post(
+        "/v1/chat/completions", json=chat()).json()
+    assert body["choices"][0]["message"] == {"role": "assistant", "content": "<think>x</think>y"}
+    assert "completion_tokens_details" not in body["usage"]

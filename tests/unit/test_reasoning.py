@@ -86,7 +86,7 @@ def test_options_budgets_and_fields() -> None:
 
 
 # -- the engine's gate: tokens are bytes of a tiny vocabulary ------------------------------
-VOCAB = [b"a", b"b", b"</", b"think", b">", b"\n", b"{", b"}", b"</think>"]
+VOCAB = [b"a", b"b", b"</", b"think", b">", b"\n", b"{", b"}", b"</think>", b"<think>"]
 TOK = {t: i for i, t in enumerate(VOCAB)}
 CLOSE = (TOK[b"</think>"], TOK[b"\n"], TOK[b"\n"])
 
@@ -127,6 +127,20 @@ def test_tracker_finds_a_marker_split_over_tokens() -> None:
     assert not tr.inside and tr.tokens == 4
     tr.advance(TOK[b"b"])
     assert tr.tokens == 4  # the answer is not counted
+
+
+def test_tracker_counts_a_block_the_model_opens_itself() -> None:
+    spec = ReasoningSpec("</think>", CLOSE, inside=False, open_text="<think>")
+    tr = ReasoningTracker(spec, token_bytes)
+    tr.advance(TOK[b"a"])
+    assert not tr.inside and tr.tokens == 0
+    tr.advance(TOK[b"<think>"])  # one special token, as in Qwen3's vocabulary
+    assert tr.inside
+    for t in (b"b", b"b", b"</", b"think", b">"):
+        tr.advance(TOK[t])
+    assert not tr.inside and tr.tokens == 6
+    tr.advance(TOK[b"a"])
+    assert tr.tokens == 6
 
 
 def test_gate_forces_the_close_at_the_budget_then_hands_over() -> None:
