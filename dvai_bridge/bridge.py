@@ -37,6 +37,7 @@ from .http.drain import Drain
 from .http.listen import bind_port
 from .http.security import SecurityOptions
 from .progress import ProgressEvent, ProgressHub
+from .protocol.reasoning import ReasoningOptions
 from .protocol.service import OpenAIService
 from .store.inuse import ServingLease, take_lease
 
@@ -114,7 +115,9 @@ class Bridge:
             watch = getattr(backend, "watch", None)  # an MLX distributed group's rank 0
             if watch is not None:
                 watch(scheduler.fail)
-            app = create_app(OpenAIService(AsyncEngine(scheduler), aliases=config.model_aliases,
+            reasoning = ReasoningOptions.from_config(config)
+            app = create_app(OpenAIService(AsyncEngine(scheduler), reasoning=reasoning,
+                                           aliases=config.model_aliases,
                                            strict_model_names=config.strict_model_names),
                              **security.app_options(),
                              shutdown_grace_s=config.shutdown_grace_s)

@@ -79,6 +79,17 @@ def main() -> None:
               show_default=True, help=_help("shard"))
 @click.option("--group-timeout", "group_timeout_s", type=float, default=120.0,
               show_default=True, help=_help("group_timeout_s"))
+@click.option("--chat-template", default=None, type=click.Path(dir_okay=False),
+              help=_help("chat_template"))
+@click.option("--reasoning-field", default="reasoning_content", show_default=True,
+              type=click.Choice(["reasoning_content", "reasoning", "both"]),
+              help=_help("reasoning_field"))
+@click.option("--reasoning-budget-minimal", type=int, default=64, show_default=True,
+              help=_help("reasoning_budget_minimal"))
+@click.option("--reasoning-budget-low", type=int, default=256, show_default=True,
+              help=_help("reasoning_budget_low"))
+@click.option("--reasoning-budget-medium", type=int, default=1024, show_default=True,
+              help=_help("reasoning_budget_medium"))
 @click.option("--log-level", default="info", show_default=True, help=_help("log_level"))
 def serve(**options: Any) -> None:
     """Serve a model until Ctrl-C. Prints the base_url for OpenAI clients.

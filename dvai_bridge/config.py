@@ -87,6 +87,20 @@ class StartConfig(BaseModel):
         "ranks within one step (and they for rank 0) before it declares the group lost and "
         "answers 503; a rank whose process dies is noticed at once, this catches a hung rank "
         "or a machine that vanished.")
+    chat_template: str | None = Field(
+        None, description="A Jinja chat template file used instead of the model's own (for a "
+        "model whose template is broken or missing; both backends).")
+    reasoning_field: Literal["reasoning_content", "reasoning", "both"] = Field(
+        "reasoning_content", description="The message field a reasoning model's thinking is "
+        "returned in: reasoning_content (llama-server, DeepSeek), reasoning (vLLM, Ollama, "
+        "mlx-lm) or both.")
+    reasoning_budget_minimal: int = Field(
+        64, ge=1, description="Reasoning tokens allowed at reasoning_effort 'minimal'.")
+    reasoning_budget_low: int = Field(
+        256, ge=1, description="Reasoning tokens allowed at reasoning_effort 'low'.")
+    reasoning_budget_medium: int = Field(
+        1024, ge=1, description="Reasoning tokens allowed at reasoning_effort 'medium' ('high': "
+        "up to max_tokens).")
     log_level: str = Field("info", description="Log level: debug, info, warning, error.")
 
     @field_validator("backend")
@@ -102,7 +116,7 @@ class StartConfig(BaseModel):
             return v or None
         return v.strip() or None if v is not None else None
 
-    @field_validator("model_path", "embedding_model")
+    @field_validator("model_path", "embedding_model", "chat_template")
     @classmethod
     def _strip(cls, v: str | None) -> str | None:
         return v.strip() or None if v is not None else None

@@ -89,13 +89,30 @@ class Backend(ABC):
     device_memory: int | None = None
 
     @abstractmethod
-    def chat_tokens(self, messages: list[Message], tools: list[dict[str, Any]] | None = None
-                    ) -> list[int]:
+    def chat_tokens(self, messages: list[Message], tools: list[dict[str, Any]] | None = None,
+                    template_kwargs: dict[str, Any] | None = None) -> list[int]:
         """Apply the chat template to the whole list, with the generation prompt; tokenize.
 
         ``tools`` (OpenAI function definitions) go to the template as its ``tools`` variable;
         the protocol layer passes them only when ``chat_template_source`` uses them.
+        ``template_kwargs`` are more variables for the template (``enable_thinking``, ...).
         """
+
+    def set_chat_template(self, source: str) -> None:
+        """Use this Jinja chat template instead of the model's own (``--chat-template``)."""
+        raise NotSupported(f"The {self.name} backend cannot take another chat template.",
+                           param="chat_template")
+
+    def prompt_tail(self, prompt: Sequence[int]) -> str:
+        """The text a rendered prompt ends with (enough to see a reasoning marker)."""
+        return self.decode(prompt[-16:])
+
+    def text_tokens(self, text: str) -> list[int]:
+        """``text`` as the model would write it in a reply: no BOS, markers as text or as
+        their special token, whichever the vocabulary has."""
+        tokens = self.tokenize(text)
+        bos = getattr(self, "bos_token_id", None)
+        return tokens[1:] if tokens and bos is not None and tokens[0] == bos else tokens
 
     @property
     def chat_template_source(self) -> str | None:

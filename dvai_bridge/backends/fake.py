@@ -45,11 +45,27 @@ class FakeBackend(Backend):
         self.batched = batched
         self.closed = False
 
-    def chat_tokens(self, messages: list[Message], tools: list[dict] | None = None
-                    ) -> list[int]:
-        text = self._template.render(messages=messages, add_generation_prompt=True)
+    def chat_tokens(self, messages: list[Message], tools: list[dict] | None = None,
+                    template_kwargs: dict | None = None) -> list[int]:
+        text = self._template.render(messages=messages, add_generation_prompt=True,
+                                     **(template_kwargs or {}))
         answer = self.reply if self.reply is not None else f"echo: {messages[-1]['content']}"
         return [BOS, *text.encode("utf-8"), _MARK, *answer.encode("utf-8")]
+
+    def set_chat_template(self, source: str) -> None:
+        self._template = jinja2.Environment().from_string(source)
+        self.template_source = source
+
+    @property
+    def chat_template_source(self) -> str | None:
+        return getattr(self, "template_source", None)
+
+    def text_tokens(self, text: str) -> list[int]:
+        return list(text.encode("utf-8"))
+
+    def prompt_tail(self, prompt: Sequence[int]) -> str:
+        prompt = list(prompt)
+        return self.decode(prompt[:prompt.index(_MARK)] if _MARK in prompt else prompt)[-64:]
 
     def tokenize(self, text: str) -> list[int]:
         answer = self.reply if self.reply is not None else f"echo: {text}"

@@ -13,6 +13,7 @@ import logging
 import platform
 from collections.abc import Callable
 from importlib.metadata import entry_points
+from pathlib import Path
 
 from ..config import StartConfig
 from ..errors import BackendUnavailable, BridgeError, ConfigurationInvalid
@@ -92,8 +93,6 @@ def _choose_for_gguf() -> tuple[str, str]:
 def _unless_llama_fails(ref: str | None, why: str) -> tuple[str, str]:
     """Keep llama only if its probe decodes here (a build for another CPU, or kernels that
     crash on this one, would kill the server at its first request)."""
-    from pathlib import Path
-
     from ..store.resolve import embedded_default_gguf
 
     try:  # the build is what is probed: the small embedded model is the fast witness
@@ -121,7 +120,30 @@ def create_backend(config: StartConfig, progress: ProgressHub) -> Backend:
     if isinstance(factory, str):
         module, _, attr = factory.partition(":")
         factory = getattr(importlib.import_module(module), attr)
-    return factory(config, progress)
+    template = read_chat_template(config.chat_template)  # a bad file fails before the load
+    backend = factory(config, progress)
+    if template is not None:
+        try:
+            backend.set_chat_template(template)
+        except BaseException:
+            backend.close()
+            raise
+    return backend
+
+
+def read_chat_template(path: str | None) -> str | None:
+    """The Jinja source of ``--chat-template FILE``, checked to compile."""
+    if path is None:
+        return None
+    import jinja2
+
+    try:
+        source = Path(path).expanduser().read_text(encoding="utf-8")
+        jinja2.Environment().parse(source)
+    except (OSError, UnicodeDecodeError, jinja2.TemplateSyntaxError) as exc:
+        raise ConfigurationInvalid(f"chat_template {path!r} cannot be used: {exc}",
+                                   param="chat_template") from None
+    return source
 
 
 def _mlx(config: StartConfig, progress: ProgressHub) -> Backend:

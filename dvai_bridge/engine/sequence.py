@@ -13,6 +13,7 @@ from collections.abc import Callable
 from ..backends.base import Backend
 from ..errors import BackendError, BridgeError
 from .metrics import EngineMetrics
+from .reasoning import ReasoningTracker
 from .stops import StopMatcher
 from .types import (
     CancelToken,
@@ -56,6 +57,8 @@ class SequenceState:
         self._stops = StopMatcher(request.stop)
         self._stop_ids = backend.eos_token_ids | frozenset(request.stop_token_ids)
         self._pending: list = []
+        self._reasoning = (ReasoningTracker(request.reasoning, backend.token_bytes)
+                           if request.reasoning is not None else None)
         self._reason: FinishReason = "length"
         self._started = time.monotonic()
         self._last = self._started
@@ -82,6 +85,8 @@ class SequenceState:
         if choice.token_id in self._stop_ids:
             self._reason = "stop"
             return False
+        if self._reasoning is not None:
+            self._reasoning.advance(choice.token_id)
         if self.request.logprobs:
             self._pending.append(self._logprob_entry(choice))
         text = self._stops.feed(self._detok.add(choice.token_id))
@@ -115,7 +120,8 @@ class SequenceState:
         elif reason == "error":
             self.metrics.sequences_failed += 1
         self.sink(Finished(reason, len(self.request.prompt_tokens), self.produced,
-                           self.cached_tokens, error))
+                           self.cached_tokens, error,
+                           self._reasoning.tokens if self._reasoning is not None else 0))
 
     def _emit(self, text: str) -> None:
         self.sink(TextDelta(text, tuple(self._pending)))

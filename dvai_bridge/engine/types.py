@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Literal
 
 if TYPE_CHECKING:
     from .grammar import Grammar
+    from .reasoning import GatedGrammar, ReasoningSpec
 
 FinishReason = Literal["stop", "length", "cancelled", "error"]
 
@@ -52,7 +53,10 @@ class GenerationRequest:
     stop_token_ids: tuple[int, ...] = ()
     logprobs: bool = False
     top_logprobs: int = 0
-    grammar: Grammar | None = None  # constrained decoding: each sequence gets its own matcher
+    # constrained decoding: each sequence gets its own matcher (a GatedGrammar when the reply
+    # reasons first: free reasoning, then the grammar)
+    grammar: Grammar | GatedGrammar | None = None
+    reasoning: ReasoningSpec | None = None  # the reply starts inside a reasoning block
 
     def with_seed(self, seed: int | None) -> GenerationRequest:
         return dataclasses.replace(self, sampling=dataclasses.replace(self.sampling, seed=seed))
@@ -89,6 +93,7 @@ class Finished:
     completion_tokens: int
     cached_tokens: int = 0
     error: BaseException | None = None
+    reasoning_tokens: int = 0  # of completion_tokens, those inside the reasoning block
 
 
 EngineEvent = TextDelta | Finished

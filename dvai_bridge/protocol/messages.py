@@ -39,6 +39,12 @@ def normalize_messages(messages: list[ChatMessage], *, vision: bool = False) -> 
             value = getattr(msg, key)
             if value is not None:
                 item[key] = value
+        extra = msg.model_extra or {}
+        thought = extra.get("reasoning_content", extra.get("reasoning"))
+        if role == "assistant" and isinstance(thought, str) and thought:
+            # Templates read the history's reasoning under one of these names (Qwen3 and
+            # DeepSeek: reasoning_content; gpt-oss: thinking); clients send either of the first.
+            item["reasoning_content"] = item["thinking"] = thought
         if msg.tool_calls is not None:
             item["tool_calls"] = [c.model_dump(exclude_none=True) for c in msg.tool_calls]
         out.append(item)

@@ -14,13 +14,19 @@ def new_id(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:24]}"
 
 
-def usage(prompt: int, completion: int, cached: int = 0) -> dict[str, Any]:
-    return {
+def usage(prompt: int, completion: int, cached: int = 0, reasoning: int | None = None
+          ) -> dict[str, Any]:
+    """``reasoning``: of the completion tokens, those the model reasoned with (given for a
+    reasoning model's replies)."""
+    body: dict[str, Any] = {
         "prompt_tokens": prompt,
         "completion_tokens": completion,
         "total_tokens": prompt + completion,
         "prompt_tokens_details": {"cached_tokens": cached},
     }
+    if reasoning is not None:
+        body["completion_tokens_details"] = {"reasoning_tokens": reasoning}
+    return body
 
 
 def _lp(t: TokenLogprob) -> dict[str, Any]:
@@ -90,7 +96,8 @@ class ChunkFactory:
             body["usage"] = None
         return body
 
-    def usage_chunk(self, prompt: int, completion: int, cached: int = 0) -> dict[str, Any]:
+    def usage_chunk(self, prompt: int, completion: int, cached: int = 0,
+                    reasoning: int | None = None) -> dict[str, Any]:
         body = self.chunk([])
-        body["usage"] = usage(prompt, completion, cached)
+        body["usage"] = usage(prompt, completion, cached, reasoning)
         return body

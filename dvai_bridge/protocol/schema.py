@@ -173,6 +173,10 @@ class ChatCompletionRequest(_SamplingFields):
     tools: list[dict[str, Any]] | None = None
     tool_choice: str | NamedToolChoice | None = None
     parallel_tool_calls: bool | None = None
+    # Reasoning models (protocol/reasoning.py): how much to think, and variables for the chat
+    # template (e.g. {"enable_thinking": false}).
+    reasoning_effort: Literal["none", "minimal", "low", "medium", "high"] | None = None
+    chat_template_kwargs: dict[str, Any] | None = None
 
     def check_supported(self) -> None:
         """Refuse what this server cannot honour instead of ignoring it."""

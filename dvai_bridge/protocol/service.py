@@ -27,6 +27,8 @@ from .messages import normalize_messages
 from .model_names import ModelNames
 from .preprocess import Preprocessor
 from .prompt_size import PromptBound
+from .reasoning import ReasoningOptions
+from .reasoning_plan import ReasoningPlan, template_kwargs
 from .responses import ChunkFactory, CompletionLogprobs, chat_logprobs, new_id, usage
 from .schema import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 from .structured import check_grammar_text, compile_grammar, grammar_text, response_schema
@@ -80,10 +82,12 @@ async def _merge(streams: Sequence[EventStream]) -> AsyncIterator[tuple[int, Any
 
 
 class OpenAIService:
-    def __init__(self, engine: AsyncEngine, prep: Preprocessor | None = None, *,
+    def __init__(self, engine: AsyncEngine, prep: Preprocessor | None = None,
+                 reasoning: ReasoningOptions | None = None, *,
                  aliases: Sequence[str] = (), strict_model_names: bool = False) -> None:
         self.engine = engine
         self.prep = prep or Preprocessor()
+        self.reasoning = reasoning or ReasoningOptions()
         self._prompt_bound: PromptBound | None = None
         embedder = self.backend.embedder
         self.names = ModelNames(self.backend.model_id, aliases=aliases,
@@ -113,11 +117,12 @@ class OpenAIService:
         return self._prompt_bound
 
     async def _chat_generation(self, req: ChatCompletionRequest
-                               ) -> tuple[GenerationRequest, ToolPlan | None]:
+                               ) -> tuple[GenerationRequest, ToolPlan | None,
+                                          ReasoningPlan | None]:
         return await self.prep.run(self._prepare_chat, req)
 
     def _prepare_chat(self, req: ChatCompletionRequest
-                      ) -> tuple[GenerationRequest, ToolPlan | None]:
+                      ) -> tuple[GenerationRequest, ToolPlan | None, ReasoningPlan | None]:
         self.check_model(req.model)
         require_text(req)
         req.check_supported()
@@ -142,8 +147,16 @@ class OpenAIService:
         # the tool definitions (in a Hermes system prompt, or as the template's ``tools``).
         rendered = [m["content"] for m in messages] + ([json.dumps(tools)] if tools else [])
         rendered += [json.dumps(m["tool_calls"]) for m in messages if m.get("tool_calls")]
+        rendered += [m["reasoning_content"] for m in messages if m.get("reasoning_content")]
+        if req.chat_template_kwargs:
+            rendered.append(json.dumps(req.chat_template_kwargs))
         self._bound().check(rendered, "messages")
-        prompt = self.backend.chat_tokens(messages, tools)
+        kwargs = template_kwargs(req.reasoning_effort, req.chat_template_kwargs,
+                                 self.backend.chat_template_source)
+        prompt = self.backend.chat_tokens(messages, tools, kwargs)
+        constrained = schema is not None or (plan is not None and plan.forced)
+        prompt, thinking = ReasoningPlan.build(self.backend, prompt, req.reasoning_effort,
+                                               self.reasoning, constrained)
         gen = req.to_generation(prompt, self.backend.context_length)
         calls = None  # auto with a response_format: the reply is calls or the JSON answer
         if plan is not None and plan.active and (plan.forced or schema is not None):
@@ -153,7 +166,9 @@ class OpenAIService:
         text = grammar_text(schema, calls)
         if text is not None:
             gen = dataclasses.replace(gen, grammar=self._grammar(*text))
-        return gen, plan
+        if thinking is not None:
+            gen = thinking.apply(gen, self.backend)
+        return gen, plan, thinking
 
     def _grammar(self, text: str, param: str) -> Grammar:
         try:
@@ -239,18 +254,24 @@ class OpenAIService:
 
     # -- chat ------------------------------------------------------------------------
     async def chat(self, req: ChatCompletionRequest) -> dict[str, Any]:
-        gen, plan = await self._chat_generation(req)
+        gen, plan, thinking = await self._chat_generation(req)
         results = await self._collect(_fan_out(gen, req.n))
         choices = []
         for i, r in enumerate(results):
             lp = None
             if req.logprobs:
                 lp = {"content": [c for d in r.deltas for c in chat_logprobs(d)["content"]]}
-            message: dict[str, Any] = {"role": "assistant", "content": r.text}
+            text = r.text
+            message: dict[str, Any] = {"role": "assistant", "content": text}
+            if thinking is not None:  # the reasoning apart; tool calls from the answer only
+                parser = thinking.parser()
+                head, tail = parser.feed(text), parser.finish()
+                text = message["content"] = head.content + tail.content
+                message.update(self.reasoning.fields(head.reasoning + tail.reasoning or None))
             reason = r.finish.reason
             splitter = plan.splitter(stream=False) if plan is not None else None
             if splitter is not None:
-                head, tail = splitter.feed(r.text), splitter.finish()
+                head, tail = splitter.feed(text), splitter.finish()
                 calls = head.calls + tail.calls
                 content = head.content + tail.content
                 if calls:
@@ -267,22 +288,46 @@ class OpenAIService:
         return {
             "id": new_id("chatcmpl"), "object": "chat.completion", "created": int(time.time()), "model": self.backend.model_id, "choices": choices,
             "usage": usage(first.prompt_tokens, sum(r.finish.completion_tokens for r in results),
-                           first.cached_tokens),
+                           first.cached_tokens,
+                           sum(r.finish.reasoning_tokens for r in results)
+                           if thinking is not None else None),
         }
 
     async def chat_stream(self, req: ChatCompletionRequest) -> AsyncIterator[dict[str, Any]]:
         """Validate and submit now (errors raise before any byte is sent); stream later."""
-        gen, plan = await self._chat_generation(req)
+        gen, plan, thinking = await self._chat_generation(req)
         streams = self._open(_fan_out(gen, req.n))
         factory = ChunkFactory("chat.completion.chunk", self.backend.model_id,
                                new_id("chatcmpl"), req.include_usage)
-        return self._chat_chunks(streams, factory, req.logprobs, plan)
+        return self._chat_chunks(streams, factory, req.logprobs, plan, thinking)
 
     async def _chat_chunks(self, streams: list[EventStream], f: ChunkFactory,
-                           want_logprobs: bool, plan: ToolPlan | None
+                           want_logprobs: bool, plan: ToolPlan | None,
+                           thinking: ReasoningPlan | None = None
                            ) -> AsyncIterator[dict[str, Any]]:
         splitters = [plan.splitter(stream=True) if plan is not None else None for _ in streams]
+        parsers = [thinking.parser() if thinking is not None else None for _ in streams]
         called = [0] * len(streams)
+        reasoned = 0
+
+        def split_reasoning(i: int, text: str, lp: Any, last: bool) -> Iterator[dict[str, Any]]:
+            """The reasoning part of a piece as its own chunk; then the answer part."""
+            parser = parsers[i]
+            if parser is None:
+                answer = text
+            else:
+                parsed = parser.finish() if last else parser.feed(text)
+                answer = parsed.content
+                if parsed.reasoning:
+                    yield f.chunk([{"index": i,
+                                    "delta": self.reasoning.fields(parsed.reasoning),
+                                    "logprobs": None if answer else lp, "finish_reason": None}])
+                    if not answer:
+                        lp = None
+            splitter = splitters[i]
+            yield from pieces(i, splitter.feed(answer) if splitter else Split(answer), lp)
+            if last and splitter is not None:
+                yield from pieces(i, splitter.finish())
 
         def pieces(i: int, split: Split, lp: Any = None) -> Iterator[dict[str, Any]]:
             """Chunks for one piece of a split reply: its content, then its tool-call deltas
@@ -307,26 +352,26 @@ class OpenAIService:
                                 "logprobs": None, "finish_reason": None}])
             prompt = completion = cached = 0
             async for i, event in _merge(streams):
-                splitter = splitters[i]
                 if isinstance(event, TextDelta):
                     lp = chat_logprobs(event) if want_logprobs else None
-                    split = splitter.feed(event.text) if splitter else Split(event.text)
-                    for chunk in pieces(i, split, lp):
+                    for chunk in split_reasoning(i, event.text, lp, last=False):
                         yield chunk
                     continue
                 if event.reason == "error":
                     yield _error_frame(event)
                     return
-                if splitter is not None:
-                    for chunk in pieces(i, splitter.finish()):
+                if splitters[i] is not None or parsers[i] is not None:
+                    for chunk in split_reasoning(i, "", None, last=True):
                         yield chunk
                 prompt, cached = event.prompt_tokens, event.cached_tokens
                 completion += event.completion_tokens
+                reasoned += event.reasoning_tokens
                 reason = "tool_calls" if called[i] and event.reason == "stop" else event.reason
                 yield f.chunk([{"index": i, "delta": {}, "logprobs": None,
                                 "finish_reason": reason}])
             if f.include_usage:
-                yield f.usage_chunk(prompt, completion, cached)
+                yield f.usage_chunk(prompt, completion, cached,
+                                    reasoned if thinking is not None else None)
 
     # -- completions -------------------------------------------------------------------
     async def completion(self, req: CompletionRequest) -> dict[str, Any]:

@@ -190,14 +190,15 @@ class LlamaBackend(Backend):
     def control_text(self) -> ControlText:
         return ControlText(control_strings(self._lc, self._vocab, self.vocab_size, self._piece))
 
-    def chat_tokens(self, messages: list[Message], tools: list[dict[str, Any]] | None = None
-                    ) -> list[int]:
+    def chat_tokens(self, messages: list[Message], tools: list[dict[str, Any]] | None = None,
+                    template_kwargs: dict[str, Any] | None = None) -> list[int]:
         # Control-token strings in the request are tokenized as text (backends/chat_text.py).
         masked = self.control_text.mask(messages, tools)
         if masked is None:
-            return self._tokenize(self.template.render(messages, tools), add_bos=True)
+            return self._tokenize(self.template.render(messages, tools, template_kwargs),
+                                  add_bos=True)
         tokens = masked.tokenize(
-            self.template.render(masked.messages, masked.tools),
+            self.template.render(masked.messages, masked.tools, template_kwargs),
             special=lambda s: self._tokenize(s, add_bos=False),
             text=lambda s: self.llm.tokenize(s.encode("utf-8"), add_bos=False, special=False))
         if self._add_bos and (not tokens or tokens[0] != self._bos):
@@ -207,6 +208,12 @@ class LlamaBackend(Backend):
     @property
     def chat_template_source(self) -> str | None:
         return self.template.own_source
+
+    def set_chat_template(self, source: str) -> None:
+        self.template = self.template.replaced(source)
+
+    def text_tokens(self, text: str) -> list[int]:
+        return self._tokenize(text, add_bos=False)
 
     def _build_grammar_tokenizer(self) -> Any:
         from llguidance.llamacpp import lltokenizer_from_vocab
@@ -224,6 +231,10 @@ class LlamaBackend(Backend):
 
     def token_bytes(self, token_id: int) -> bytes:
         return self._piece(token_id, special=True)
+
+    def prompt_tail(self, prompt: Sequence[int]) -> str:
+        return b"".join(self._piece(t, special=True) for t in prompt[-16:]).decode(
+            "utf-8", errors="replace")
 
     # -- evaluation ------------------------------------------------------------------
     def _should_abort(self, _data: Any) -> bool:

@@ -47,11 +47,18 @@ class ChatTemplate:
         env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
         self._template = env.from_string(self.source)
         self._special = {"bos_token": bos_token, "eos_token": eos_token}
+        self._model_id = model_id
 
-    def render(self, messages: list[Message], tools: list[dict[str, Any]] | None = None) -> str:
+    def replaced(self, source: str) -> ChatTemplate:
+        """The same renderer with another template (``--chat-template``)."""
+        return ChatTemplate(source, model_id=self._model_id, **self._special)
+
+    def render(self, messages: list[Message], tools: list[dict[str, Any]] | None = None,
+               template_kwargs: dict[str, Any] | None = None) -> str:
         try:
-            return self._template.render(messages=messages, tools=tools or None,
-                                         add_generation_prompt=True, **self._special)
+            return self._template.render(**{
+                **(template_kwargs or {}), "messages": messages, "tools": tools or None,
+                "add_generation_prompt": True, **self._special})
         except jinja2.TemplateError as exc:
             raise InvalidRequest(f"The model's chat template rejected the messages: {exc}",
                                  param="messages") from None

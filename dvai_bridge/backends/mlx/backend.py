@@ -102,6 +102,7 @@ class MLXBackend(Backend):
         self.eos_token_ids = frozenset(int(t) for t in tokenizer.eos_token_ids)
         self.blas_governor: Any = None  # CPU: adapts BLAS threads to other processes' load
         self._fallback = None
+        self._template_override: str | None = None
         if not getattr(tokenizer, "chat_template", None):
             log.warning("%s has no chat template; using the documented fallback", model_id)
             self._fallback = jinja2.Environment().from_string(FALLBACK_CHAT_TEMPLATE)
@@ -141,18 +142,26 @@ class MLXBackend(Backend):
     def control_text(self) -> ControlText:
         return ControlText(hf_control_strings(self.tokenizer._tokenizer))
 
-    def chat_tokens(self, messages: list[Message], tools: list[dict[str, Any]] | None = None
-                    ) -> list[int]:
+    def chat_tokens(self, messages: list[Message], tools: list[dict[str, Any]] | None = None,
+                    template_kwargs: dict[str, Any] | None = None) -> list[int]:
         # Control-token strings in the request are tokenized as text (backends/chat_text.py).
         masked = self.control_text.mask(messages, tools)
         if masked is not None:
             messages, tools = masked.messages, masked.tools
         try:
             if self._fallback is not None:
-                text = self._fallback.render(messages=messages, add_generation_prompt=True)
+                text = self._fallback.render(messages=messages, add_generation_prompt=True,
+                                             **(template_kwargs or {}))
             else:
-                text = self.tokenizer.apply_chat_template(
-                    messages, tools=tools or None, add_generation_prompt=True, tokenize=False)
+                # A --chat-template goes straight to the HF tokenizer: mlx-lm's wrapper would
+                # set enable_thinking from the model's vocabulary, not the template's default.
+                render = (self.tokenizer._tokenizer.apply_chat_template
+                          if self._template_override is not None
+                          else self.tokenizer.apply_chat_template)
+                extra = {"chat_template": self._template_override} \
+                    if self._template_override is not None else {}
+                text = render(messages, tools=tools or None, add_generation_prompt=True,
+                              tokenize=False, **extra, **(template_kwargs or {}))
         except jinja2.TemplateError as exc:
             raise InvalidRequest(f"The model's chat template rejected the messages: {exc}",
                                  param="messages") from None
@@ -165,7 +174,16 @@ class MLXBackend(Backend):
 
     @property
     def chat_template_source(self) -> str | None:
+        if self._template_override is not None:
+            return self._template_override
         return None if self._fallback is not None else self.tokenizer.chat_template
+
+    def set_chat_template(self, source: str) -> None:
+        self._template_override = source
+        self._fallback = None
+
+    def text_tokens(self, text: str) -> list[int]:
+        return list(self.tokenizer.encode(text, add_special_tokens=False))
 
     def _build_grammar_tokenizer(self) -> Any:
         from llguidance.hf import from_tokenizer
