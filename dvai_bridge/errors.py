@@ -16,7 +16,7 @@ envelope ``{"error": {"message", "type", "param", "code"}}`` in exactly one plac
     ├── ModelInUse                      409  (a served model cannot be deleted)
     ├── BackendError                    500  (the engine failed while generating)
     └── RequestError                    400  invalid_request_error
-        ├── InvalidRequest              400
+        ├── InvalidRequest              400  code=invalid_request
         ├── ContextLengthExceeded       400  code=context_length_exceeded
         ├── ModelNotFound               404  code=model_not_found
         ├── Unauthorized                401  code=invalid_api_key
@@ -122,7 +122,7 @@ class RequestError(BridgeError):
 
 
 class InvalidRequest(RequestError):
-    pass
+    code = "invalid_request"  # as the validation 400s (http/errors.py) and docs/usage.md say
 
 
 class ContextLengthExceeded(RequestError):

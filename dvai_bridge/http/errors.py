@@ -95,6 +95,8 @@ def error_response(exc: BridgeError) -> JSONResponse:
     if exc.status_code >= 500 and exc.status_code not in (501, 503):  # a capability; stopping
         log.error("%s: %s", type(exc).__name__, exc.message)
     headers = {"Retry-After": "1"} if exc.status_code in (429, 503) else None
+    if exc.status_code == 501:  # a capability the model lacks: asking again will not help
+        headers = {"x-should-retry": "false"}  # honoured by the OpenAI SDKs (and litellm's)
     return envelope(exc.status_code, exc.message, exc.error_type, exc.param, exc.code, headers)
 
 

@@ -27,8 +27,8 @@ MAX_INPUTS = 2048  # OpenAI's limit on inputs per request
 def unavailable(backend: Backend) -> BridgeError:
     """Why this backend serves no embeddings, and how to get them."""
     hint = backend.embedding_hint
-    if hint:  # a backend that could embed with another setting says which (a 400)
-        return InvalidRequest(hint, param="input")
+    if hint:  # a backend that could embed with another setting says which
+        return NotSupported(hint, param="model")
     return NotSupported(
         f"The model {backend.model_id!r} on the {backend.name} backend is a chat model and "
         "serves no embeddings. Start the bridge with backend='llama' and embedding_mode=True, "

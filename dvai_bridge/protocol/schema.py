@@ -177,11 +177,20 @@ class ChatCompletionRequest(_SamplingFields):
     # template (e.g. {"enable_thinking": false}).
     reasoning_effort: Literal["none", "minimal", "low", "medium", "high"] | None = None
     chat_template_kwargs: dict[str, Any] | None = None
+    # The legacy function-calling fields: refused (400) rather than silently ignored.
+    functions: Any = None
+    function_call: Any = None
 
     def check_supported(self) -> None:
         """Refuse what this server cannot honour instead of ignoring it."""
         if self.top_logprobs and not self.logprobs:
             raise InvalidRequest("top_logprobs requires logprobs: true.", param="top_logprobs")
+        for legacy, new in (("functions", "tools"), ("function_call", "tool_choice")):
+            if getattr(self, legacy) is not None:
+                raise InvalidRequest(
+                    f"{legacy} is OpenAI's deprecated function-calling field, which this server "
+                    f"does not serve; use {new} (replies carry message.tool_calls).",
+                    param=legacy)
         # tools, tool_choice and response_format are checked where they are used
         # (protocol/tools.py, protocol/structured.py), against the model's template.
 

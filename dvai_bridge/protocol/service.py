@@ -274,8 +274,10 @@ class OpenAIService:
                 head, tail = splitter.feed(text), splitter.finish()
                 calls = head.calls + tail.calls
                 content = head.content + tail.content
-                if calls:
+                # a forced reply is calls, never its markup
+                if calls or (plan is not None and plan.forced):
                     message["content"] = content if content.strip() else None
+                if calls:
                     message["tool_calls"] = [openai_call(c) for c in calls]
                     reason = "tool_calls" if reason == "stop" else reason
             choices.append({

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..engine.grammar import JSON_OPTIONS
+from .call_schema import rebased
 
 _DECODER = json.JSONDecoder()
 
@@ -29,6 +30,8 @@ _DECODER = json.JSONDecoder()
 class ParsedCall:
     name: str
     arguments: dict[str, Any]
+    # A call cut off by max_tokens: its arguments as far as they were written (not JSON).
+    cut_arguments: str | None = None
 
 
 class ToolFormat:
@@ -55,13 +58,19 @@ class ToolFormat:
         """Lark grammar for a reply made only of calls to ``functions`` (name, parameters)."""
         raise NotImplementedError
 
-    def call_schema(self, functions: list[dict[str, Any]]) -> dict[str, Any]:
-        """JSON schema of one ``{"name": ..., <args_key>: {...}}`` object, name first."""
+    def call_schema(self, functions: list[dict[str, Any]], at: str = "#") -> dict[str, Any]:
+        """JSON schema of one ``{"name": ..., <args_key>: {...}}`` object, name first; ``at``
+        is where it sits in the grammar's JSON value (its ``$ref``s are rebased to there)."""
+        one = len(functions) == 1
         schemas = [{"type": "object",
-                    "properties": {"name": {"const": f["name"]}, self.args_key: f["parameters"]},
+                    "properties": {"name": {"const": f["name"]},
+                                   self.args_key: rebased(
+                                       f["parameters"],
+                                       f"{at}{'' if one else f'/anyOf/{i}'}"
+                                       f"/properties/{self.args_key}")},
                     "required": ["name", self.args_key], "additionalProperties": False}
-                   for f in functions]
-        call = schemas[0] if len(schemas) == 1 else {"anyOf": schemas}
+                   for i, f in enumerate(functions)]
+        call = schemas[0] if one else {"anyOf": schemas}
         return {**call, "x-guidance": JSON_OPTIONS}
 
 
@@ -76,8 +85,45 @@ def _call(obj: Any, args_key: str = "arguments") -> ParsedCall:
     return ParsedCall(obj["name"], args)
 
 
+def _object_end(text: str, pos: int) -> int | None:
+    """Index just past the JSON object that starts at ``pos`` (after whitespace), reading
+    strings as strings (a ``</tool_call>`` inside one does not end the call); None while the
+    object is unclosed, -1 if no object starts there."""
+    i = len(text) - len(text[pos:].lstrip())
+    if not text.startswith("{", i):
+        return -1 if text[i:] else None
+    depth, in_string, escaped = 0, False, False
+    for k in range(i, len(text)):
+        ch = text[k]
+        if in_string:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == '"':
+                in_string = False
+        elif ch == '"':
+            in_string = True
+        elif ch in "{[":
+            depth += 1
+        elif ch in "}]":
+            depth -= 1
+            if depth == 0:
+                return k + 1
+    return None
+
+
 def _json_rule(schema: dict[str, Any]) -> str:
     return "%json " + json.dumps(schema)
+
+
+def _up_to(n: int, item: str, sep: str) -> str:
+    """Lark for 1 to ``n`` ``item``s separated by ``sep``: a forced reply stops after as many
+    calls as functions were offered instead of repeating one until ``max_tokens``."""
+    rule = item
+    for _ in range(n - 1):
+        rule = f"{item} ({sep} {rule})?"
+    return rule
 
 
 class Hermes(ToolFormat):
@@ -89,11 +135,24 @@ class Hermes(ToolFormat):
         calls, used = [], start
         while True:
             i = region.find(self.start, used)
-            j = region.find(self.end, i + len(self.start)) if i >= 0 else -1
-            if j < 0:
+            if i < 0 or region.find(self.end, i + len(self.start)) < 0:
                 return calls, used
-            calls.append(_call(json.loads(region[i + len(self.start):j])))
-            used = j + len(self.end)
+            body = i + len(self.start)
+            close = _object_end(region, body)
+            if close is None:  # an object still being written (may hold the end marker)
+                return calls, used
+            if close < 0:  # not an object: the block ends at the first end marker
+                j = region.find(self.end, body)
+                calls.append(_call(json.loads(region[body:j])))
+                used = j + len(self.end)
+                continue
+            after = len(region) - len(region[close:].lstrip())
+            if not region.startswith(self.end, after):
+                if self.end.startswith(region[after:]):
+                    return calls, used  # the end marker is still arriving
+                raise ValueError("text after a tool call's JSON inside <tool_call>")
+            calls.append(_call(json.loads(region[body:close])))
+            used = after + len(self.end)
 
     def parse(self, region: str) -> list[ParsedCall]:
         calls, used = self.complete_calls(region)
@@ -107,8 +166,8 @@ class Hermes(ToolFormat):
         return calls
 
     def forced_lark(self, functions: list[dict[str, Any]], parallel: bool) -> str:
-        more = ' ("\\n" call)*' if parallel else ""
-        return (f"start: call{more}\n"
+        calls = _up_to(len(functions) if parallel else 1, "call", '"\\n"')
+        return (f"start: {calls}\n"
                 f'call: "<tool_call>\\n" {_json_rule(self.call_schema(functions))} '
                 '"\\n</tool_call>"\n')
 
@@ -139,10 +198,9 @@ class Mistral(ToolFormat):
         return calls
 
     def forced_lark(self, functions: list[dict[str, Any]], parallel: bool) -> str:
-        items: dict[str, Any] = {"type": "array", "items": self.call_schema(functions),
-                                 "minItems": 1, "x-guidance": JSON_OPTIONS}
-        if not parallel:
-            items["maxItems"] = 1
+        items: dict[str, Any] = {"type": "array", "items": self.call_schema(functions, "#/items"),
+                                 "minItems": 1, "maxItems": len(functions) if parallel else 1,
+                                 "x-guidance": JSON_OPTIONS}
         return f'start: "[TOOL_CALLS]" {_json_rule(items)}\n'
 
 
@@ -155,8 +213,8 @@ class MistralArgs(Mistral):
         options = " | ".join(
             f'"{f["name"]}[ARGS]" {_json_rule({**f["parameters"], "x-guidance": JSON_OPTIONS})}'
             for f in functions)
-        start = "start: call+" if parallel else "start: call"
-        return f'{start}\ncall: "[TOOL_CALLS]" ({options})\n'
+        calls = _up_to(len(functions) if parallel else 1, "call", "")
+        return f'start: {calls}\ncall: "[TOOL_CALLS]" ({options})\n'
 
 
 class Llama3(ToolFormat):
@@ -186,8 +244,8 @@ class Llama3(ToolFormat):
         return calls
 
     def forced_lark(self, functions: list[dict[str, Any]], parallel: bool) -> str:
-        more = ' ("; " call)*' if parallel else ""
-        return f"start: call{more}\ncall: {_json_rule(self.call_schema(functions))}\n"
+        calls = _up_to(len(functions) if parallel else 1, "call", '"; "')
+        return f"start: {calls}\ncall: {_json_rule(self.call_schema(functions))}\n"
 
 
 FORMATS: dict[str, ToolFormat] = {f.name: f for f in (Hermes(), Mistral(), MistralArgs(),

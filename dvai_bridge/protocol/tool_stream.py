@@ -13,8 +13,10 @@ Two views of the calls come out of the same region:
   written another way (arguments before name, arguments as a string) is sent whole once parsed.
 
 If the region does not parse when the reply ends, it is returned as content: no text is lost.
-The one exception is an unfinished call after complete ones (the reply ran into
-``max_tokens``): it is dropped, and the finish reason says ``length``.
+The exceptions: a forced call (``tool_choice`` required or named) is never content, and a call
+cut off by ``max_tokens`` whose name was written is returned with its arguments as far as they
+got (``ParsedCall.cut_arguments``, not valid JSON), in a whole reply as in a stream, where the
+same text went out as argument deltas; the finish reason says ``length``.
 """
 
 from __future__ import annotations
@@ -85,8 +87,9 @@ class _ObjectScanner:
 
 class ToolCallSplitter:
     def __init__(self, fmt: ToolFormat, known: frozenset[str], parallel: bool = True, *,
-                 stream: bool = True) -> None:
+                 stream: bool = True, forced: bool = False) -> None:
         self.fmt = fmt
+        self.forced = forced  # the reply is calls only: never returned as content
         self.stream = stream  # False: a whole reply; no deltas, calls only
         self.known = known  # function names the request declared
         self.parallel = parallel
@@ -131,10 +134,11 @@ class ToolCallSplitter:
         try:
             calls = self._checked(self.fmt.parse(region))
         except ValueError as exc:  # json.JSONDecodeError is a ValueError
-            # A call already opened on the stream, or complete calls and then one cut short:
-            # drop the stub (the client has what was streamed; finish_reason says length).
-            if self.calls or self._opened:
-                log.info("dropping an unfinished tool call after %d complete ones: %r",
+            # A call already opened on the stream, or complete calls and then one cut short.
+            if self.calls or self._opened or self.forced:
+                out.calls = self._cut_call(region)
+                self.calls += out.calls
+                log.info("an unfinished tool call after %d complete ones: %r",
                          len(self.calls), region[self._used:][:200])
             else:  # nothing parsed: the text is the reply
                 log.info("reply's tool-call part does not parse (%s); returned as content", exc)
@@ -144,6 +148,19 @@ class ToolCallSplitter:
         self.calls += out.calls
         out.deltas = self._whole(out.calls) if self.stream else []
         return out
+
+    def _cut_call(self, region: str) -> list[ParsedCall]:
+        """The call cut short at the end of ``region``, as a stream has sent it: none in a
+        stream (its deltas went out already) or when its name is not complete."""
+        if self.stream or (not self.parallel and self.calls):
+            return []
+        m = self._header.search(region, self._used)
+        if m is None:
+            return []
+        name = json.loads(f'"{m.group(1)}"') if self._header is _JSON_HEADER else m.group(1)
+        if name not in self.known:
+            return []
+        return [ParsedCall(name, {}, cut_arguments=region[m.end():])]
 
     # -- streaming ------------------------------------------------------------------------
     def _stream(self) -> list[ToolDelta]:

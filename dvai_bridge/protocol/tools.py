@@ -23,6 +23,7 @@ from typing import Any
 
 from ..engine.grammar import GrammarError, check_json_schema
 from ..errors import InvalidRequest
+from .call_schema import closed
 from .tool_formats import ParsedCall, ToolFormat, detect_format
 from .tool_stream import ToolCallSplitter
 
@@ -51,8 +52,10 @@ def new_call_id() -> str:
 
 def openai_call(call: ParsedCall) -> dict[str, Any]:
     """A complete call as ``message.tool_calls`` holds it."""
+    arguments = call.cut_arguments if call.cut_arguments is not None \
+        else json.dumps(call.arguments)
     return {"id": new_call_id(), "type": "function",
-            "function": {"name": call.name, "arguments": json.dumps(call.arguments)}}
+            "function": {"name": call.name, "arguments": arguments}}
 
 
 def _functions(tools: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -228,12 +231,15 @@ class ToolPlan:
 
     def calls_grammar(self) -> str:
         """Lark grammar for a reply made of calls to the offered functions, in the model's
-        format; a named function is called once."""
+        format; a named function is called once, and at most one call per offered function
+        is written. Objects in the parameters take no undeclared keys (``call_schema.closed``)."""
         forced_one = self.choice.startswith("function:")
-        return self.fmt.forced_lark(self.offered(), self.parallel and not forced_one)
+        functions = [{**f, "parameters": closed(f["parameters"])} for f in self.offered()]
+        return self.fmt.forced_lark(functions, self.parallel and not forced_one)
 
     def splitter(self, *, stream: bool) -> ToolCallSplitter | None:
         if not self.active:
             return None
         names = frozenset(f["name"] for f in self.offered())
-        return ToolCallSplitter(self.fmt, names, self.parallel, stream=stream)
+        return ToolCallSplitter(self.fmt, names, self.parallel, stream=stream,
+                                forced=self.forced)

@@ -120,6 +120,8 @@ def test_completion_suffix_is_refused(client):
 def test_embeddings_on_a_chat_model_is_501_naming_the_alternative(client):
     r = client.post("/v1/embeddings", json={"input": "hello"})
     assert_envelope(r, 501, mentions="llama")
+    # the OpenAI SDKs (and litellm, on them) retry a 5xx unless told not to
+    assert r.headers["x-should-retry"] == "false"
 
 
 def test_unknown_route_is_an_envelope_too(client):

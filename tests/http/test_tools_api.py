@@ -96,3 +96,62 @@ def test_response_format_of_an_unknown_type_is_a_400(client) -> None:
     r = client.post("/v1/chat/completions", json=chat("x", response_format={"type": "yaml"}))
     assert r.status_code == 400
     assert r.json()["error"]["param"] == "response_format.type"
+
+
+ECHO_TOOL = {"type": "function", "function": {"name": "echo", "parameters": {
+    "type": "object", "properties": {"text": {"type": "string"}}, "required": ["text"]}}}
+ECHO_CALL = '<tool_call>\n{"name": "echo", "arguments": {"text": "a</tool_call>b"}}\n</tool_call>'
+
+
+def test_an_end_marker_inside_the_arguments_is_a_call_streamed_or_not(client_for) -> None:
+    c = client_for(FakeBackend(reply=ECHO_CALL))
+    choice = c.post("/v1/chat/completions",
+                    json=chat("x", tools=[ECHO_TOOL])).json()["choices"][0]
+    assert choice["finish_reason"] == "tool_calls"  # was "stop", the markup as content
+    assert choice["message"]["content"] is None
+    (call,) = choice["message"]["tool_calls"]
+    assert json.loads(call["function"]["arguments"]) == {"text": "a</tool_call>b"}
+    r = c.post("/v1/chat/completions", json=chat("x", tools=[ECHO_TOOL], stream=True))
+    deltas = [e["choices"][0]["delta"] for e in sse_events(r.text) if e != "[DONE]"
+              and e["choices"]]
+    args = "".join(tc["function"].get("arguments", "") for d in deltas
+                   for tc in d.get("tool_calls", []))
+    assert json.loads(args) == {"text": "a</tool_call>b"}
+
+
+def test_a_call_cut_short_is_the_same_streamed_or_not(client_for) -> None:
+    cut = CALL + '\n<tool_call>\n{"name": "get_weather", "arguments": {"city": "Ro'
+    c = client_for(FakeBackend(reply=cut))
+    whole = c.post("/v1/chat/completions", json=chat("x", tools=[TOOL])).json()["choices"][0]
+    got = [(t["function"]["name"], t["function"]["arguments"])
+           for t in whole["message"]["tool_calls"]]
+    r = c.post("/v1/chat/completions", json=chat("x", tools=[TOOL], stream=True))
+    streamed: dict[int, list[str]] = {}
+    for e in sse_events(r.text):
+        if e != "[DONE]" and e["choices"]:
+            for tc in e["choices"][0]["delta"].get("tool_calls", []):
+                s = streamed.setdefault(tc["index"], ["", ""])
+                s[0] += tc["function"].get("name") or ""
+                s[1] += tc["function"].get("arguments") or ""
+    assert got == [tuple(streamed[k]) for k in sorted(streamed)]  # was: the stub dropped
+    assert got[1] == ("get_weather", '{"city": "Ro')
+
+
+def test_legacy_functions_fields_are_a_400_naming_them(client) -> None:
+    fn = {"name": "get_weather", "parameters": {"type": "object", "properties": {}}}
+    for extra, param in (({"functions": [fn]}, "functions"),
+                         ({"function_call": "auto"}, "function_call")):
+        r = client.post("/v1/chat/completions", json=chat("x", **extra))
+        assert r.status_code == 400  # was 200, the fields silently ignored
+        err = r.json()["error"]
+        assert err["param"] == param and err["code"] == "invalid_request"
+        assert "tool" in err["message"]
+
+
+def test_a_bad_tool_schema_is_a_400_with_code_invalid_request(client) -> None:
+    bad = {"type": "function", "function": {"name": "f", "parameters": {"type": "nonsense"}}}
+    r = client.post("/v1/chat/completions", json=chat("x", tools=[bad]))
+    assert r.status_code == 400
+    err = r.json()["error"]
+    assert err["param"] == "tools[0].function.parameters"
+    assert err["code"] == "invalid_request"  # was null

@@ -193,7 +193,7 @@ def test_a_client_that_disconnects_cancels_its_generation(server, client):
     assert greedy_chat(client, "Say hi.", max_tokens=3).choices[0].message.content
 
 
-def test_without_embedding_mode_embeddings_are_a_400_saying_how(gguf_path):
+def test_without_embedding_mode_embeddings_are_a_501_saying_how_not_to_be_retried(gguf_path):
     from dvai_bridge.bridge import Bridge
 
     bridge = Bridge()
@@ -201,7 +201,9 @@ def test_without_embedding_mode_embeddings_are_a_400_saying_how(gguf_path):
                                               http_base_port=0, context_size=256))
     try:
         r = httpx.post(f"{bound.base_url}/embeddings", json={"input": "hello"})
-        assert r.status_code == 400
+        assert r.status_code == 501  # as on MLX (was 400 here): one behaviour on both
+        assert r.json()["error"]["code"] == "not_supported"
+        assert r.headers["x-should-retry"] == "false"
         assert "embedding_mode=True" in r.json()["error"]["message"]
         ok = httpx.post(f"{bound.base_url}/chat/completions", timeout=TIMEOUT,
                         json={"messages": ask("hi"), "max_tokens": 2})

@@ -109,8 +109,8 @@ def test_forced_call_grammar(tokenizer, choice, parallel, text: str, ok: bool) -
     if ok:
         allowed = m.allowed(VOCAB).nonzero()[0].tolist()
         assert EOS in allowed
-        # one call only when forced by name; another may follow with 'required'
-        assert (len(allowed) > 1) == (not isinstance(choice, dict))
+        # one call per offered function: with one tool, only the end may follow
+        assert allowed == [EOS]
 
 
 def test_hermes_history_for_a_template_without_tools() -> None:
@@ -180,3 +180,70 @@ def test_each_format_forces_what_its_parser_reads(tokenizer, fmt: str) -> None:
         m.advance(t)
     else:
         pytest.fail("a grammar for get_weather accepted a call to get_time")
+
+
+def _accepts(grammar: Grammar, tokenizer, text: str) -> tuple[bool, np.ndarray]:
+    """(whether every token of ``text`` was allowed, the mask after the last allowed one)."""
+    m = grammar.matcher()
+    for t in tokenizer.tokenize_str(text):
+        if not m.allowed(VOCAB)[t]:
+            return False, m.allowed(VOCAB)
+        m.advance(t)
+    return True, m.allowed(VOCAB)
+
+
+def _forced(tools: list[dict], tokenizer, choice="required", parallel=None) -> Grammar:
+    plan = ToolPlan.build(tools, choice, parallel, None, False)
+    return Grammar.compile(grammar_text(None, plan.calls_grammar())[0], tokenizer)
+
+
+NESTED = {"type": "function", "function": {"name": "plan_trip", "parameters": {
+    "$defs": {"Country": {"type": "object", "properties": {"name": {"type": "string"}},
+                          "required": ["name"]}},
+    "type": "object", "properties": {"country": {"$ref": "#/$defs/Country"}},
+    "required": ["country"]}}}
+
+
+@pytest.mark.parametrize("tools", [[NESTED], [NESTED, TOOL]], ids=["alone", "anyOf"])
+def test_a_forced_call_resolves_defs_refs_in_its_parameters(tokenizer, tools) -> None:
+    g = _forced(tools, tokenizer)  # was a 400: "Pointer '/$defs/Country' does not exist"
+    call = '<tool_call>\n{"name": "plan_trip", "arguments": {"country": {"name": "Italy"}}}'
+    ok, mask = _accepts(g, tokenizer, call + "\n</tool_call>")
+    assert ok and mask[EOS]
+    assert not _accepts(g, tokenizer, call.replace('"name": "Italy"', '"code": 1'))[0]
+
+
+@pytest.mark.parametrize("fmt", ["hermes", "mistral", "mistral_args", "llama3"])
+def test_every_format_embeds_parameters_with_refs(tokenizer, fmt: str) -> None:
+    from dvai_bridge.engine.grammar import lark_grammar
+    from dvai_bridge.protocol.tool_formats import FORMATS
+
+    funcs = [NESTED["function"], TOOL["function"]]
+    for n in (1, 2):
+        Grammar.compile(lark_grammar(FORMATS[fmt].forced_lark(funcs[:n], True)), tokenizer)
+
+
+def test_a_forced_call_takes_no_undeclared_keys(tokenizer) -> None:
+    open_tool = {"type": "function", "function": {"name": "get_time", "parameters": {
+        "type": "object", "properties": {"city": {"type": "string"}}}}}
+    g = _forced([open_tool], tokenizer)
+    head = '<tool_call>\n{"name": "get_time", "arguments": {"city": "Oslo"'
+    assert _accepts(g, tokenizer, head + "}}\n</tool_call>")[0]
+    assert not _accepts(g, tokenizer, head + ', "zone": "CET"}}')[0]
+    no_params = {"type": "function", "function": {"name": "ping"}}
+    g = _forced([no_params], tokenizer)
+    assert _accepts(g, tokenizer, '<tool_call>\n{"name": "ping", "arguments": {}}\n</tool_call>')[0]
+    assert not _accepts(g, tokenizer, '<tool_call>\n{"name": "ping", "arguments": {"a')[0]
+
+
+def test_required_ends_after_one_call_per_offered_function(tokenizer) -> None:
+    time_tool = {"type": "function", "function": {"name": "get_time", "parameters": {
+        "type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}
+    g = _forced([TOOL, time_tool], tokenizer)
+    one = '<tool_call>\n{"name": "get_time", "arguments": {"city": "Oslo"}}\n</tool_call>'
+    ok, mask = _accepts(g, tokenizer, one)
+    assert ok and mask[EOS] and mask.sum() > 1  # a second call may follow
+    ok, mask = _accepts(g, tokenizer, one + "\n" + one)
+    assert ok and mask.nonzero()[0].tolist() == [EOS]  # not a third
+    ok, mask = _accepts(_forced([TOOL, time_tool], tokenizer, parallel=False), tokenizer, one)
+    assert ok and mask.nonzero()[0].tolist() == [EOS]  # parallel_tool_calls: false

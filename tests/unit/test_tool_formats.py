@@ -156,12 +156,42 @@ def test_detect_format_refuses_an_unknown_tool_template() -> None:
 
 
 @pytest.mark.parametrize("stream", [True, False])
-def test_an_unfinished_call_after_complete_ones_is_dropped_not_leaked(stream: bool) -> None:
+def test_an_unfinished_call_after_complete_ones_is_the_same_streamed_or_not(stream: bool
+                                                                             ) -> None:
     s = ToolCallSplitter(FORMATS["hermes"], KNOWN, stream=stream)
     text = QWEN + '\n<tool_call>\n{"name": "get_time", "arguments": {"time'  # max_tokens
     a, b = s.feed(text), s.finish()
-    assert [c.name for c in a.calls + b.calls] == ["get_weather"]
     assert (a.content + b.content) == ""
+    calls = a.calls + b.calls
+    if stream:  # the cut call went out as deltas, as far as it was written
+        assert [c.name for c in calls] == ["get_weather"]
+        deltas = [d for d in a.deltas + b.deltas if d.index == 1]
+        assert deltas[0].name == "get_time"
+        assert "".join(d.arguments for d in deltas) == '{"time'
+    else:  # the same call, with the same (not JSON) arguments text
+        assert [c.name for c in calls] == ["get_weather", "get_time"]
+        assert calls[1].cut_arguments == '{"time'
+
+
+ECHO_CALL = '<tool_call>\n{"name": "echo", "arguments": {"text": "a</tool_call>b"}}\n</tool_call>'
+
+
+@pytest.mark.parametrize("piece", [0, 1, 5])
+def test_an_end_marker_inside_a_json_string_does_not_end_the_call(piece: int) -> None:
+    assert FORMATS["hermes"].parse(ECHO_CALL) == [ParsedCall("echo", {"text": "a</tool_call>b"})]
+    s = ToolCallSplitter(FORMATS["hermes"], frozenset({"echo"}), stream=bool(piece))
+    pieces = [ECHO_CALL[i:i + piece] for i in range(0, len(ECHO_CALL), piece)] if piece \
+        else [ECHO_CALL]
+    outs = [s.feed(p) for p in pieces] + [s.finish()]
+    assert "".join(o.content for o in outs) == ""
+    assert [c for o in outs for c in o.calls] == [ParsedCall("echo", {"text": "a</tool_call>b"})]
+
+
+@pytest.mark.parametrize("stream", [True, False])
+def test_a_forced_reply_that_does_not_parse_is_never_content(stream: bool) -> None:
+    s = ToolCallSplitter(FORMATS["hermes"], KNOWN, stream=stream, forced=True)
+    a, b = s.feed('<tool_call>\n{"na'), s.finish()  # cut before the name
+    assert (a.content + b.content) == "" and not (a.calls + b.calls)
 
 
 def _stream(fmt: str, text: str, piece: int) -> tuple[str, list]:

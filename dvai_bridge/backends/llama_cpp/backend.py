@@ -34,8 +34,8 @@ from ...errors import (
     BackendUnavailable,
     BridgeError,
     ContextLengthExceeded,
-    InvalidRequest,
     ModelLoadFailed,
+    NotSupported,
 )
 from ...progress import ProgressEvent, ProgressHub
 from ..base import Backend, Batch, Capabilities, Message
@@ -370,7 +370,7 @@ class LlamaBackend(Backend):
     # -- embeddings ------------------------------------------------------------------
     def embed(self, inputs: list[list[int]] | list[str]) -> list[list[float]]:
         if self.embedder is None:
-            raise InvalidRequest(embedding_mode_hint(self.model_id), param="input")
+            raise NotSupported(embedding_mode_hint(self.model_id), param="model")
         batch = [self.embedder.tokenize(x) if isinstance(x, str) else self.embedder.frame(x)
                  for x in inputs]
         return self.embedder.embed_tokens(batch).tolist()
