@@ -37,6 +37,7 @@ from .http.drain import Drain
 from .http.listen import bind_port
 from .http.security import SecurityOptions
 from .progress import ProgressEvent, ProgressHub
+from .protocol.openai_responses.store import StoreLimits
 from .protocol.reasoning import ReasoningOptions
 from .protocol.service import OpenAIService
 from .store.inuse import ServingLease, take_lease
@@ -120,7 +121,10 @@ class Bridge:
                                            aliases=config.model_aliases,
                                            strict_model_names=config.strict_model_names),
                              **security.app_options(),
-                             shutdown_grace_s=config.shutdown_grace_s)
+                             shutdown_grace_s=config.shutdown_grace_s,
+                             responses_store=StoreLimits(
+                                 config.responses_max, config.responses_max_mb << 20,
+                                 config.responses_ttl_s, config.responses_dir))
             server = uvicorn.Server(uvicorn.Config(
                 app, log_level=config.log_level.lower(), lifespan="off",
                 timeout_graceful_shutdown=int(SHUTDOWN_GRACE_S), access_log=False,

@@ -75,6 +75,13 @@ def main() -> None:
 @click.option("--prefill-chunk", type=int, default=None, help=_help("prefill_chunk"))
 @click.option("--prompt-cache-mb", type=int, default=None, help=_help("prompt_cache_mb"))
 @click.option("--max-queued", type=int, default=64, show_default=True, help=_help("max_queued"))
+@click.option("--responses-max", type=int, default=1000, show_default=True,
+              help=_help("responses_max"))
+@click.option("--responses-max-mb", type=int, default=64, show_default=True,
+              help=_help("responses_max_mb"))
+@click.option("--responses-ttl", "responses_ttl_s", type=float, default=86400.0,
+              show_default=True, help=_help("responses_ttl_s"))
+@click.option("--responses-dir", default=None, help=_help("responses_dir"))
 @click.option("--shard", type=click.Choice(["auto", "tensor", "pipeline"]), default="auto",
               show_default=True, help=_help("shard"))
 @click.option("--group-timeout", "group_timeout_s", type=float, default=120.0,

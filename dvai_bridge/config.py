@@ -77,6 +77,15 @@ class StartConfig(BaseModel):
         None, ge=0, description="Memory for cached conversation prefixes (KV), in MiB; "
         "0 turns the prompt cache off. Default: by device (CPU 1024, CUDA 8192, Metal 4096, "
         "at most a tenth of the GPU's memory).")
+    # Stored responses (POST /v1/responses with store, read back by previous_response_id).
+    responses_max: int = Field(1000, ge=0, description="Stored responses kept at most "
+                               "(least recently used go first); 0 stores none.")
+    responses_max_mb: int = Field(64, ge=1, description="Stored responses' size limit, in MiB "
+                                  "of JSON.")
+    responses_ttl_s: float = Field(86400.0, gt=0, description="Seconds a stored response "
+                                   "lives.")
+    responses_dir: str | None = Field(None, description="Keep stored responses in this "
+                                      "directory (they outlive a restart); default: memory.")
     shard: Literal["auto", "tensor", "pipeline"] = Field(
         "auto", description="Under mlx.launch (an MLX distributed group), how the model is "
         "split across the ranks: 'tensor' (every layer sliced, mlx-lm's shard), 'pipeline' "

@@ -19,6 +19,7 @@ envelope ``{"error": {"message", "type", "param", "code"}}`` in exactly one plac
         ├── InvalidRequest              400  code=invalid_request
         ├── ContextLengthExceeded       400  code=context_length_exceeded
         ├── ModelNotFound               404  code=model_not_found
+        ├── NotFound                    404  code=not_found (a stored response)
         ├── Unauthorized                401  code=invalid_api_key
         ├── Forbidden                   403
         │   ├── HostNotAllowed          403  (DNS-rebinding guard)
@@ -134,6 +135,13 @@ class ModelNotFound(RequestError):
     code = "model_not_found"
 
 
+class NotFound(RequestError):
+    """A stored object (a response id) that does not exist or has expired."""
+
+    status_code = 404
+    code = "not_found"
+
+
 class Unauthorized(RequestError):
     status_code = 401
     code = "invalid_api_key"
@@ -198,6 +206,7 @@ __all__ = [
     "InvalidRequest",
     "ModelInUse",
     "ModelLoadFailed",
+    "NotFound",
     "ModelNotFound",
     "NotStarted",
     "NotSupported",

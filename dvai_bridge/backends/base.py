@@ -157,6 +157,10 @@ class Backend(ABC):
         """Called from the engine thread every few seconds while nothing runs (tuning that
         must not change mid-step, such as the CPU's BLAS threads, can catch up here)."""
 
+    def prompt_text(self, tokens: Sequence[int]) -> str:
+        """Text of a prompt with its control tokens written out (``/apply-template``)."""
+        return self.decode(tokens)
+
     def detokenizer(self) -> IncrementalDetokenizer:
         return IncrementalDetokenizer(self.decode)
 

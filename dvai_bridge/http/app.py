@@ -6,8 +6,13 @@ from collections.abc import Iterable
 
 from fastapi import FastAPI
 
+from ..protocol.anthropic.service import MessagesService
+from ..protocol.openai_responses.service import ResponsesService
+from ..protocol.openai_responses.store import ResponseStore, StoreLimits
 from ..protocol.service import OpenAIService
-from . import connections
+from ..protocol.tokens import TokenService
+from . import agent_routes, connections
+from .anthropic_errors import AnthropicErrors
 from .drain import Drain, DrainGuard
 from .errors import install_error_handlers
 from .methods import HeadAsGet, PlainOptions
@@ -20,7 +25,8 @@ from .security import MAX_BODY_BYTES, BodyLimit, Cors, HostGuard, KeyCheck, Orig
 def create_app(service: OpenAIService, *, cors_origin: str | Iterable[str] | None = (),
                api_key: str | Iterable[str] | None = None,
                allowed_hosts: Iterable[str] = (), max_body_bytes: int = MAX_BODY_BYTES,
-               shutdown_grace_s: float = 5.0, body_timeout_s: float | None = None) -> FastAPI:
+               shutdown_grace_s: float = 5.0, body_timeout_s: float | None = None,
+               responses_store: StoreLimits = StoreLimits()) -> FastAPI:
     """The app over ``service``. ``app.state.drain`` lets whoever stops the server drain it.
 
     Requests pass, outermost first: metrics, HostGuard (Host and Origin), CORS, DrainGuard,
@@ -28,9 +34,13 @@ def create_app(service: OpenAIService, *, cors_origin: str | Iterable[str] | Non
     ``cors_origin``: ``()`` loopback pages only, origins to add to them, ``"*"`` any page,
     ``None`` no page (see ``OriginPolicy``). The body's deadline is the
     connection edge's (``connections.DEFAULT_LIMITS``) unless ``body_timeout_s`` is given.
+    ``responses_store``: the limits of the stored responses (``previous_response_id``).
     """
     app = FastAPI(title="dvai-bridge", version="0.1.0", docs_url=None, redoc_url=None)
     app.state.service = service
+    app.state.responses = ResponsesService(service, ResponseStore(responses_store))
+    app.state.messages = MessagesService(service)
+    app.state.tokens = TokenService(service)
     app.state.drain = drain = Drain(shutdown_grace_s)
     install_error_handlers(app)
     keys = [api_key] if isinstance(api_key, str) else [k for k in api_key or () if k]
@@ -46,7 +56,9 @@ def create_app(service: OpenAIService, *, cors_origin: str | Iterable[str] | Non
     if origins.open:
         app.add_middleware(Cors, origins=origins)
     app.add_middleware(HostGuard, allowed_hosts=allowed_hosts, origins=origins)
+    app.add_middleware(AnthropicErrors)  # /v1/messages errors in Anthropic's envelope
     install_metrics(app, service.engine.scheduler.metrics)
     app.include_router(router)
+    app.include_router(agent_routes.router)
     install_openapi(app, keys=bool(keys))
     return app

@@ -135,8 +135,17 @@ async def _on_http(request: Request, exc: Exception) -> JSONResponse:
     message = _body_problem(exc.__cause__) if exc.status_code == 400 else None
     if message is not None:
         return envelope(400, message, type_, None, "invalid_request")
+    if exc.status_code == 404 and exc.detail == "Not Found":  # no route matched
+        return envelope(404, f"No route {request.method} {request.url.path}. This server "
+                        f"serves: {', '.join(_routes(request))}.", type_, None, "unknown_route")
     return envelope(exc.status_code, str(exc.detail), type_, None, None,
                     dict(exc.headers) if exc.headers else None)
+
+
+def _routes(request: Request) -> list[str]:
+    """'METHOD /path' of every documented route (the OpenAPI schema's, built once)."""
+    paths = request.app.openapi().get("paths", {})
+    return [f"{m.upper()} {p}" for p, ops in paths.items() for m in ops]
 
 
 async def _on_unexpected(request: Request, exc: Exception) -> JSONResponse:

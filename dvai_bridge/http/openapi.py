@@ -35,9 +35,15 @@ _ROUTES: dict[tuple[str, str], tuple[str, ...]] = {
     ("post", "/v1/embeddings"): (*_INFERENCE, "404"),
     ("get", "/v1/models"): _READ,
     ("get", "/v1/models/{model_id}"): (*_READ, "404"),
+    ("post", "/v1/responses"): (*_INFERENCE, "404"),  # previous_response_id not stored
+    ("post", "/v1/responses/input_tokens"): (*_INFERENCE, "404"),
+    ("get", "/v1/responses/{response_id}"): (*_READ, "404"),
+    ("delete", "/v1/responses/{response_id}"): (*_READ, "404"),
+    ("get", "/v1/responses/{response_id}/input_items"): (*_READ, "400", "404"),
 }
 _OPEN = frozenset({"/health"})  # answered without a key
-_STREAMING = frozenset({("post", "/v1/chat/completions"), ("post", "/v1/completions")})
+_STREAMING = frozenset({("post", "/v1/chat/completions"), ("post", "/v1/completions"),
+                        ("post", "/v1/responses"), ("post", "/v1/messages")})
 
 _ENVELOPE_SCHEMA = {
     "title": ENVELOPE,

@@ -310,8 +310,12 @@ class KeyCheck:
         self.app = app
         self.digests = tuple(hashlib.sha256(k.encode()).digest() for k in keys)
 
-    def authorized(self, header: str | None) -> bool:
-        scheme, _, token = (header or "").partition(" ")
+    def authorized(self, header: str | None, api_key: str | None = None) -> bool:
+        """``Authorization: Bearer <key>``, or Anthropic's ``x-api-key: <key>``."""
+        if api_key is not None:
+            scheme, token = "bearer", api_key
+        else:
+            scheme, _, token = (header or "").partition(" ")
         given = hashlib.sha256(token.strip().encode()).digest()
         ok = False
         for digest in self.digests:
@@ -322,7 +326,8 @@ class KeyCheck:
         if scope["type"] != "http" or scope["method"] == "OPTIONS" or \
                 scope["path"] in OPEN_PATHS:
             return await self.app(scope, receive, send)
-        if not self.authorized(Headers(scope=scope).get("authorization")):
+        headers = Headers(scope=scope)
+        if not self.authorized(headers.get("authorization"), headers.get("x-api-key")):
             return await _refuse(Unauthorized(
                 "Missing or wrong API key (send Authorization: Bearer <key>)."),
                 scope, receive, send, {"WWW-Authenticate": "Bearer"})

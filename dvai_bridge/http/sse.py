@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from fastapi.responses import StreamingResponse
@@ -44,3 +44,33 @@ def sse_response(chunks: AsyncIterator[dict[str, Any]]) -> StreamingResponse:
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
+
+
+def named_frame(body: dict[str, Any]) -> bytes:
+    """``event: <type>`` then ``data:``: the Responses and Messages APIs name every event."""
+    return f"event: {body['type']}\n".encode() + frame(body)
+
+
+async def _named_frames(events: AsyncIterator[dict[str, Any]],
+                        on_error: Callable[[BridgeError], dict[str, Any]]
+                        ) -> AsyncIterator[bytes]:
+    try:
+        async for event in events:
+            yield named_frame(event)
+    except BridgeError as exc:
+        yield named_frame(on_error(exc))
+    except Exception as exc:
+        log.exception("stream failed")
+        yield named_frame(on_error(BackendError(f"Generation failed: {exc}")))
+    finally:
+        aclose = getattr(events, "aclose", None)
+        if aclose is not None:
+            await aclose()
+
+
+def event_response(events: AsyncIterator[dict[str, Any]],
+                   on_error: Callable[[BridgeError], dict[str, Any]]) -> StreamingResponse:
+    """Named events, no ``[DONE]``; a failure is the event ``on_error`` makes of it."""
+    return StreamingResponse(
+        _named_frames(events, on_error), media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})

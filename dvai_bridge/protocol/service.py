@@ -297,11 +297,21 @@ class OpenAIService:
 
     async def chat_stream(self, req: ChatCompletionRequest) -> AsyncIterator[dict[str, Any]]:
         """Validate and submit now (errors raise before any byte is sent); stream later."""
+        return (await self.open_chat_stream(req))[1]
+
+    async def open_chat_stream(self, req: ChatCompletionRequest
+                               ) -> tuple[int, AsyncIterator[dict[str, Any]]]:
+        """``chat_stream`` with the prompt's token count (the Messages API sends it first)."""
         gen, plan, thinking = await self._chat_generation(req)
         streams = self._open(_fan_out(gen, req.n))
         factory = ChunkFactory("chat.completion.chunk", self.backend.model_id,
                                new_id("chatcmpl"), req.include_usage)
-        return self._chat_chunks(streams, factory, req.logprobs, plan, thinking)
+        return len(gen.prompt_tokens), self._chat_chunks(streams, factory, req.logprobs, plan,
+                                                         thinking)
+
+    async def count_chat_tokens(self, req: ChatCompletionRequest) -> int:
+        """The prompt tokens ``req`` would prefill (template, tools and all); runs nothing."""
+        return len((await self._chat_generation(req))[0].prompt_tokens)
 
     async def _chat_chunks(self, streams: list[EventStream], f: ChunkFactory,
                            want_logprobs: bool, plan: ToolPlan | None,

@@ -236,6 +236,9 @@ class LlamaBackend(Backend):
         return b"".join(self._piece(t, special=True) for t in prompt[-16:]).decode(
             "utf-8", errors="replace")
 
+    def prompt_text(self, tokens: Sequence[int]) -> str:
+        return b"".join(self._piece(t, special=True) for t in tokens).decode("utf-8", "replace")
+
     # -- evaluation ------------------------------------------------------------------
     def _should_abort(self, _data: Any) -> bool:
         flag = self._abort_flag

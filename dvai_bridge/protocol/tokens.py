@@ -1,0 +1,72 @@
+"""Token utilities as llama-server names them: ``/tokenize``, ``/detokenize``, ``/apply-template``.
+
+``/tokenize`` tokenizes ``content`` as a raw prompt; without ``add_special`` (llama-server's
+default) the tokens the model adds to every prompt (BOS) are left out. ``with_pieces`` gives each
+token's text, or its bytes as a list where they are not valid UTF-8 alone (as llama-server does).
+``/apply-template`` answers the prompt a chat request renders to, control tokens written out.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import Field
+
+from ..errors import InvalidRequest
+from .schema import ChatCompletionRequest, OpenAIBaseModel, TokenId
+from .service import OpenAIService
+
+MAX_DETOKENIZE = 1 << 17
+
+
+class TokenizeRequest(OpenAIBaseModel):
+    content: str
+    add_special: bool = False
+    with_pieces: bool = False
+
+
+class DetokenizeRequest(OpenAIBaseModel):
+    tokens: list[TokenId] = Field(max_length=MAX_DETOKENIZE)
+
+
+class TokenService:
+    def __init__(self, chat: OpenAIService) -> None:
+        self.chat = chat
+
+    def _tokenize(self, req: TokenizeRequest) -> dict[str, Any]:
+        backend = self.chat.backend
+        self.chat._bound().check([req.content], "content")
+        tokens = backend.tokenize(req.content)
+        if not req.add_special:  # what the model puts before any prompt (BOS), if anything
+            prefix = backend.tokenize("")
+            if prefix and tokens[:len(prefix)] == prefix and len(prefix) <= 2:
+                tokens = tokens[len(prefix):]
+        if not req.with_pieces:
+            return {"tokens": tokens}
+        out = []
+        for t in tokens:
+            raw = backend.token_bytes(t)
+            try:
+                piece: Any = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                piece = list(raw)
+            out.append({"id": t, "piece": piece})
+        return {"tokens": out}
+
+    async def tokenize(self, req: TokenizeRequest) -> dict[str, Any]:
+        return await self.chat.prep.run(self._tokenize, req)
+
+    def _detokenize(self, req: DetokenizeRequest) -> dict[str, Any]:
+        vocab = getattr(self.chat.backend, "vocab_size", None)
+        if vocab and any(not 0 <= t < vocab for t in req.tokens):
+            raise InvalidRequest(f"tokens holds ids outside the vocabulary (0-{vocab - 1}).",
+                                 param="tokens")
+        return {"content": self.chat.backend.decode(req.tokens)}
+
+    async def detokenize(self, req: DetokenizeRequest) -> dict[str, Any]:
+        return await self.chat.prep.run(self._detokenize, req)
+
+    async def apply_template(self, req: ChatCompletionRequest) -> dict[str, Any]:
+        gen = (await self.chat._chat_generation(req))[0]
+        text = await self.chat.prep.run(self.chat.backend.prompt_text, list(gen.prompt_tokens))
+        return {"prompt": text}
