@@ -86,3 +86,16 @@ def test_node_json_schema(node_result: dict[str, Any]) -> None:
     body = json.loads(node_result["json"]["content"])
     assert isinstance(body["answer"], int)
     assert node_result["json"]["finish_reason"] == "stop"
+
+
+def test_node_responses_stream(node_result: dict[str, Any], greedy_chat: Any) -> None:
+    r = node_result["responses"]
+    assert r["types"][:2] == ["response.created", "response.in_progress"]
+    assert r["types"][-1] == ("response.completed" if r["status"] == "completed"
+                              else "response.incomplete")
+    assert "response.output_text.delta" in r["types"]
+    assert r["sequence_numbers"] == list(range(len(r["types"])))
+    assert r["text"] == r["final_text"]
+    # the same greedy request as the chat one: the same text
+    assert r["text"] == greedy_chat(PROMPT, MAX_TOKENS).choices[0].message.content
+    assert 0 < r["usage"]["output_tokens"] <= MAX_TOKENS

@@ -1,4 +1,5 @@
-// One chat round trip and one streaming round trip through the official openai npm package.
+// Chat round trips (plain, streamed, tools, JSON schema) and a streamed Responses API call
+// through the official openai npm package.
 //
 //   node client.mjs <base_url> <model> [prompt]
 //   DVAI_BASE_URL=... DVAI_MODEL=... [DVAI_PROMPT=...] [DVAI_MAX_TOKENS=8] node client.mjs
@@ -96,8 +97,28 @@ try {
     },
   });
 
+  // The Responses API, streamed: the event types in order, the text, the final response.
+  const rstream = await client.responses.create({
+    model, input: prompt, temperature: 0, max_output_tokens: maxTokens, stream: true,
+  });
+  const rtypes = [];
+  const rseq = [];
+  let rtext = "";
+  let rfinal = null;
+  for await (const event of rstream) {
+    rtypes.push(event.type);
+    rseq.push(event.sequence_number);
+    if (event.type === "response.output_text.delta") rtext += event.delta;
+    if (event.type === "response.completed" || event.type === "response.incomplete") rfinal = event.response;
+  }
+
   console.log(JSON.stringify({
     node: process.version,
+    responses: {
+      types: rtypes, sequence_numbers: rseq, text: rtext,
+      final_text: rfinal?.output?.[0]?.content?.[0]?.text ?? null,
+      status: rfinal?.status ?? null, usage: rfinal?.usage ?? null,
+    },
     tools: {
       finish_reason: toolFinal.choices[0].finish_reason,
       content: toolFinal.choices[0].message.content ?? null,
