@@ -12,10 +12,11 @@ import openai
 import pytest
 from pydantic import BaseModel
 
-from .conftest import REQUEST_TIMEOUT_S
+REQUEST_TIMEOUT_S = 180.0  # as conftest.py
 
 PROMPT = "Say hello."  # the same request as test_openai_sdk's SHORT: the greedy memo is shared
 MAX_TOKENS = 8
+GREEDY = {"temperature": 0}
 WEATHER = {"type": "function", "name": "get_weather",
            "description": "Get the current weather in a city.",
            "parameters": {"type": "object", "properties": {"city": {"type": "string"}},
@@ -24,6 +25,8 @@ WEATHER = {"type": "function", "name": "get_weather",
 
 @pytest.fixture(scope="module")
 def claude(e2e_server: Any) -> anthropic.Anthropic:
+    # Greedy via extra_body: anthropic 2.x's create() no longer takes temperature (the
+    # server still reads it, as the Messages API does).
     return anthropic.Anthropic(base_url=e2e_server.root_url, api_key="unused", max_retries=0,
                                timeout=REQUEST_TIMEOUT_S)
 
@@ -89,9 +92,10 @@ def test_openai_agents_default_model_class(base_url: str, model: str) -> None:
     agents.set_tracing_disabled(True)
     agents.set_default_openai_client(client, use_for_tracing=False)
     agents.set_default_openai_api("responses")
-    agent = agents.Agent(name="greeter", instructions="Be brief.", model=model,
-                         model_settings=agents.ModelSettings(temperature=0,
-                                                             max_tokens=MAX_TOKENS))
+    # Room to finish: the agents runner treats response.incomplete as a failed turn.
+    agent = agents.Agent(name="greeter", instructions="Answer in one short sentence.",
+                         model=model, model_settings=agents.ModelSettings(temperature=0,
+                                                                          max_tokens=96))
     result = agents.Runner.run_sync(agent, PROMPT, max_turns=1)
     assert isinstance(agents.OpenAIProvider().get_model(model), OpenAIResponsesModel)
     assert result.raw_responses[0].response_id.startswith("resp_")
@@ -99,12 +103,12 @@ def test_openai_agents_default_model_class(base_url: str, model: str) -> None:
 
 
 def test_anthropic_messages(claude: anthropic.Anthropic, model: str, greedy_chat: Any) -> None:
-    m = claude.messages.create(model=model, max_tokens=MAX_TOKENS, temperature=0,
+    m = claude.messages.create(model=model, max_tokens=MAX_TOKENS, extra_body=GREEDY,
                                messages=[{"role": "user", "content": PROMPT}])
     ref = greedy_chat(PROMPT, MAX_TOKENS)
     assert m.content[0].text == ref.choices[0].message.content
     assert m.usage.input_tokens + m.usage.cache_read_input_tokens == ref.usage.prompt_tokens
-    with claude.messages.stream(model=model, max_tokens=MAX_TOKENS, temperature=0,
+    with claude.messages.stream(model=model, max_tokens=MAX_TOKENS, extra_body=GREEDY,
                                 messages=[{"role": "user", "content": PROMPT}]) as stream:
         text = "".join(stream.text_stream)
         final = stream.get_final_message()
@@ -118,7 +122,7 @@ def test_anthropic_tool_round_trip(claude: anthropic.Anthropic, model: str) -> N
     tool = {"name": "get_weather", "description": WEATHER["description"],
             "input_schema": WEATHER["parameters"]}
     history: list[dict[str, Any]] = [{"role": "user", "content": "Weather in Paris?"}]
-    m = claude.messages.create(model=model, max_tokens=40, temperature=0, tools=[tool],
+    m = claude.messages.create(model=model, max_tokens=40, extra_body=GREEDY, tools=[tool],
                                tool_choice={"type": "tool", "name": "get_weather"},
                                messages=history)
     (use,) = [b for b in m.content if b.type == "tool_use"]
@@ -126,7 +130,7 @@ def test_anthropic_tool_round_trip(claude: anthropic.Anthropic, model: str) -> N
     history += [{"role": "assistant", "content": [b.model_dump() for b in m.content]},
                 {"role": "user", "content": [{"type": "tool_result", "tool_use_id": use.id,
                                               "content": "Sunny, 21 C"}]}]
-    reply = claude.messages.create(model=model, max_tokens=MAX_TOKENS, temperature=0,
+    reply = claude.messages.create(model=model, max_tokens=MAX_TOKENS, extra_body=GREEDY,
                                    tools=[tool], messages=history)
     assert reply.content and reply.content[0].type == "text" and reply.content[0].text.strip()
     with pytest.raises(anthropic.BadRequestError) as err:
