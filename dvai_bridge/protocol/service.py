@@ -309,9 +309,9 @@ class OpenAIService:
         return len(gen.prompt_tokens), self._chat_chunks(streams, factory, req.logprobs, plan,
                                                          thinking)
 
-    async def count_chat_tokens(self, req: ChatCompletionRequest) -> int:
+    async def chat_prompt(self, req: ChatCompletionRequest) -> tuple[int, ...]:
         """The prompt tokens ``req`` would prefill (template, tools and all); runs nothing."""
-        return len((await self._chat_generation(req))[0].prompt_tokens)
+        return (await self._chat_generation(req))[0].prompt_tokens
 
     async def _chat_chunks(self, streams: list[EventStream], f: ChunkFactory,
                            want_logprobs: bool, plan: ToolPlan | None,

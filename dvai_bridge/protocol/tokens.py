@@ -67,6 +67,6 @@ class TokenService:
         return await self.chat.prep.run(self._detokenize, req)
 
     async def apply_template(self, req: ChatCompletionRequest) -> dict[str, Any]:
-        gen = (await self.chat._chat_generation(req))[0]
-        text = await self.chat.prep.run(self.chat.backend.prompt_text, list(gen.prompt_tokens))
+        tokens = await self.chat.chat_prompt(req)
+        text = await self.chat.prep.run(self.chat.backend.prompt_text, list(tokens))
         return {"prompt": text}

@@ -1,7 +1,7 @@
 """Chat results -> Anthropic Messages: the message object and its streamed events.
 
 Stream: ``message_start``, per content block ``content_block_start``, ``content_block_delta``s
-(``text_delta`` or ``input_json_delta``) and ``content_block_stop``, then ``message_delta``
+(``thinking_delta``, ``text_delta`` or ``input_json_delta``) and ``content_block_stop``, then ``message_delta``
 (``stop_reason``, usage) and ``message_stop``; a failure mid-stream is an ``error`` event.
 """
 
@@ -41,6 +41,9 @@ def message_from_chat(completion: dict[str, Any], model: str) -> dict[str, Any]:
     choice = completion["choices"][0]
     msg = choice["message"]
     content: list[dict[str, Any]] = []
+    thought = msg.get("reasoning_content") or msg.get("reasoning")
+    if thought:
+        content.append({"type": "thinking", "thinking": thought, "signature": ""})
     if msg.get("content"):
         content.append({"type": "text", "text": msg["content"]})
     for call in msg.get("tool_calls") or []:
@@ -74,6 +77,16 @@ async def stream_events(chunks: AsyncIterator[dict[str, Any]], model: str, promp
                 usage = chunk["usage"]
             for choice in chunk.get("choices", []):
                 delta = choice.get("delta") or {}
+                thought = delta.get("reasoning_content") or delta.get("reasoning")
+                if thought:
+                    if open_kind != "thinking":
+                        if open_kind is not None:
+                            yield {"type": "content_block_stop", "index": index}
+                        index, open_kind = index + 1, "thinking"
+                        yield {"type": "content_block_start", "index": index, "content_block": {
+                            "type": "thinking", "thinking": "", "signature": ""}}
+                    yield {"type": "content_block_delta", "index": index,
+                           "delta": {"type": "thinking_delta", "thinking": thought}}
                 if delta.get("content"):
                     if open_kind != "text":
                         if open_kind is not None:

@@ -1,8 +1,9 @@
 """``POST /v1/messages`` (Anthropic Messages API) requests, converted into chat requests.
 
 ``system``, text / ``tool_use`` / ``tool_result`` blocks, ``tools``, ``tool_choice`` (``auto``,
-``any``, ``tool``, ``none``), ``stop_sequences``, sampling fields and ``thinking`` (validated;
-the template renders no thinking) become one ``ChatCompletionRequest``, run as chat runs.
+``any``, ``tool``, ``none``), ``stop_sequences``, sampling fields and ``thinking`` (as ``reasoning_effort``; thinking
+blocks in the history as ``reasoning_content``) become one ``ChatCompletionRequest``, run as
+chat runs.
 """
 
 from __future__ import annotations
@@ -71,6 +72,7 @@ def _messages(req: MessagesRequest) -> list[dict[str, Any]]:
             continue
         texts: list[str] = []
         calls: list[dict[str, Any]] = []
+        thoughts: list[str] = []
         results = 0
         for j, block in enumerate(msg.content):
             where, kind = f"messages[{i}].content[{j}]", block.get("type")
@@ -85,7 +87,8 @@ def _messages(req: MessagesRequest) -> list[dict[str, Any]]:
                 calls.append({"id": str(block.get("id")), "type": "function", "function": {
                     "name": block.get("name"), "arguments": json.dumps(block.get("input", {}))}})
             elif kind in ("thinking", "redacted_thinking") and msg.role == "assistant":
-                continue
+                if block.get("thinking"):
+                    thoughts.append(str(block["thinking"]))
             else:
                 texts.append(_block_text(block, where))
         if calls:
@@ -93,7 +96,24 @@ def _messages(req: MessagesRequest) -> list[dict[str, Any]]:
                         "tool_calls": calls})
         elif texts or not results:
             out.append({"role": msg.role, "content": "\n".join(texts)})
+        if thoughts and out[-1]["role"] == "assistant":
+            out[-1]["reasoning_content"] = "\n".join(thoughts)
     return out
+
+
+def reasoning_effort(thinking: ThinkingConfig | None) -> str | None:
+    """``thinking`` as chat's ``reasoning_effort``: disabled is none; a budget picks the
+    smallest effort whose default budget (64, 256, 1024 tokens) holds it; adaptive and
+    absent leave the model's default."""
+    if thinking is None or thinking.type == "adaptive":
+        return None
+    if thinking.type == "disabled":
+        return "none"
+    budget = thinking.budget_tokens
+    if budget is None:
+        return "high"
+    return next((e for e, cap in (("minimal", 64), ("low", 256), ("medium", 1024))
+                 if budget <= cap), "high")
 
 
 def _tools(tools: list[dict[str, Any]] | None) -> list[dict[str, Any]] | None:
@@ -138,6 +158,9 @@ def to_chat(req: MessagesRequest, stream: bool) -> ChatCompletionRequest:
             "top_k": req.top_k, "tools": tools, "tool_choice": choice,
             "parallel_tool_calls": parallel, "stream": stream,
             "stream_options": {"include_usage": True} if stream else None}
+    effort = reasoning_effort(req.thinking)
+    if effort is not None:
+        body["reasoning_effort"] = effort  # the chat request's field (docs/reasoning.md)
     try:
         return ChatCompletionRequest.model_validate(body)
     except ValidationError as exc:

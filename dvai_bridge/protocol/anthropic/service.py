@@ -23,4 +23,4 @@ class MessagesService:
         return stream_events(chunks, self.chat.backend.model_id, prompt)
 
     async def count_tokens(self, req: CountTokensRequest) -> dict[str, Any]:
-        return {"input_tokens": await self.chat.count_chat_tokens(to_chat(req, stream=False))}
+        return {"input_tokens": len(await self.chat.chat_prompt(to_chat(req, stream=False)))}

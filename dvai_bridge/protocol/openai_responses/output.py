@@ -29,7 +29,8 @@ def responses_usage(chat_usage: dict[str, Any] | None) -> dict[str, Any]:
             "input_tokens_details": {"cached_tokens":
                                      (u.get("prompt_tokens_details") or {}).get("cached_tokens", 0)},
             "output_tokens": completion,
-            "output_tokens_details": {"reasoning_tokens": 0},
+            "output_tokens_details": {"reasoning_tokens": (u.get("completion_tokens_details")
+                                                           or {}).get("reasoning_tokens", 0)},
             "total_tokens": prompt + completion}
 
 
@@ -38,6 +39,17 @@ def message_item(text: str, item_id: str | None = None, status: str = "completed
     return {"type": "message", "id": item_id or new_id("msg"), "status": status,
             "role": "assistant",
             "content": [{"type": "output_text", "text": text, "annotations": [], "logprobs": []}]}
+
+
+def reasoning_text(message: dict[str, Any]) -> str | None:
+    """The thinking a chat message or delta carries (its field's name is a server option)."""
+    return message.get("reasoning_content") or message.get("reasoning")
+
+
+def reasoning_item(text: str, item_id: str | None = None, status: str = "completed"
+                   ) -> dict[str, Any]:
+    return {"type": "reasoning", "id": item_id or new_id("rs"), "status": status,
+            "summary": [], "content": [{"type": "reasoning_text", "text": text}]}
 
 
 def call_item(call_id: str, name: str, arguments: str, item_id: str | None = None,
@@ -51,6 +63,8 @@ def output_from_chat(completion: dict[str, Any]) -> tuple[list[dict[str, Any]], 
     choice = completion["choices"][0]
     msg = choice["message"]
     items: list[dict[str, Any]] = []
+    if reasoning_text(msg):
+        items.append(reasoning_item(reasoning_text(msg) or ""))
     if msg.get("content"):
         items.append(message_item(msg["content"]))
     for call in msg.get("tool_calls") or []:
@@ -79,14 +93,22 @@ async def stream_events(chunks: AsyncIterator[dict[str, Any]], response: dict[st
         return {"type": kind, "sequence_number": seq - 1, **fields}
 
     output: list[dict[str, Any]] = []
+    think: dict[str, Any] | None = None  # the open reasoning item
     msg: dict[str, Any] | None = None  # the open message item
     call: dict[str, Any] | None = None  # the open function call item
     reason: str | None = None
     usage: dict[str, Any] | None = None
 
     def close_open() -> list[dict[str, Any]]:
-        nonlocal msg, call
+        nonlocal think, msg, call
         out = []
+        if think is not None:
+            i, text = output.index(think), think["content"][0]["text"]
+            out.append(ev("response.reasoning_text.done", item_id=think["id"], output_index=i,
+                          content_index=0, text=text))
+            think["status"] = "completed"
+            out.append(ev("response.output_item.done", output_index=i, item=think))
+            think = None
         if msg is not None:
             i, text = output.index(msg), msg["content"][0]["text"]
             part = msg["content"][0]
@@ -116,8 +138,20 @@ async def stream_events(chunks: AsyncIterator[dict[str, Any]], response: dict[st
                 usage = chunk["usage"]
             for choice in chunk.get("choices", []):
                 delta = choice.get("delta") or {}
+                thought = reasoning_text(delta)
+                if thought:
+                    if think is None:
+                        for e in close_open():
+                            yield e
+                        think = reasoning_item("", status="in_progress")
+                        output.append(think)
+                        yield ev("response.output_item.added", output_index=len(output) - 1,
+                                 item={**think, "content": []})
+                    think["content"][0]["text"] += thought
+                    yield ev("response.reasoning_text.delta", item_id=think["id"],
+                             output_index=output.index(think), content_index=0, delta=thought)
                 if delta.get("content"):
-                    if msg is None:
+                    if msg is None or think is not None:
                         for e in close_open():
                             yield e
                         msg = message_item("", status="in_progress")

@@ -74,8 +74,10 @@ def _text_of(content: Any, where: str) -> str:
 
 def items_to_messages(items: list[dict[str, Any]], where: str = "input") -> list[dict[str, Any]]:
     """Responses input items as chat messages (``function_call`` items join the assistant
-    turn before them; ``reasoning`` items are dropped: the template renders no thinking)."""
+    turn before them; a ``reasoning`` item is the next assistant turn's ``reasoning_content``,
+    which the chat template renders or drops as it does on chat)."""
     out: list[dict[str, Any]] = []
+    pending_reasoning: str | None = None
     for i, item in enumerate(items):
         at = f"{where}[{i}]"
         if not isinstance(item, dict):
@@ -88,6 +90,8 @@ def items_to_messages(items: list[dict[str, Any]], where: str = "input") -> list
                                      param=f"{at}.role")
             out.append({"role": role, "content": _text_of(item.get("content", ""),
                                                           f"{at}.content")})
+            if role == "assistant" and pending_reasoning is not None:
+                out[-1]["reasoning_content"], pending_reasoning = pending_reasoning, None
         elif kind == "function_call":
             for key in ("call_id", "name"):
                 if not isinstance(item.get(key), str):
@@ -102,14 +106,19 @@ def items_to_messages(items: list[dict[str, Any]], where: str = "input") -> list
                     last["content"] = None
             else:
                 out.append({"role": "assistant", "content": None, "tool_calls": [call]})
+            if pending_reasoning is not None:
+                out[-1]["reasoning_content"], pending_reasoning = pending_reasoning, None
         elif kind == "function_call_output":
             if not isinstance(item.get("call_id"), str):
                 raise InvalidRequest(f"{at}.call_id is required.", param=f"{at}.call_id")
             output = item.get("output", "")
             text = output if isinstance(output, str) else _text_of(output, f"{at}.output")
             out.append({"role": "tool", "tool_call_id": item["call_id"], "content": text})
-        elif kind == "reasoning":
-            continue
+        elif kind == "reasoning":  # the next assistant turn's thinking
+            parts = item.get("content") or item.get("summary") or []
+            thought = "\n".join(str(p.get("text", "")) for p in parts if isinstance(p, dict))
+            if thought:
+                pending_reasoning = thought
         else:
             raise InvalidRequest(f"{at} is a {kind!r} item; supported: message, function_call, "
                                  "function_call_output, reasoning.", param=f"{at}.type")
@@ -176,6 +185,10 @@ def to_chat(req: ResponsesRequest, history: list[dict[str, Any]], stream: bool
         "response_format": _response_format(req.text), "seed": req.seed, "top_k": req.top_k,
         "stream": stream, "stream_options": {"include_usage": True} if stream else None,
     }
+    if req.reasoning is not None and req.reasoning.effort is not None:
+        # the chat request's reasoning_effort (docs/reasoning.md); xhigh is chat's high
+        body["reasoning_effort"] = "high" if req.reasoning.effort == "xhigh" \
+            else req.reasoning.effort
     if not body["tools"]:
         body["tools"] = None
         if body["tool_choice"] in ("auto", "none"):

@@ -89,7 +89,7 @@ class ResponsesService:
 
     async def input_tokens(self, req: ResponsesRequest) -> dict[str, Any]:
         history = await self._history(req)
-        count = await self.chat.count_chat_tokens(to_chat(req, history, stream=False))
+        count = len(await self.chat.chat_prompt(to_chat(req, history, stream=False)))
         return {"object": "response.input_tokens", "input_tokens": count}
 
     async def get(self, resp_id: str) -> dict[str, Any]:
