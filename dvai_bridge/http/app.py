@@ -26,7 +26,7 @@ def create_app(service: OpenAIService, *, cors_origin: str | Iterable[str] | Non
                api_key: str | Iterable[str] | None = None,
                allowed_hosts: Iterable[str] = (), max_body_bytes: int = MAX_BODY_BYTES,
                shutdown_grace_s: float = 5.0, body_timeout_s: float | None = None,
-               responses_store: StoreLimits = StoreLimits()) -> FastAPI:
+               responses_store: StoreLimits | None = None) -> FastAPI:
     """The app over ``service``. ``app.state.drain`` lets whoever stops the server drain it.
 
     Requests pass, outermost first: metrics, HostGuard (Host and Origin), CORS, DrainGuard,
@@ -38,7 +38,7 @@ def create_app(service: OpenAIService, *, cors_origin: str | Iterable[str] | Non
     """
     app = FastAPI(title="dvai-bridge", version="0.1.0", docs_url=None, redoc_url=None)
     app.state.service = service
-    app.state.responses = ResponsesService(service, ResponseStore(responses_store))
+    app.state.responses = ResponsesService(service, ResponseStore(responses_store or StoreLimits()))
     app.state.messages = MessagesService(service)
     app.state.tokens = TokenService(service)
     app.state.drain = drain = Drain(shutdown_grace_s)

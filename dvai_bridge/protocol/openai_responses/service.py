@@ -8,8 +8,14 @@ from typing import Any, TypeVar
 
 from ...errors import InvalidRequest, NotFound
 from ..service import OpenAIService
-from .output import base_response, finish_fields, new_id, output_from_chat, responses_usage
-from .output import stream_events
+from .output import (
+    base_response,
+    finish_fields,
+    new_id,
+    output_from_chat,
+    responses_usage,
+    stream_events,
+)
 from .request import ResponsesRequest, to_chat
 from .store import ResponseStore
 
