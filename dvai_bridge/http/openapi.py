@@ -73,14 +73,25 @@ _HEALTH_SCHEMA = {
 }
 
 
-def _error(status: str) -> dict[str, Any]:
+ANTHROPIC_ENVELOPE = "AnthropicErrorEnvelope"
+_ANTHROPIC_SCHEMA = {
+    "title": ANTHROPIC_ENVELOPE, "type": "object", "required": ["type", "error"],
+    "properties": {"type": {"type": "string", "enum": ["error"]}, "error": {
+        "type": "object", "required": ["type", "message"],
+        "properties": {"type": {"type": "string"}, "message": {"type": "string"}}}},
+}
+
+
+def _error(status: str, path: str = "") -> dict[str, Any]:
+    name = ANTHROPIC_ENVELOPE if path.startswith("/v1/messages") else ENVELOPE
     return {"description": _WHY[status], "content": {
-        "application/json": {"schema": {"$ref": f"#/components/schemas/{ENVELOPE}"}}}}
+        "application/json": {"schema": {"$ref": f"#/components/schemas/{name}"}}}}
 
 
 def document_statuses(schema: dict[str, Any], *, keys: bool) -> dict[str, Any]:
     """``schema`` with 422 replaced by what each operation really answers."""
-    schema.setdefault("components", {}).setdefault("schemas", {})[ENVELOPE] = _ENVELOPE_SCHEMA
+    schemas = schema.setdefault("components", {}).setdefault("schemas", {})
+    schemas[ENVELOPE], schemas[ANTHROPIC_ENVELOPE] = _ENVELOPE_SCHEMA, _ANTHROPIC_SCHEMA
     for path, item in schema.get("paths", {}).items():
         for method, op in item.items():
             responses = op.setdefault("responses", {})
@@ -101,9 +112,9 @@ def document_statuses(schema: dict[str, Any], *, keys: bool) -> dict[str, Any]:
             statuses = _ROUTES.get((method, path),
                                    _INFERENCE if method == "post" else _READ)
             for status in statuses:
-                responses.setdefault(status, _error(status))
+                responses.setdefault(status, _error(status, path))
             if keys and path not in _OPEN:
-                responses.setdefault("401", _error("401"))
+                responses.setdefault("401", _error("401", path))
     schema.get("components", {}).get("schemas", {}).pop("HTTPValidationError", None)
     schema.get("components", {}).get("schemas", {}).pop("ValidationError", None)
     return schema
