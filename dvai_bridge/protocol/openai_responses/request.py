@@ -25,7 +25,7 @@ Effort = Literal["none", "minimal", "low", "medium", "high", "xhigh"]
 
 class ReasoningConfig(OpenAIBaseModel):
     effort: Effort | None = None
-    summary: Literal["auto", "concise", "detailed"] | None = None
+    summary: Literal["auto", "concise", "detailed", "none"] | None = None  # Codex sends "none"
 
 
 class ResponsesRequest(OpenAIBaseModel):
