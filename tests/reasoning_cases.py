@@ -100,3 +100,24 @@ def test_forced_tool_call_after_thinking_parses(rclient: openai.OpenAI) -> None:
     (call,) = choice.message.tool_calls[:1]
     assert call.function.name == "get_weather"
     assert isinstance(json.loads(call.function.arguments)["city"], str)
+
+
+def test_responses_and_messages_carry_the_reasoning(rclient: openai.OpenAI) -> None:
+    """The Responses API's reasoning item and the Messages API's thinking block hold what chat's
+    reasoning_content holds (the same greedy request through the same pipeline)."""
+    import anthropic
+
+    ref = _low(rclient).choices[0].message
+    r = rclient.responses.create(model="default", temperature=0, max_output_tokens=48,
+                                 reasoning={"effort": "low"}, input=ASK)
+    assert [o.type for o in r.output] == ["reasoning", "message"]
+    assert r.output[0].content[0].text == _reasoning(ref) and r.output_text == ref.content
+    assert BUDGET <= r.usage.output_tokens_details.reasoning_tokens
+    claude = anthropic.Anthropic(base_url=str(rclient.base_url).removesuffix("/v1/"),
+                                 api_key="unused", max_retries=0, timeout=300)
+    with claude.messages.stream(model="default", max_tokens=48, messages=ASK,
+                                thinking={"type": "enabled", "budget_tokens": 200},
+                                extra_body={"temperature": 0}) as stream:  # 200: low
+        final = stream.get_final_message()
+    assert [b.type for b in final.content] == ["thinking", "text"]
+    assert (final.content[0].thinking, final.content[1].text) == (_reasoning(ref), ref.content)
