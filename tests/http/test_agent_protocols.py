@@ -171,3 +171,14 @@ def test_token_utilities(client) -> None:
     assert "<|im_start|>user\nyo<|im_end|>" in prompt
     r = client.post("/detokenize", json={"tokens": ["a"]})
     assert r.status_code == 400 and r.json()["error"]["param"].startswith("tokens")
+
+
+def test_failure_mid_stream_ends_each_stream_its_own_way(client_for) -> None:
+    c = client_for(FakeBackend(fail_after=3))
+    events = list(sdk(c).responses.create(model="m", input="hello there", stream=True))
+    assert events[-1].type == "response.failed"
+    assert "failed on purpose" in events[-1].response.error.message
+    r = c.post("/v1/messages", json={"max_tokens": 50, "stream": True,
+                                     "messages": [{"role": "user", "content": "hello there"}]})
+    assert "event: error\ndata: " in r.text and '"type":"error"' in r.text
+    assert "message_stop" not in r.text
