@@ -121,7 +121,8 @@ class SequenceState:
             self.metrics.sequences_failed += 1
         self.sink(Finished(reason, len(self.request.prompt_tokens), self.produced,
                            self.cached_tokens, error,
-                           self._reasoning.tokens if self._reasoning is not None else 0))
+                           self._reasoning.tokens if self._reasoning is not None else 0,
+                           self._stops.matched if reason == "stop" else None))
 
     def _emit(self, text: str) -> None:
         self.sink(TextDelta(text, tuple(self._pending)))

@@ -15,6 +15,7 @@ class StopMatcher:
         self._stops = tuple(s for s in stops if s)
         self._pending = ""
         self.stopped = False
+        self.matched: str | None = None  # the stop string that ended the text
 
     def feed(self, text: str) -> str:
         if self.stopped:
@@ -22,9 +23,11 @@ class StopMatcher:
         if not self._stops:
             return text
         buf = self._pending + text
-        cut = min((i for i in (buf.find(s) for s in self._stops) if i >= 0), default=-1)
+        found = [(i, s) for s in self._stops if (i := buf.find(s)) >= 0]
+        cut = min(found)[0] if found else -1
         if cut >= 0:
             self.stopped = True
+            self.matched = min(found)[1]
             self._pending = ""
             return buf[:cut]
         hold = self._held_suffix(buf)

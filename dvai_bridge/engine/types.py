@@ -94,6 +94,7 @@ class Finished:
     cached_tokens: int = 0
     error: BaseException | None = None
     reasoning_tokens: int = 0  # of completion_tokens, those inside the reasoning block
+    stop_string: str | None = None  # the request's stop string that ended it, if one did
 
 
 EngineEvent = TextDelta | Finished

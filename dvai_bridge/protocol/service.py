@@ -285,6 +285,7 @@ class OpenAIService:
                 "message": message,
                 "logprobs": lp,
                 "finish_reason": reason,
+                **_stop_reason(r.finish),
             })
         first = results[0].finish
         return {
@@ -380,7 +381,7 @@ class OpenAIService:
                 reasoned += event.reasoning_tokens
                 reason = "tool_calls" if called[i] and event.reason == "stop" else event.reason
                 yield f.chunk([{"index": i, "delta": {}, "logprobs": None,
-                                "finish_reason": reason}])
+                                "finish_reason": reason, **_stop_reason(event)}])
             if f.include_usage:
                 yield f.usage_chunk(prompt, completion, cached,
                                     reasoned if thinking is not None else None)
@@ -449,6 +450,12 @@ class OpenAIService:
             raise embeddings_unavailable(self.backend)
         self.names.check_embedding(req.model)
         return await create_embeddings(embedder, req, self.engine.on_device)
+
+
+def _stop_reason(finish: Finished) -> dict[str, Any]:
+    """vLLM's ``stop_reason`` extension, given only when a stop string ended the choice (the
+    Messages API reports it as ``stop_sequence``)."""
+    return {"stop_reason": finish.stop_string} if finish.stop_string is not None else {}
 
 
 def _error_frame(finish: Finished) -> dict[str, Any]:

@@ -182,3 +182,17 @@ def test_failure_mid_stream_ends_each_stream_its_own_way(client_for) -> None:
                                      "messages": [{"role": "user", "content": "hello there"}]})
     assert "event: error\ndata: " in r.text and '"type":"error"' in r.text
     assert "message_stop" not in r.text
+
+
+def test_stop_sequence_is_reported(client) -> None:
+    c = claude(client)
+    body = {"model": "m", "max_tokens": 50, "stop_sequences": ["lo"],
+            "messages": [{"role": "user", "content": "hello"}]}
+    m = c.messages.create(**body)
+    assert (m.content[0].text, m.stop_reason, m.stop_sequence) == ("echo: hel", "stop_sequence",
+                                                                   "lo")
+    with c.messages.stream(**body) as stream:
+        final = stream.get_final_message()
+    assert (final.stop_reason, final.stop_sequence) == ("stop_sequence", "lo")
+    plain = c.messages.create(model="m", max_tokens=50, messages=body["messages"])
+    assert (plain.stop_reason, plain.stop_sequence) == ("end_turn", None)

@@ -52,3 +52,12 @@ def test_any_split_equals_cutting_the_whole_text(text, cuts, stop):
     out, stopped = feed_all([stop], pieces)
     idx = text.find(stop)
     assert (out, stopped) == ((text[:idx], True) if idx >= 0 else (text, False))
+
+
+def test_matched_names_the_stop_that_ended_the_text() -> None:
+    m = StopMatcher(["END", "ST"])
+    assert m.feed("a STOP b END") == "a " and m.matched == "ST"  # the earliest in the text
+    m = StopMatcher(["xyz"])
+    m.feed("no stop here")
+    m.flush()
+    assert m.matched is None

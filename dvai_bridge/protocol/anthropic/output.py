@@ -49,10 +49,18 @@ def message_from_chat(completion: dict[str, Any], model: str) -> dict[str, Any]:
     for call in msg.get("tool_calls") or []:
         content.append({"type": "tool_use", "id": call["id"], "name": call["function"]["name"],
                         "input": _arguments(call["function"]["arguments"])})
+    reason, matched = _stop(choice)
     return {"id": new_id(), "type": "message", "role": "assistant", "model": model,
-            "content": content, "stop_reason": STOP_REASONS.get(choice["finish_reason"],
-                                                                 "end_turn"),
-            "stop_sequence": None, "usage": anthropic_usage(completion["usage"])}
+            "content": content, "stop_reason": reason, "stop_sequence": matched,
+            "usage": anthropic_usage(completion["usage"])}
+
+
+def _stop(choice: dict[str, Any]) -> tuple[str, str | None]:
+    """(stop_reason, stop_sequence) of a chat choice."""
+    matched = choice.get("stop_reason")
+    if isinstance(matched, str):
+        return "stop_sequence", matched
+    return STOP_REASONS.get(choice["finish_reason"], "end_turn"), None
 
 
 def error_body(message: str, kind: str = "api_error") -> dict[str, Any]:
@@ -67,7 +75,7 @@ async def stream_events(chunks: AsyncIterator[dict[str, Any]], model: str, promp
         "usage": {"input_tokens": prompt_tokens, "output_tokens": 0}}}
     index = -1
     open_kind: str | None = None
-    reason, usage = "end_turn", None
+    (reason, matched), usage = ("end_turn", None), None
     try:
         async for chunk in chunks:
             if "error" in chunk:
@@ -109,12 +117,12 @@ async def stream_events(chunks: AsyncIterator[dict[str, Any]], model: str, promp
                         yield {"type": "content_block_delta", "index": index, "delta": {
                             "type": "input_json_delta", "partial_json": fn["arguments"]}}
                 if choice.get("finish_reason"):
-                    reason = STOP_REASONS.get(choice["finish_reason"], "end_turn")
+                    reason, matched = _stop(choice)
     except BridgeError as exc:
         yield error_body(exc.message)
         return
     if open_kind is not None:
         yield {"type": "content_block_stop", "index": index}
-    yield {"type": "message_delta", "delta": {"stop_reason": reason, "stop_sequence": None},
+    yield {"type": "message_delta", "delta": {"stop_reason": reason, "stop_sequence": matched},
            "usage": anthropic_usage(usage)}
     yield {"type": "message_stop"}
