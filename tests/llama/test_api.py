@@ -251,3 +251,21 @@ def test_usage_reports_the_prompt_tokens_reused_from_the_kv_cache(client):
                                             temperature=0)
     cached = second.usage.prompt_tokens_details.cached_tokens
     assert first.usage.prompt_tokens // 2 < cached < second.usage.prompt_tokens
+
+
+def test_token_utilities_and_responses_on_llama(server, client) -> None:
+    root = server.base_url.removesuffix("/v1")
+    pieces = httpx.post(f"{root}/tokenize", json={"content": "Hello, world!",
+                                                   "with_pieces": True}, timeout=TIMEOUT).json()
+    assert "".join(p["piece"] for p in pieces["tokens"]) == "Hello, world!"
+    ids = [p["id"] for p in pieces["tokens"]]
+    back = httpx.post(f"{root}/detokenize", json={"tokens": ids}, timeout=TIMEOUT).json()
+    assert back == {"content": "Hello, world!"}
+    prompt = httpx.post(f"{root}/apply-template", json={"messages": ask("Hi")},
+                        timeout=TIMEOUT).json()["prompt"]
+    assert "<|im_start|>user\nHi<|im_end|>" in prompt  # control tokens written out
+    ref = greedy_chat(client, "Say hello.", max_tokens=6)
+    r = client.responses.create(model="x", input="Say hello.", temperature=0,
+                                max_output_tokens=6, extra_body={"seed": 0})
+    assert r.output_text == ref.choices[0].message.content
+    assert r.usage.input_tokens == ref.usage.prompt_tokens
