@@ -6,6 +6,7 @@ from collections.abc import Iterable
 
 from fastapi import FastAPI
 
+from ..protocol.router import ModelRouter
 from ..protocol.service import OpenAIService
 from . import connections
 from .drain import Drain, DrainGuard
@@ -17,7 +18,7 @@ from .routes import router
 from .security import MAX_BODY_BYTES, BodyLimit, Cors, HostGuard, KeyCheck, OriginPolicy
 
 
-def create_app(service: OpenAIService, *, cors_origin: str | Iterable[str] | None = (),
+def create_app(service: OpenAIService | ModelRouter, *, cors_origin: str | Iterable[str] | None = (),
                api_key: str | Iterable[str] | None = None,
                allowed_hosts: Iterable[str] = (), max_body_bytes: int = MAX_BODY_BYTES,
                shutdown_grace_s: float = 5.0, body_timeout_s: float | None = None) -> FastAPI:
@@ -46,7 +47,7 @@ def create_app(service: OpenAIService, *, cors_origin: str | Iterable[str] | Non
     if origins.open:
         app.add_middleware(Cors, origins=origins)
     app.add_middleware(HostGuard, allowed_hosts=allowed_hosts, origins=origins)
-    install_metrics(app, service.engine.scheduler.metrics)
+    install_metrics(app, service.engine_metrics)
     app.include_router(router)
     install_openapi(app, keys=bool(keys))
     return app
