@@ -246,3 +246,14 @@ def test_a_failed_model_raises_its_error_until_loaded_again():
         assert models.slots["a"].state == "loaded"
     finally:
         models.close()
+
+
+def test_serve_options_one_bare_model_is_model_path_else_a_model_set():
+    from dvai_bridge.cli import _model_options
+
+    assert _model_options({"model_path": ("./m.gguf",)})["model_path"] == "./m.gguf"
+    assert _model_options({"model_path": ()})["model_path"] is None
+    several = _model_options({"model_path": ("a=./m.gguf",)})
+    assert several["models"] == ["a=./m.gguf"] and several["model_path"] is None
+    assert _model_options({"model_path": ("x", "y")})["models"] == ["x", "y"]
+    assert _model_options({"model_path": ("x",), "models_file": "f.toml"})["models"] == ["x"]
