@@ -136,8 +136,9 @@ def _model_options(options: dict[str, Any]) -> dict[str, Any]:
     from .model_specs import split_entry
 
     refs = list(options.pop("model_path") or ())
-    if len(refs) == 1 and not options.get("models_file") and split_entry(refs[0])[0] is None:
-        return {**options, "model_path": refs[0]}
+    if not options.get("models_file") and len(refs) <= 1 and \
+            (not refs or split_entry(refs[0])[0] is None):
+        return {**options, "model_path": refs[0] if refs else None}
     return {**options, "model_path": None, "models": refs}
 
 

@@ -51,11 +51,15 @@ class ModelSpec:
 
 def several(config: StartConfig) -> bool:
     """Does ``config`` configure a model set (rather than the one ``model_path``)?"""
-    return bool(config.models or config.models_file)
+    return bool(config.models or config.models_file) or any(
+        getattr(config, f) is not None
+        for f in ("max_loaded_models", "models_memory_mb", "idle_unload_s"))
 
 
 def serving_models(config: StartConfig) -> list[ModelSpec]:
     """The configured models, in order: the ``models`` entries, then the file's tables."""
+    if not (config.models or config.models_file):  # one model with the set's limits
+        return [_one(config)]
     if config.model_path is not None:
         raise ConfigurationInvalid("Give the model either as model_path or in models / "
                                    "models_file, not both.", param="models")
@@ -98,6 +102,18 @@ def _from_entry(config: StartConfig, entry: str) -> ModelSpec:
         raise ConfigurationInvalid(f"Empty model entry {entry!r}: give NAME=REF or REF.",
                                    param="models")
     return ModelSpec(name or default_name(ref), _model_config(config, {"model_path": ref}))
+
+
+def _one(config: StartConfig) -> ModelSpec:
+    ref = config.model_path
+    if ref is None:
+        from .store.resolve import embedded_default_gguf
+
+        name = default_name(str(embedded_default_gguf()))
+    else:
+        name = default_name(ref)
+    return ModelSpec(name, _model_config(config, {"model_path": ref}),
+                     tuple(config.model_aliases))
 
 
 def _from_file(config: StartConfig, path: Path) -> list[ModelSpec]:

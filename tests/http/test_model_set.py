@@ -73,6 +73,9 @@ def test_the_request_model_selects_by_name_and_alias(serve, tmp_path):
 
 
 def test_one_configured_model_serves_any_name_unless_strict(serve):
+    idle = serve(idle_unload_s=0.2)  # the default model, under the model set's rules
+    assert idle.post("/v1/chat/completions", json=_chat("gpt-4o-mini")).status_code == 200
+    assert _states(idle) == {"SmolLM2-135M-Instruct.Q4_1": "loaded"}
     c = serve(models=["only=ref"])
     assert c.post("/v1/chat/completions", json=_chat("gpt-4o-mini")).json()["model"] == "only"
     strict = serve(models=["only=ref"], strict_model_names=True)
@@ -257,3 +260,7 @@ def test_serve_options_one_bare_model_is_model_path_else_a_model_set():
     assert several["models"] == ["a=./m.gguf"] and several["model_path"] is None
     assert _model_options({"model_path": ("x", "y")})["models"] == ["x", "y"]
     assert _model_options({"model_path": ("x",), "models_file": "f.toml"})["models"] == ["x"]
+    # one model with a model set's option: that model, loaded on demand, unloaded when idle
+    (one,) = serving_models(StartConfig(model_path="./m.gguf", idle_unload_s=5,
+                                        model_aliases=["x"]))
+    assert one.name == "m" and one.aliases == ("x",)
