@@ -264,3 +264,17 @@ def test_serve_options_one_bare_model_is_model_path_else_a_model_set():
     (one,) = serving_models(StartConfig(model_path="./m.gguf", idle_unload_s=5,
                                         model_aliases=["x"]))
     assert one.name == "m" and one.aliases == ("x",)
+
+
+def test_ps_lists_each_running_bridge_with_its_models(serve):
+    from click.testing import CliRunner
+
+    from dvai_bridge.cli import main
+
+    c = serve(models=["ps-a=ra", "ps-b=rb"])
+    c.post("/models/load", json={"model": "ps-b"})
+    out = CliRunner().invoke(main, ["ps"]).output
+    mine = out[out.index(str(c.base_url).rstrip("/") + "/v1"):]
+    lines = mine.splitlines()[1:3]
+    assert lines[0].split()[:2] == ["ps-a", "unloaded"]
+    assert lines[1].split()[:2] == ["ps-b", "loaded"] and "MiB" in lines[1]
