@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,6 +29,7 @@ from .backends.mlx.distributed.group import GroupInfo, launched_backend
 from .backends.registry import create_backend
 from .config import StartConfig
 from .engine.limits import describe, resolve_limits
+from .engine.model_set import ModelSet
 from .engine.scheduler import AsyncEngine, Scheduler
 from .engine.types import BatchLimits
 from .errors import AlreadyStarted, BridgeError, ConfigurationInvalid
@@ -36,9 +39,11 @@ from .http.connections import guarded_h11, serve
 from .http.drain import Drain
 from .http.listen import bind_port
 from .http.security import SecurityOptions
+from .model_specs import ModelSpec, model_entries, serving_models, set_limits, several
 from .progress import ProgressEvent, ProgressHub
 from .protocol.openai_responses.store import StoreLimits
 from .protocol.reasoning import ReasoningOptions
+from .protocol.router import ModelRouter
 from .protocol.service import OpenAIService
 from .store.inuse import ServingLease, take_lease
 
@@ -66,8 +71,9 @@ class BridgeStatus:
 
 class _Running:
     def __init__(self, bound: BoundServer, server: uvicorn.Server, thread: threading.Thread,
-                 scheduler: Scheduler) -> None:
-        self.bound, self.server, self.thread, self.scheduler = bound, server, thread, scheduler
+                 close: Callable[[], None], refs: list[str | None]) -> None:
+        self.bound, self.server, self.thread, self.close = bound, server, thread, close
+        self.refs = refs  # the model references it serves (None: the embedded default)
 
 
 class Bridge:
@@ -78,7 +84,7 @@ class Bridge:
         self._lock = threading.Lock()
         self._starting = False
         self._running: _Running | None = None
-        self._lease: ServingLease | None = None  # tells other processes what we serve
+        self._leases: list[ServingLease] = []  # tell other processes what we serve
 
     # -- lifecycle -------------------------------------------------------------------
     async def start(self, config: StartConfig | None = None, **options: Any) -> BoundServer:
@@ -93,7 +99,9 @@ class Bridge:
             self._starting = True
         try:
             self._running = self._start(config)
-            self._lease = take_lease(config.model_path, self._running.bound.base_url)
+            leases = (take_lease(ref, self._running.bound.base_url)
+                      for ref in self._running.refs)
+            self._leases = [lease for lease in leases if lease is not None]
             return self._running.bound
         except BaseException as exc:
             message = exc.message if isinstance(exc, BridgeError) else str(exc)
@@ -105,22 +113,18 @@ class Bridge:
     def _start(self, config: StartConfig) -> _Running:
         security = SecurityOptions.from_config(config)  # a bad key file fails before the load
         _check_group(config)  # under mlx.launch, only rank 0 gets here
+        models = serving_models(config) if several(config) else None
         sock = bind_port(config.host, config.http_base_port, config.http_max_port_attempts)
-        scheduler = None
+        close: Callable[[], None] | None = None
         try:
-            # The model loads on the engine's thread, which then runs every step on it.
-            scheduler = Scheduler(lambda: _keeping_file_limit(config, self.progress),
-                                  max_queued=config.max_queued,
-                                  limits=lambda b: _limits(config, b))
-            backend = scheduler.backend
-            watch = getattr(backend, "watch", None)  # an MLX distributed group's rank 0
-            if watch is not None:
-                watch(scheduler.fail)
-            reasoning = ReasoningOptions.from_config(config)
-            app = create_app(OpenAIService(AsyncEngine(scheduler), reasoning=reasoning,
-                                           aliases=config.model_aliases,
-                                           strict_model_names=config.strict_model_names),
-                             **security.app_options(),
+            if models is not None:
+                service, close, backend_name, model_id = self._model_set(config, models)
+                refs = [m.config.model_path for m in models]
+            else:
+                service, close = self._one_model(config)
+                backend_name, model_id = service.backend.name, service.backend.model_id
+                refs = [config.model_path]
+            app = create_app(service, **security.app_options(),
                              shutdown_grace_s=config.shutdown_grace_s,
                              responses_store=StoreLimits(
                                  config.responses_max, config.responses_max_mb << 20,
@@ -139,16 +143,47 @@ class Bridge:
                 time.sleep(0.01)
         except BaseException:
             sock.close()
-            if scheduler is not None:
-                scheduler.close()
+            if close is not None:
+                close()
             raise
         host, port = sock.getsockname()[:2]
         url_host = f"[{host}]" if ":" in host else host
-        bound = BoundServer(f"http://{url_host}:{port}/v1", port, backend.name,
-                            backend.model_id, host)
+        bound = BoundServer(f"http://{url_host}:{port}/v1", port, backend_name, model_id, host)
         self.progress.emit(ProgressEvent("ready", percent=100.0,
                                          message=f"Serving {bound.model_id} at {bound.base_url}"))
-        return _Running(bound, server, thread, scheduler)
+        return _Running(bound, server, thread, close, refs)
+
+    def _one_model(self, config: StartConfig) -> tuple[OpenAIService, Callable[[], None]]:
+        # The model loads on the engine's thread, which then runs every step on it.
+        scheduler = _scheduler(config, self.progress)
+        try:
+            watch = getattr(scheduler.backend, "watch", None)  # an MLX distributed rank 0
+            if watch is not None:
+                watch(scheduler.fail)
+            return OpenAIService(AsyncEngine(scheduler),
+                                 reasoning=ReasoningOptions.from_config(config),
+                                 aliases=config.model_aliases,
+                                 strict_model_names=config.strict_model_names), scheduler.close
+        except BaseException:
+            scheduler.close()
+            raise
+
+    def _model_set(self, config: StartConfig, models: list[ModelSpec]
+                   ) -> tuple[ModelRouter, Callable[[], None], str, str]:
+        """Several models: each loads on first use (pinned ones now), into its own engine."""
+        model_set = ModelSet(model_entries(models),
+                             lambda e: _scheduler(e.spec.config, self.progress),
+                             release=_free_device_cache, **set_limits(config))
+        for entry in model_set.slots.values():
+            if entry.entry.pinned:  # a failure is that model's state; the others serve
+                try:
+                    model_set.load(entry.name)
+                except BridgeError:
+                    pass
+        backends = {m.config.backend for m in models}
+        return (ModelRouter(model_set, strict_model_names=config.strict_model_names),
+                model_set.close, backends.pop() if len(backends) == 1 else "several",
+                models[0].name)
 
     def stop(self) -> None:
         """Stop serving and free the model. Safe to call twice, or when never started.
@@ -164,9 +199,9 @@ class Bridge:
         _drain(running.server.config.app.state.drain)
         running.server.should_exit = True
         running.thread.join(SHUTDOWN_GRACE_S + 5)
-        running.scheduler.close()
-        lease, self._lease = self._lease, None
-        if lease is not None:
+        running.close()
+        leases, self._leases = self._leases, []
+        for lease in leases:
             lease.release()
 
     async def astop(self) -> None:
@@ -175,8 +210,8 @@ class Bridge:
     @property
     def model_path(self) -> Path | None:
         """Where the served model's files are on this machine (None when stopped)."""
-        lease = self._lease
-        return lease.path if lease is not None and self._running is not None else None
+        leases = self._leases
+        return leases[0].path if leases and self._running is not None else None
 
     def status(self) -> BridgeStatus:
         r = self._running
@@ -188,6 +223,22 @@ class Bridge:
     def serving(self, config: StartConfig | None = None, **options: Any) -> _Serving:
         """``with bridge.serving(cfg) as server:`` (or ``async with``): stops on exit."""
         return _Serving(self, config, options)
+
+
+def _scheduler(config: StartConfig, progress: ProgressHub) -> Scheduler:
+    return Scheduler(lambda: _keeping_file_limit(config, progress),
+                     max_queued=config.max_queued, limits=lambda b: _limits(config, b))
+
+
+def _free_device_cache() -> None:
+    """After a model of a model set is freed: MLX keeps freed buffers for reuse; give them
+    back so that the process's memory falls (llama.cpp frees its own)."""
+    mx = sys.modules.get("mlx.core")
+    if mx is not None:
+        try:
+            mx.clear_cache()
+        except Exception:  # noqa: BLE001
+            log.exception("freeing MLX's buffer cache failed")
 
 
 def _keeping_file_limit(config: StartConfig, progress: ProgressHub) -> Backend:

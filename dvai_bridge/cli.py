@@ -44,7 +44,15 @@ def main() -> None:
 
 @main.command()
 @click.option("--backend", default="auto", show_default=True, help=_help("backend"))
-@click.option("--model", "model_path", default=None, help=_help("model_path"))
+@click.option("--model", "model_path", multiple=True, help=_help("model_path") + " Repeat, "
+              "or give NAME=REF, to serve several models: " + _help("models"))
+# -- several models behind one port (docs/models.md#several-models) --------------------------
+@click.option("--models-file", type=click.Path(dir_okay=False, exists=True), default=None,
+              help=_help("models_file"))
+@click.option("--max-loaded-models", type=int, default=None, help=_help("max_loaded_models"))
+@click.option("--models-memory-mb", type=int, default=None, help=_help("models_memory_mb"))
+@click.option("--idle-unload", "idle_unload_s", type=float, default=None,
+              help=_help("idle_unload_s"))
 @click.option("--alias", "model_aliases", multiple=True, help=_help("model_aliases"))
 @click.option("--strict-model-names", is_flag=True, default=False,
               help=_help("strict_model_names"))
@@ -111,7 +119,7 @@ def serve(**options: Any) -> None:
         signal.signal(sig, lambda *_: stop.set())
     handle = shared.progress.add_listener(download_bar(_print_progress))
     try:
-        server = shared.start_blocking(StartConfig.build(**options))
+        server = shared.start_blocking(StartConfig.build(**_model_options(options)))
     except BridgeError as exc:
         click.echo(f"error: {exc.message}", err=True)
         sys.exit(1)
@@ -129,6 +137,18 @@ def serve(**options: Any) -> None:
         click.echo("Stopped.", err=True)
 
 
+def _model_options(options: dict[str, Any]) -> dict[str, Any]:
+    """One bare ``--model REF`` is the one model (``model_path``); several, or ``NAME=REF``,
+    make a model set (``models``)."""
+    from .model_specs import split_entry
+
+    refs = list(options.pop("model_path") or ())
+    if not options.get("models_file") and len(refs) <= 1 and \
+            (not refs or split_entry(refs[0])[0] is None):
+        return {**options, "model_path": refs[0] if refs else None}
+    return {**options, "model_path": None, "models": refs}
+
+
 def _follow_if_not_rank_0(options: dict[str, Any]) -> None:
     """Ranks > 0 of an MLX distributed group compute for rank 0 and speak no HTTP: they run
     here until rank 0 stops the group (exit 0) or the group is lost (exit 1)."""
@@ -140,11 +160,55 @@ def _follow_if_not_rank_0(options: dict[str, Any]) -> None:
         found = current()
         if found is None or found[1].rank == 0:
             return
-        code = run_follower(StartConfig.build(**options), shared.progress)
+        code = run_follower(StartConfig.build(**_model_options(options)), shared.progress)
     except BridgeError as exc:
         click.echo(f"error: {exc.message}", err=True)
         sys.exit(1)
     sys.exit(code)
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per server.")
+def ps(as_json: bool) -> None:
+    """List running bridges on this machine: each one's models, their state and memory."""
+    import json
+
+    from .store.inuse import running_servers
+
+    servers: dict[str, Any] = {}
+    for found in running_servers():  # one lease per served model; one row per server
+        servers.setdefault(found.base_url, found)
+    for url, found in servers.items():
+        health = _health(url)
+        if as_json:
+            click.echo(json.dumps({"base_url": url, "pid": found.pid, "health": health}))
+            continue
+        click.echo(f"{url}  pid {found.pid}")
+        if health is None:
+            click.echo("  (no answer from /health)")
+            continue
+        models = health.get("models") or [{"name": health.get("model"), "state": "loaded",
+                                           "backend": health.get("backend")}]
+        for m in models:
+            memory = m.get("memory_bytes")
+            size = f"{memory / 2**20:8.0f} MiB" if memory else " " * 12
+            click.echo(f"  {m['name']:<32} {m['state']:<9} {size}  {m.get('backend') or ''}"
+                       + (f"  {m['reason']}" if m.get("reason") else ""))
+
+
+def _health(base_url: str) -> dict[str, Any] | None:
+    import json
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(base_url.removesuffix("/v1") + "/health", timeout=5) as r:
+            return json.loads(r.read())
+    except Exception as exc:  # noqa: BLE001 - a 503 carries the body too
+        body = getattr(exc, "read", None)
+        try:
+            return json.loads(body()) if body else None
+        except Exception:  # noqa: BLE001
+            return None
 
 
 @main.command()

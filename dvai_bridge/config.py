@@ -38,6 +38,23 @@ class StartConfig(BaseModel):
         False, description="Answer only requests naming the served model (its id, an alias or "
         "'default'); other names get 404. Off: on this one-model server any name is served by "
         "the model, as client libraries often send a fixed name such as gpt-4o-mini.")
+    # -- several models behind one port (docs/models.md#several-models) ----------------------
+    models: list[str] = Field(
+        default_factory=list, description="Models served behind one port, each 'NAME=REF' or "
+        "a bare REF (named by its id): a request's model picks one, loaded on first use.")
+    models_file: str | None = Field(
+        None, description="A TOML file of models with per-model settings ([models.NAME] "
+        "tables: model, backend, context_size, aliases, pinned, backend options).")
+    max_loaded_models: int | None = Field(
+        None, ge=1, description="Several models: at most this many loaded at once; loading "
+        "one more unloads the least recently used idle one. Default: no count limit.")
+    models_memory_mb: int | None = Field(
+        None, ge=1, description="Several models: memory the loaded models may take, in MiB; "
+        "over it the least recently used idle one is unloaded. Default: half the machine's.")
+    idle_unload_s: float | None = Field(
+        None, ge=0, description="Several models: unload a model nobody used for this many "
+        "seconds (pinned ones stay; a request's keep_alive overrides it). Default: never.")
+
     host: str = Field(
         "127.0.0.1", description="Address to bind. Keep it loopback; any other address without "
         "an API key logs a loud warning.")

@@ -9,6 +9,7 @@ from fastapi import FastAPI
 from ..protocol.anthropic.service import MessagesService
 from ..protocol.openai_responses.service import ResponsesService
 from ..protocol.openai_responses.store import ResponseStore, StoreLimits
+from ..protocol.router import ModelRouter
 from ..protocol.service import OpenAIService
 from ..protocol.tokens import TokenService
 from . import agent_routes, connections
@@ -22,7 +23,7 @@ from .routes import router
 from .security import MAX_BODY_BYTES, BodyLimit, Cors, HostGuard, KeyCheck, OriginPolicy
 
 
-def create_app(service: OpenAIService, *, cors_origin: str | Iterable[str] | None = (),
+def create_app(service: OpenAIService | ModelRouter, *, cors_origin: str | Iterable[str] | None = (),
                api_key: str | Iterable[str] | None = None,
                allowed_hosts: Iterable[str] = (), max_body_bytes: int = MAX_BODY_BYTES,
                shutdown_grace_s: float = 5.0, body_timeout_s: float | None = None,
@@ -57,7 +58,7 @@ def create_app(service: OpenAIService, *, cors_origin: str | Iterable[str] | Non
         app.add_middleware(Cors, origins=origins)
     app.add_middleware(HostGuard, allowed_hosts=allowed_hosts, origins=origins)
     app.add_middleware(AnthropicErrors)  # /v1/messages errors in Anthropic's envelope
-    install_metrics(app, service.engine.scheduler.metrics)
+    install_metrics(app, service.engine_metrics)
     app.include_router(router)
     app.include_router(agent_routes.router)
     install_openapi(app, keys=bool(keys))

@@ -40,6 +40,8 @@ _ROUTES: dict[tuple[str, str], tuple[str, ...]] = {
     ("get", "/v1/responses/{response_id}"): (*_READ, "404"),
     ("delete", "/v1/responses/{response_id}"): (*_READ, "404"),
     ("get", "/v1/responses/{response_id}/input_items"): (*_READ, "400", "404"),
+    ("post", "/models/load"): (*_INFERENCE, "404"),  # several models: load or unload one
+    ("post", "/models/unload"): (*_INFERENCE, "404"),
 }
 _OPEN = frozenset({"/health"})  # answered without a key
 _STREAMING = frozenset({("post", "/v1/chat/completions"), ("post", "/v1/completions"),
@@ -69,6 +71,10 @@ _HEALTH_SCHEMA = {
         "backend": {"type": "string"}, "model": {"type": "string"},
         "queued": {"type": "integer"}, "running": {"type": "integer"},
         "reason": {"type": "string"},
+        "models": {"type": "array", "items": {  # several models: each one's state
+            "type": "object", "required": ["name", "state"],
+            "properties": {"name": {"type": "string"}, "state": {"type": "string", "enum": [
+                "unloaded", "loading", "loaded", "unloading", "failed"]}}}},
     },
 }
 

@@ -9,6 +9,7 @@ from typing import Any, TypeVar
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
+from ..protocol.router import ModelAction, ModelRouter
 from ..protocol.schema import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 from ..protocol.service import OpenAIService
 from .body import openapi_body, parsed_body
@@ -19,7 +20,7 @@ T = TypeVar("T")
 router = APIRouter()
 
 
-def _service(request: Request) -> OpenAIService:
+def _service(request: Request) -> OpenAIService | ModelRouter:
     return request.app.state.service
 
 
@@ -78,17 +79,21 @@ async def model(model_id: str, request: Request) -> Any:
     return _service(request).model(model_id)
 
 
+@router.post("/models/load", openapi_extra=openapi_body(ModelAction))
+async def load_model(request: Request) -> Any:
+    body = await parsed_body(request, ModelAction)
+    return await _service(request).load_model(body.model)
+
+
+@router.post("/models/unload", openapi_extra=openapi_body(ModelAction))
+async def unload_model(request: Request) -> Any:
+    body = await parsed_body(request, ModelAction)
+    return await _service(request).unload_model(body.model)
+
+
 @router.get("/health")
 async def health(request: Request) -> Any:
-    service = _service(request)
-    m = service.engine.scheduler.metrics
-    body = {"status": "ok", "backend": service.backend.name, "model": service.backend.model_id,
-            "queued": m.queue_depth, "running": m.running}
-    group = getattr(service.backend, "group_info", None)  # served by an MLX distributed group
-    if group is not None:
-        body["group"] = group.as_dict()
-    why = service.engine.health()
-    if why is None:
+    body, ready = _service(request).health()
+    if ready:
         return JSONResponse(body)
-    body.update(status="error", reason=why)  # the engine failed or is stopping: not ready
     return JSONResponse(body, status_code=503, headers={"Retry-After": "1"})

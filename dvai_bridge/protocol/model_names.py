@@ -73,3 +73,43 @@ class ModelNames:
     @staticmethod
     def _names(*names: str) -> str:
         return ", ".join(repr(n) for n in names)
+
+
+class ModelCatalog:
+    """The names of a server configured with several models (``--model NAME=REF``, a models
+    file): each model's name and aliases select it. With exactly one model configured the rule
+    above holds (any name is served by it unless ``strict``); with several, an unknown name is
+    a 404 listing the names."""
+
+    def __init__(self, models: Sequence[tuple[str, Sequence[str]]], *,
+                 strict: bool = False) -> None:
+        self.names = {name: name for name, _ in models}
+        for name, aliases in models:
+            self.names.update({a: name for a in aliases if a})
+        self.order = [n for n, _ in models]
+        self.strict = strict
+        self.created = int(time.time())
+
+    def resolve(self, name: str | None, param: str = "model") -> str:
+        """The configured model ``name`` selects."""
+        if name in self.names:
+            return self.names[name]  # type: ignore[index]
+        if not name or name == DEFAULT:
+            return self.order[0]  # the first configured model is the default one
+        if len(self.order) == 1 and (not self.strict or not name or name == DEFAULT):
+            return self.order[0]
+        raise ModelNotFound(f"The model {name!r} does not exist here; this server serves "
+                            f"{ModelNames._names(*self.names)}.", param=param)
+
+    def listed(self) -> list[str]:
+        return list(self.names)
+
+    def entry(self, model_id: str, status: dict[str, Any] | None = None) -> dict[str, Any]:
+        if model_id not in self.names:
+            raise ModelNotFound(f"The model {model_id!r} does not exist here; this server lists "
+                                f"{ModelNames._names(*self.names)}.", param="model")
+        body = {"id": model_id, "object": "model", "created": self.created,
+                "owned_by": "dvai-bridge"}
+        if status is not None:
+            body["status"] = status
+        return body

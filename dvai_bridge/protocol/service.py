@@ -6,12 +6,13 @@ import asyncio
 import dataclasses
 import json
 import time
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from contextlib import AsyncExitStack
-from typing import Any
+from typing import Any, TypeVar
 
 from ..backends.base import Backend
 from ..engine.grammar import Grammar
+from ..engine.metrics import EngineMetrics
 from ..engine.scheduler import AsyncEngine, EventStream
 from ..engine.types import Finished, GenerationRequest, SamplingParams, TextDelta
 from ..errors import (
@@ -81,10 +82,13 @@ async def _merge(streams: Sequence[EventStream]) -> AsyncIterator[tuple[int, Any
             t.cancel()
 
 
+T = TypeVar("T")
+
 class OpenAIService:
     def __init__(self, engine: AsyncEngine, prep: Preprocessor | None = None,
                  reasoning: ReasoningOptions | None = None, *,
-                 aliases: Sequence[str] = (), strict_model_names: bool = False) -> None:
+                 aliases: Sequence[str] = (), strict_model_names: bool = False,
+                 served_name: str | None = None) -> None:
         self.engine = engine
         self.prep = prep or Preprocessor()
         self.reasoning = reasoning or ReasoningOptions()
@@ -93,6 +97,7 @@ class OpenAIService:
         self.names = ModelNames(self.backend.model_id, aliases=aliases,
                                 embedder_id=embedder.model_id if embedder else None,
                                 strict=strict_model_names)
+        self.served_name = served_name or self.backend.model_id  # the answers' ``model``
 
     @property
     def backend(self) -> Backend:
@@ -107,6 +112,34 @@ class OpenAIService:
 
     def model(self, model_id: str) -> dict[str, Any]:
         return self.names.entry(model_id)
+
+    # -- operations ------------------------------------------------------------------
+    def health(self) -> tuple[dict[str, Any], bool]:
+        """``GET /health``'s body, and whether the server is ready."""
+        m = self.engine.scheduler.metrics
+        body: dict[str, Any] = {"status": "ok", "backend": self.backend.name,
+                                "model": self.backend.model_id, "queued": m.queue_depth,
+                                "running": m.running}
+        group = getattr(self.backend, "group_info", None)  # served by an MLX distributed group
+        if group is not None:
+            body["group"] = group.as_dict()
+        why = self.engine.health()
+        if why is not None:  # the engine failed or is stopping: not ready
+            body.update(status="error", reason=why)
+        return body, why is None
+
+    def engine_metrics(self) -> list[tuple[dict[str, str], EngineMetrics]]:
+        """The engines ``/metrics`` reports, with their labels (none: there is one)."""
+        return [({}, self.engine.scheduler.metrics)]
+
+    async def load_model(self, name: str | None) -> dict[str, Any]:
+        self.check_model(name)
+        return {"success": True}  # the one model is loaded for the server's whole life
+
+    async def unload_model(self, name: str | None) -> dict[str, Any]:
+        raise NotSupported("This server serves one model for its whole life; configure "
+                           "several (--model NAME=REF ...) to load and unload them.",
+                           param="model")
 
     # -- prompts -----------------------------------------------------------------------
     # Everything from here to the engine runs on the pre-processing pool (preprocess.py):
@@ -289,7 +322,7 @@ class OpenAIService:
             })
         first = results[0].finish
         return {
-            "id": new_id("chatcmpl"), "object": "chat.completion", "created": int(time.time()), "model": self.backend.model_id, "choices": choices,
+            "id": new_id("chatcmpl"), "object": "chat.completion", "created": int(time.time()), "model": self.served_name, "choices": choices,
             "usage": usage(first.prompt_tokens, sum(r.finish.completion_tokens for r in results),
                            first.cached_tokens,
                            sum(r.finish.reasoning_tokens for r in results)
@@ -305,10 +338,18 @@ class OpenAIService:
         """``chat_stream`` with the prompt's token count (the Messages API sends it first)."""
         gen, plan, thinking = await self._chat_generation(req)
         streams = self._open(_fan_out(gen, req.n))
-        factory = ChunkFactory("chat.completion.chunk", self.backend.model_id,
+        factory = ChunkFactory("chat.completion.chunk", self.served_name,
                                new_id("chatcmpl"), req.include_usage)
         return len(gen.prompt_tokens), self._chat_chunks(streams, factory, req.logprobs, plan,
                                                          thinking)
+
+    def model_name(self, name: str | None) -> str:
+        self.check_model(name)
+        return self.served_name
+
+    async def run_on(self, name: str | None, call: Callable[[OpenAIService], Awaitable[T]]) -> T:
+        self.check_model(name)
+        return await call(self)
 
     async def chat_prompt(self, req: ChatCompletionRequest) -> tuple[int, ...]:
         """The prompt tokens ``req`` would prefill (template, tools and all); runs nothing."""
@@ -406,7 +447,7 @@ class OpenAIService:
         prompt_total = sum(len(g.prompt_tokens) for g in gens[:: req.n])
         return {
             "id": new_id("cmpl"), "object": "text_completion",
-            "created": int(time.time()), "model": self.backend.model_id,
+            "created": int(time.time()), "model": self.served_name,
             "choices": choices,
             "usage": usage(prompt_total, sum(r.finish.completion_tokens for r in results)),
         }
@@ -414,7 +455,7 @@ class OpenAIService:
     async def completion_stream(self, req: CompletionRequest) -> AsyncIterator[dict[str, Any]]:
         gens = [g for gen in await self._completion_generations(req) for g in _fan_out(gen, req.n)]
         streams = self._open(gens)
-        f = ChunkFactory("text_completion", self.backend.model_id, new_id("cmpl"),
+        f = ChunkFactory("text_completion", self.served_name, new_id("cmpl"),
                          req.include_usage)
         return self._completion_chunks(streams, f, req.logprobs is not None,
                                        sum(len(g.prompt_tokens) for g in gens[:: req.n]))

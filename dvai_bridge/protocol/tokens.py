@@ -13,6 +13,7 @@ from typing import Any
 from pydantic import Field
 
 from ..errors import InvalidRequest
+from .chat_api import ChatAPI
 from .schema import ChatCompletionRequest, OpenAIBaseModel, TokenId
 from .service import OpenAIService
 
@@ -21,21 +22,27 @@ MAX_DETOKENIZE = 1 << 17
 
 class TokenizeRequest(OpenAIBaseModel):
     content: str
+    model: str | None = None
     add_special: bool = False
     with_pieces: bool = False
 
 
 class DetokenizeRequest(OpenAIBaseModel):
+    model: str | None = None
     tokens: list[TokenId] = Field(max_length=MAX_DETOKENIZE)
 
 
 class TokenService:
-    def __init__(self, chat: OpenAIService) -> None:
+    """The token routes, on the model the request's ``model`` names (the served one when
+    there is one model; llama-server's routes take no ``model``)."""
+
+    def __init__(self, chat: ChatAPI) -> None:
         self.chat = chat
 
-    def _tokenize(self, req: TokenizeRequest) -> dict[str, Any]:
-        backend = self.chat.backend
-        self.chat._bound().check([req.content], "content")
+    @staticmethod
+    def _tokenize(service: OpenAIService, req: TokenizeRequest) -> dict[str, Any]:
+        backend = service.backend
+        service._bound().check([req.content], "content")
         tokens = backend.tokenize(req.content)
         if not req.add_special:  # what the model puts before any prompt (BOS), if anything
             prefix = backend.tokenize("")
@@ -54,19 +61,24 @@ class TokenService:
         return {"tokens": out}
 
     async def tokenize(self, req: TokenizeRequest) -> dict[str, Any]:
-        return await self.chat.prep.run(self._tokenize, req)
+        return await self.chat.run_on(req.model,
+                                      lambda s: s.prep.run(self._tokenize, s, req))
 
-    def _detokenize(self, req: DetokenizeRequest) -> dict[str, Any]:
-        vocab = getattr(self.chat.backend, "vocab_size", None)
+    @staticmethod
+    def _detokenize(service: OpenAIService, req: DetokenizeRequest) -> dict[str, Any]:
+        vocab = getattr(service.backend, "vocab_size", None)
         if vocab and any(not 0 <= t < vocab for t in req.tokens):
             raise InvalidRequest(f"tokens holds ids outside the vocabulary (0-{vocab - 1}).",
                                  param="tokens")
-        return {"content": self.chat.backend.decode(req.tokens)}
+        return {"content": service.backend.decode(req.tokens)}
 
     async def detokenize(self, req: DetokenizeRequest) -> dict[str, Any]:
-        return await self.chat.prep.run(self._detokenize, req)
+        return await self.chat.run_on(req.model,
+                                      lambda s: s.prep.run(self._detokenize, s, req))
 
     async def apply_template(self, req: ChatCompletionRequest) -> dict[str, Any]:
-        tokens = await self.chat.chat_prompt(req)
-        text = await self.chat.prep.run(self.chat.backend.prompt_text, list(tokens))
-        return {"prompt": text}
+        async def render(service: OpenAIService) -> dict[str, Any]:
+            tokens = await service.chat_prompt(req)
+            return {"prompt": await service.prep.run(service.backend.prompt_text, list(tokens))}
+
+        return await self.chat.run_on(req.model, render)

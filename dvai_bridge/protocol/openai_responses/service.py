@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any, TypeVar
 
 from ...errors import InvalidRequest, NotFound
-from ..service import OpenAIService
+from ..chat_api import ChatAPI
 from .output import (
     base_response,
     finish_fields,
@@ -43,7 +43,7 @@ def _with_ids(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 class ResponsesService:
-    def __init__(self, chat: OpenAIService, store: ResponseStore) -> None:
+    def __init__(self, chat: ChatAPI, store: ResponseStore) -> None:
         self.chat = chat
         self.store = store
 
@@ -76,7 +76,7 @@ class ResponsesService:
         history = await self._history(req)
         completion = await self.chat.chat(to_chat(req, history, stream=False))
         output, reason = output_from_chat(completion)
-        response = {**base_response(new_id("resp"), self.chat.backend.model_id, req),
+        response = {**base_response(new_id("resp"), completion["model"], req),
                     **finish_fields(reason), "output": output,
                     "usage": responses_usage(completion["usage"])}
         await self._save(history, req, response)
@@ -86,7 +86,7 @@ class ResponsesService:
         """Validate and submit now (errors answer before any byte); events later."""
         history = await self._history(req)
         chunks = await self.chat.chat_stream(to_chat(req, history, stream=True))
-        response = base_response(new_id("resp"), self.chat.backend.model_id, req)
+        response = base_response(new_id("resp"), self.chat.model_name(req.model), req)
 
         async def done(final: dict[str, Any]) -> None:
             await self._save(history, req, final)
