@@ -38,7 +38,17 @@ if [ "${1:-}" = "--dev" ]; then
              && $as_root apt-get install -y -q chromium >/dev/null 2>&1; }; } \
       || echo "note: could not install chromium; the browser test will be skipped" >&2
   fi
-  if command -v npm >/dev/null 2>&1 && [ -f tests/e2e/node/package-lock.json ]; then
-    (cd tests/e2e/node && npm ci --silent --no-audit --no-fund)
+  # The client libraries of tests/clients, in their own venv: their pins conflict with ours
+  # and with each other's (see tests/clients/no-deps.txt).
+  if [ ! -x .venv-clients/bin/python ]; then
+    "$PYTHON" -m venv .venv-clients
+    .venv-clients/bin/python -m pip install -q --upgrade pip
+  fi
+  .venv-clients/bin/python -m pip install -q -r tests/clients/requirements.txt
+  .venv-clients/bin/python -m pip install -q --no-deps -r tests/clients/no-deps.txt
+  if command -v npm >/dev/null 2>&1; then
+    for dir in tests/e2e/node tests/clients/node; do
+      [ -f "$dir/package-lock.json" ] && (cd "$dir" && npm ci --silent --no-audit --no-fund)
+    done
   fi
 fi
