@@ -2,6 +2,7 @@
 
 import json
 
+import httpx
 import openai
 from _cells import API_KEY, BASE_URL, FOREIGN, SERVED, Trip, check, get_weather, run
 
@@ -63,5 +64,21 @@ async def async_():
         check(r.model == SERVED and r.choices[0].message.content, "async reply")
 
 
+def embeddings_not_retried():
+    """/v1/embeddings on a chat model: 501 with x-should-retry: false, which the SDK obeys
+    (it retried a 501 twice more with its default max_retries=2)."""
+    sent = []
+    http = httpx.Client(event_hooks={"request": [sent.append]})
+    c = openai.OpenAI(base_url=BASE_URL, api_key=API_KEY, http_client=http)  # default retries
+    try:
+        c.embeddings.create(model=FOREIGN, input="hello")
+    except openai.APIStatusError as exc:
+        check(exc.status_code == 501 and exc.response.headers["x-should-retry"] == "false",
+              f"{exc.status_code} {exc.response.headers}")
+    else:
+        raise AssertionError("embeddings on a chat model answered 200")
+    check(len(sent) == 1, f"{len(sent)} requests sent")
+
+
 run({"chat": chat, "stream": stream, "tools": tools, "structured": structured,
-     "async": async_})
+     "async": async_, "embeddings_not_retried": embeddings_not_retried})
