@@ -168,3 +168,24 @@ def test_gate_hands_over_when_the_model_closes_the_block_itself() -> None:
         assert gate.allowed(len(VOCAB)).all()
         gate.advance(TOK[t])
     assert np.flatnonzero(gate.allowed(len(VOCAB))).tolist() == [TOK[b"{"]]
+
+
+# -- --chat-template FILE ------------------------------------------------------------------
+def test_chat_template_file_replaces_the_models_own(tmp_path) -> None:
+    from dvai_bridge.backends.registry import create_backend
+    from dvai_bridge.config import StartConfig
+    from dvai_bridge.errors import ConfigurationInvalid
+    from dvai_bridge.progress import ProgressHub
+
+    good = tmp_path / "t.jinja"
+    good.write_text("{% for m in messages %}[{{ m.content }}]{% endfor %}<think>\n")
+    backend = create_backend(StartConfig(backend="fake", chat_template=str(good)), ProgressHub())
+    assert backend.chat_template_source == good.read_text()
+    assert backend.prompt_tail(backend.chat_tokens([{"role": "user", "content": "hi"}])
+                               ).rstrip().endswith("[hi]<think>")
+    bad = tmp_path / "bad.jinja"
+    bad.write_text("{% for m in messages %}")
+    for path in (bad, tmp_path / "missing.jinja"):
+        with pytest.raises(ConfigurationInvalid) as err:
+            create_backend(StartConfig(backend="fake", chat_template=str(path)), ProgressHub())
+        assert err.value.param == "chat_template"
