@@ -9,7 +9,7 @@ tokens, or one special token, is found alike) and counts the reasoning tokens.
 
 ``GatedGrammar`` stands where a ``Grammar`` stands on the request: the backends ask it for a
 matcher as they ask a grammar, and its ``ReasoningGate`` lets every token through while the
-model reasons, forces the closing tokens one by one once the budget is spent, and from the end
+model reasons (but the end of the sequence, when an answer must follow under a grammar), forces the closing tokens one by one once the budget is spent, and from the end
 of the block on hands over to the request's own grammar (``response_format``, forced tool
 calls), if any. So the answer is constrained and the reasoning is free text, on every backend.
 """
@@ -70,14 +70,20 @@ class ReasoningGate:
         self._track = ReasoningTracker(gated.spec, gated.token_bytes)
         self._inner = gated.inner.matcher() if gated.inner is not None else None
         self._forcing: list[int] = []
+        self._stop_ids = gated.stop_ids
 
     def allowed(self, n_vocab: int) -> np.ndarray:
         if self._forcing:
             mask = np.zeros(n_vocab, dtype=bool)
             mask[self._forcing[0]] = True
             return mask
-        if self._track.inside or self._inner is None:
+        if self._inner is None:
             return np.ones(n_vocab, dtype=bool)
+        if self._track.inside:
+            # Free text, but not the end: a constrained reply must close the block and answer.
+            mask = np.ones(n_vocab, dtype=bool)
+            mask[[t for t in self._stop_ids if t < n_vocab]] = False
+            return mask
         return self._inner.allowed(n_vocab)
 
     def advance(self, token_id: int) -> None:
@@ -110,6 +116,7 @@ class GatedGrammar:
     spec: ReasoningSpec
     inner: Grammar | None
     token_bytes: Callable[[int], bytes]
+    stop_ids: frozenset[int] = frozenset()  # end-of-sequence tokens, kept out of the reasoning
 
     def matcher(self) -> ReasoningGate:
         return ReasoningGate(self)

@@ -94,7 +94,8 @@ class ReasoningParser:
         self.state = REASONING if inside else CONTENT
         self.reasoned = inside  # a block was opened (even an empty one)
         self._buf = ""
-        self._skip_space = inside  # whitespace right after a marker is layout, not text
+        # Whitespace at the start and right after a marker is layout, not text.
+        self._skip_space = True
 
     def feed(self, text: str) -> Parsed:
         out = Parsed()

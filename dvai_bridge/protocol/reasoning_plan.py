@@ -92,5 +92,6 @@ class ReasoningPlan:
         grammar = gen.grammar
         if self.budget is not None or grammar is not None:
             inner = grammar if isinstance(grammar, Grammar) else None
-            grammar = GatedGrammar(spec, inner, backend.token_bytes)
+            grammar = GatedGrammar(spec, inner, backend.token_bytes,
+                                   frozenset(backend.eos_token_ids))
         return dataclasses.replace(gen, reasoning=spec, grammar=grammar)

@@ -161,6 +161,17 @@ def test_gate_forces_the_close_at_the_budget_then_hands_over() -> None:
     assert gate.done
 
 
+def test_a_constrained_reply_cannot_end_inside_its_reasoning() -> None:
+    eos = TOK[b"b"]  # stands for the end-of-sequence token here
+    gate = GatedGrammar(ReasoningSpec("</think>", CLOSE), Inner(), token_bytes,
+                        frozenset({eos})).matcher()
+    mask = gate.allowed(len(VOCAB))
+    assert not mask[eos] and mask.sum() == len(VOCAB) - 1
+    free = GatedGrammar(ReasoningSpec("</think>", CLOSE, budget=5), None, token_bytes,
+                        frozenset({eos})).matcher()
+    assert free.allowed(len(VOCAB)).all()  # no grammar: the model may stop while thinking
+
+
 def test_gate_hands_over_when_the_model_closes_the_block_itself() -> None:
     gate = GatedGrammar(ReasoningSpec("</think>", CLOSE, budget=100), Inner(),
                         token_bytes).matcher()
