@@ -19,6 +19,7 @@ a reasoning budget is spent) and how to turn thinking off when the template cann
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 REASONING = "reasoning"
@@ -72,6 +73,17 @@ def detect_format(template_source: str | None) -> ReasoningFormat | None:
         return MISTRAL
     if "<think>" in template_source or "reasoning_content" in template_source:
         return THINK
+    return None
+
+
+def detect_from_vocabulary(single_token: Callable[[str], bool]) -> ReasoningFormat | None:
+    """The reasoning format whose markers the vocabulary holds as single tokens (a model whose
+    template does not show them): ``single_token(text)`` says whether ``text`` is one token."""
+    for fmt, markers in ((HARMONY, ("<|channel|>", "<|message|>")),
+                         (MISTRAL, ("[THINK]", "[/THINK]")),
+                         (THINK, ("<think>", "</think>"))):
+        if all(single_token(m) for m in markers):
+            return fmt
     return None
 
 

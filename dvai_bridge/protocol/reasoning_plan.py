@@ -27,7 +27,20 @@ from .reasoning import (
     ReasoningOptions,
     ReasoningParser,
     detect_format,
+    detect_from_vocabulary,
 )
+
+
+def reasoning_format(backend: Backend) -> ReasoningFormat | None:
+    """From the chat template, else from the vocabulary; kept per backend and template."""
+    source = backend.chat_template_source
+    cached = backend.__dict__.get("_reasoning_format")
+    if cached is not None and cached[0] == source:
+        return cached[1]
+    fmt = detect_format(source) or detect_from_vocabulary(
+        lambda text: len(backend.text_tokens(text)) == 1)
+    backend.__dict__["_reasoning_format"] = (source, fmt)
+    return fmt
 
 
 def template_kwargs(effort: str | None, requested: dict[str, Any] | None,
@@ -60,7 +73,7 @@ class ReasoningPlan:
               ) -> tuple[list[int], ReasoningPlan | None]:
         """The prompt to generate from (maybe with a block opened or closed at its end), and
         the plan; no plan for a template that writes no reasoning."""
-        fmt = detect_format(backend.chat_template_source)
+        fmt = reasoning_format(backend)
         if fmt is None:
             return prompt, None
         tail = backend.prompt_tail(prompt).rstrip()

@@ -67,6 +67,17 @@ def test_format_comes_from_the_template() -> None:
     assert detect_format(None) is None
 
 
+def test_format_from_the_vocabulary_when_the_template_shows_none() -> None:
+    from dvai_bridge.protocol.reasoning import detect_from_vocabulary
+
+    qwen3 = {"<think>", "</think>"}
+    assert detect_from_vocabulary(qwen3.__contains__) is THINK
+    assert detect_from_vocabulary({"[THINK]", "[/THINK]"}.__contains__) is MISTRAL
+    assert detect_from_vocabulary({"<|channel|>", "<|message|>"}.__contains__) is HARMONY
+    assert detect_from_vocabulary({"<think>"}.__contains__) is None  # both markers, or none
+    assert detect_from_vocabulary(lambda _text: False) is None  # SmolLM2: markers spelled out
+
+
 def test_template_kwargs() -> None:
     qwen = "{% if enable_thinking is false %}"
     assert template_kwargs("none", None, qwen) == {"enable_thinking": False}
