@@ -112,16 +112,23 @@ def mlx_server() -> Iterator[RealServer]:
 real_schema = schemathesis.openapi.from_dict(app.openapi())
 
 
+# The length fields of each generating route (Responses and Messages name theirs differently).
+LENGTH_FIELDS = {"/v1/chat/completions": ("max_tokens", "max_completion_tokens"),
+                 "/v1/completions": ("max_tokens",), "/v1/responses": ("max_output_tokens",),
+                 "/v1/messages": ("max_tokens",)}
+
+
 def bounded(case) -> None:
     """Generated requests may ask for the whole context; a small CPU model takes minutes."""
-    if not isinstance(case.body, dict) or not case.operation.path.endswith("completions"):
+    keys = LENGTH_FIELDS.get(case.operation.path)
+    if not isinstance(case.body, dict) or keys is None:
         return
-    for key in ("max_tokens", "max_completion_tokens"):
+    for key in keys:
         value = case.body.get(key)
         if type(value) is int and value > REAL_MAX_TOKENS:
             case.body[key] = REAL_MAX_TOKENS
-    if "max_tokens" not in case.body and "max_completion_tokens" not in case.body:
-        case.body["max_tokens"] = REAL_MAX_TOKENS
+    if not any(key in case.body for key in keys):
+        case.body[keys[0]] = REAL_MAX_TOKENS
 
 
 @pytest.mark.e2e
