@@ -232,12 +232,13 @@ def test_a_bad_key_file_is_a_configuration_error(tmp_path):
 
 
 def test_cli_reads_several_keys_from_the_environment(monkeypatch):
-    from dvai_bridge.cli import serve
+    from dvai_bridge.cli import _model_options, serve
 
     monkeypatch.setenv("DVAI_BRIDGE_API_KEY", "k1 k2")
     ctx = serve.make_context("serve", ["--allowed-host", "box.lan", "--cors-origin",
                                        "https://a.example"])
-    config = StartConfig(**{k: v for k, v in ctx.params.items() if k in StartConfig.model_fields})
+    options = _model_options(dict(ctx.params))  # as serve builds its StartConfig
+    config = StartConfig(**{k: v for k, v in options.items() if k in StartConfig.model_fields})
     assert config.api_key == ["k1", "k2"]
     assert config.allowed_hosts == ["box.lan"]
     assert config.cors_origin == ["https://a.example"]
