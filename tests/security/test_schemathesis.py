@@ -63,6 +63,12 @@ KNOWN_SCHEMA_GAPS = {
     "RejectedPositiveData": "rules the schema does not state: a user or tool message needs "
     "content, a prompt must fit the context, top_k <= vocabulary, ...",
     "ServerError": "501 not_supported of /v1/embeddings on a chat model (documented)",
+    # Found by the first full run with the Responses/Messages routes (issue 16); to be closed
+    # by making their schemas as strict as the server, or the server as strict as the schemas:
+    "AcceptedNegativeData": "POST /v1/responses accepts some bodies its schema refuses "
+    "(Responses fields are read leniently, as Codex and the SDKs send extras)",
+    "AllowHeaderMismatch": "the 405 Allow header of the /v1/responses/{id} paths differs "
+    "from the methods the schema lists",
 }
 
 
