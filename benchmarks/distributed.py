@@ -57,15 +57,18 @@ for name, shape in (("control, 64 int32", (64,)), ("hidden state, 576 fp32", (1,
 
 
 def stream_rate(served: Served, tokens: int, seed: int | None = None) -> tuple[float, int]:
-    body = {"model": served.model_id, "stream": True, "max_tokens": tokens,
-            "temperature": 0 if seed is None else 0.8, "seed": seed,
-            "messages": [{"role": "user", "content": PROMPT}]}
+    body = {
+        "model": served.model_id,
+        "stream": True,
+        "max_tokens": tokens,
+        "temperature": 0 if seed is None else 0.8,
+        "seed": seed,
+        "messages": [{"role": "user", "content": PROMPT}],
+    }
     stamps = []
-    with httpx.stream("POST", f"{served.base_url}/chat/completions", json=body,
-                      timeout=600) as r:
+    with httpx.stream("POST", f"{served.base_url}/chat/completions", json=body, timeout=600) as r:
         for line in r.iter_lines():
-            if (line.startswith("data: {") and '"content":"' in line
-                    and '"content":""' not in line):
+            if line.startswith("data: {") and '"content":"' in line and '"content":""' not in line:
                 stamps.append(time.perf_counter())
     n = len(stamps)
     return (n - 1) / (stamps[-1] - stamps[0]), n
@@ -78,28 +81,52 @@ def measure(served: Served, tokens: int, runs: int) -> dict:
     for run in range(runs):
         counts: list[int] = []
         t0 = time.perf_counter()
-        threads = [threading.Thread(target=lambda i=i, run=run, counts=counts: counts.append(
-            stream_rate(served, tokens // 2, seed=run * 10 + i)[1])) for i in range(4)]
+        threads = [
+            threading.Thread(
+                target=lambda i=i, run=run, counts=counts: counts.append(
+                    stream_rate(served, tokens // 2, seed=run * 10 + i)[1]
+                )
+            )
+            for i in range(4)
+        ]
         for t in threads:
             t.start()
         for t in threads:
             t.join()
         totals.append(sum(counts) / (time.perf_counter() - t0))
-    return {"single_stream_decode_tok_s": round(statistics.median(single), 2),
-            "single_runs": [round(x, 2) for x in single],
-            "four_streams_total_tok_s": round(statistics.median(totals), 2),
-            "four_runs": [round(x, 2) for x in totals]}
+    return {
+        "single_stream_decode_tok_s": round(statistics.median(single), 2),
+        "single_runs": [round(x, 2) for x in single],
+        "four_streams_total_tok_s": round(statistics.median(totals), 2),
+        "four_runs": [round(x, 2) for x in totals],
+    }
 
 
 def collectives() -> list[str]:
     with tempfile.NamedTemporaryFile("w", suffix=".py", delete=False) as f:
         f.write(COLLECTIVES)
     port = ring_base_port()
-    out = subprocess.run([str(BIN / "mlx.launch"), "-n", "2", "--backend", "ring", "-p",
-                          str(port), "--", sys.executable, f.name], stdin=subprocess.PIPE, capture_output=True,
-                         text=True, env=_env(), timeout=300, check=False)
-    return [ln.split("COLLECTIVE ", 1)[1] for ln in out.stdout.splitlines()
-            if "COLLECTIVE" in ln]
+    out = subprocess.run(
+        [
+            str(BIN / "mlx.launch"),
+            "-n",
+            "2",
+            "--backend",
+            "ring",
+            "-p",
+            str(port),
+            "--",
+            sys.executable,
+            f.name,
+        ],
+        stdin=subprocess.PIPE,
+        capture_output=True,
+        text=True,
+        env=_env(),
+        timeout=300,
+        check=False,
+    )
+    return [ln.split("COLLECTIVE ", 1)[1] for ln in out.stdout.splitlines() if "COLLECTIVE" in ln]
 
 
 def main() -> None:
@@ -108,12 +135,16 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--out", default=str(ROOT / "benchmarks/results/distributed.json"))
     args = ap.parse_args()
-    result: dict = {"model": "embedded SmolLM2-135M-Instruct (MLX import, CPU, 1 BLAS thread)",
-                    "tokens": args.tokens}
+    result: dict = {
+        "model": "embedded SmolLM2-135M-Instruct (MLX import, CPU, 1 BLAS thread)",
+        "tokens": args.tokens,
+    }
     tmp = Path(tempfile.mkdtemp())
-    for name, start in (("one_process", start_one_process),
-                        ("two_ranks_pipeline_mlx_launch", launch_group),
-                        ("two_ranks_pipeline_no_launcher", lambda: start_ranks(tmp))):
+    for name, start in (
+        ("one_process", start_one_process),
+        ("two_ranks_pipeline_mlx_launch", launch_group),
+        ("two_ranks_pipeline_no_launcher", lambda: start_ranks(tmp)),
+    ):
         served = start()
         try:
             result[name] = measure(served, args.tokens, args.runs)

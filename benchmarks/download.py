@@ -35,8 +35,11 @@ REPO = "mlx-community/SmolLM2-135M-Instruct"
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=7, help="downloads per client")
-    parser.add_argument("--cache-root", default=None,
-                        help="where the fresh caches go (default: the system temp dir)")
+    parser.add_argument(
+        "--cache-root",
+        default=None,
+        help="where the fresh caches go (default: the system temp dir)",
+    )
     parser.add_argument("--json", default=None, help="write the results here as JSON")
     args = parser.parse_args()
 
@@ -60,8 +63,9 @@ def main() -> None:
         return download_model(REPO, progress=events.append)
 
     def plain(cache: Path) -> Path:
-        return Path(snapshot_download(REPO, cache_dir=cache, endpoint=hub.url,
-                                      allow_patterns=MLX_PATTERNS))
+        return Path(
+            snapshot_download(REPO, cache_dir=cache, endpoint=hub.url, allow_patterns=MLX_PATTERNS)
+        )
 
     clients = {"ours": ours, "plain": plain}
     times: dict[str, list[float]] = {name: [] for name in clients}
@@ -83,18 +87,30 @@ def main() -> None:
         shutil.rmtree(root, ignore_errors=True)
         hub.stop()
 
-    result: dict[str, object] = {"repo": REPO, "bytes": size, "runs": args.runs,
-                                 "files": len(repo.files)}
+    result: dict[str, object] = {
+        "repo": REPO,
+        "bytes": size,
+        "runs": args.runs,
+        "files": len(repo.files),
+    }
     for name, series in times.items():
         median = statistics.median(series)
-        result[name] = {"median_s": round(median, 4), "mb_per_s": round(size / median / 1e6, 1),
-                        "min_s": round(min(series), 4), "max_s": round(max(series), 4)}
-        print(f"{name:5}  median {median:.3f} s  {size / median / 1e6:7.1f} MB/s  "
-              f"(min {min(series):.3f} s, max {max(series):.3f} s, {len(series)} runs)")
+        result[name] = {
+            "median_s": round(median, 4),
+            "mb_per_s": round(size / median / 1e6, 1),
+            "min_s": round(min(series), 4),
+            "max_s": round(max(series), 4),
+        }
+        print(
+            f"{name:5}  median {median:.3f} s  {size / median / 1e6:7.1f} MB/s  "
+            f"(min {min(series):.3f} s, max {max(series):.3f} s, {len(series)} runs)"
+        )
     overhead = statistics.median(times["ours"]) / statistics.median(times["plain"]) - 1
     result["overhead"] = round(overhead, 4)
-    print(f"ours costs {overhead:+.1%} against plain snapshot_download "
-          f"({size / 1e6:.1f} MB, {len(repo.files)} files)")
+    print(
+        f"ours costs {overhead:+.1%} against plain snapshot_download "
+        f"({size / 1e6:.1f} MB, {len(repo.files)} files)"
+    )
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
 

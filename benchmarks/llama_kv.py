@@ -60,8 +60,9 @@ def main() -> None:
     n_vocab = lc.llama_vocab_n_tokens(vocab)
     rows = []
     for ubatch in (63, 512):
-        ctx = kv.open_context(lc, model, n_ctx=n_ctx, n_seq=2, n_batch=512, n_ubatch=ubatch,
-                              threads=threads)
+        ctx = kv.open_context(
+            lc, model, n_ctx=n_ctx, n_seq=2, n_batch=512, n_ubatch=ubatch, threads=threads
+        )
         mem = lc.llama_get_memory(ctx)
         batch = kv.TokenBatch(lc, 512)
         for n in lengths:
@@ -71,19 +72,24 @@ def main() -> None:
                 lc.llama_memory_clear(mem, True)
                 for start in range(0, len(tokens), 512):
                     batch.clear()
-                    part = tokens[start:start + 512]
+                    part = tokens[start : start + 512]
                     batch.add(0, part, start, start + len(part) == len(tokens))
                     assert lc.llama_decode(ctx, batch.ready()) == 0
 
-            row = {"tokens": n, "ubatch": ubatch,
-                   "prefill_s": round(timed(prefill, max(1, args.repeat // 2)), 4)}
+            row = {
+                "tokens": n,
+                "ubatch": ubatch,
+                "prefill_s": round(timed(prefill, max(1, args.repeat // 2)), 4),
+            }
             if ubatch == 63:
                 prefill()
                 snap = kv.save_sequence(lc, ctx, 0, n)
                 assert snap is not None
                 row["snapshot_bytes"] = len(snap.data)
-                row["save_ms"] = round(1000 * timed(
-                    lambda ctx=ctx, n=n: kv.save_sequence(lc, ctx, 0, n), args.repeat), 3)
+                row["save_ms"] = round(
+                    1000 * timed(lambda ctx=ctx, n=n: kv.save_sequence(lc, ctx, 0, n), args.repeat),
+                    3,
+                )
 
                 def restore(ctx=ctx, mem=mem, snap=snap) -> None:
                     lc.llama_memory_seq_rm(mem, 1, -1, -1)
@@ -100,8 +106,12 @@ def main() -> None:
             print(json.dumps(row), flush=True)
         lc.llama_free(ctx)
     lc.llama_model_free(model)
-    result = {"benchmark": "llama prompt cache and ubatch costs", "threads": threads,
-              "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "rows": rows}
+    result = {
+        "benchmark": "llama prompt cache and ubatch costs",
+        "threads": threads,
+        "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "rows": rows,
+    }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")

@@ -45,8 +45,9 @@ from serving import (
 )
 
 
-async def run(servers: list[Server], levels: list[int], pairs: int, max_tokens: int,
-              settle: float) -> dict:
+async def run(
+    servers: list[Server], levels: list[int], pairs: int, max_tokens: int, settle: float
+) -> dict:
     benches = {s.name: Bench(s, timeout=900) for s in servers}
     for bench in benches.values():
         await bench.warmup()
@@ -60,40 +61,61 @@ async def run(servers: list[Server], levels: list[int], pairs: int, max_tokens: 
                 row = {}
                 for server in order:
                     got: dict = {}
-                    await benches[server.name].concurrency([n], max_tokens, False,
-                                                           f"pair{k}", got)
+                    await benches[server.name].concurrency([n], max_tokens, False, f"pair{k}", got)
                     r = got[str(n)]["rounds"][0]
-                    row[server.name] = {key: r[key] for key in (
-                        "aggregate_tok_s", "ttft_p50_s", "wall_s", "completion_tokens",
-                        "cached_tokens")} | {"server_cpu": r["cpu"]["server_cpu"],
-                                             "foreign_cpu": r["cpu"]["foreign_cpu"]}
-                row["ratio"] = round(row["ours"]["aggregate_tok_s"]
-                                     / row["peer_same_weights"]["aggregate_tok_s"], 3)
+                    row[server.name] = {
+                        key: r[key]
+                        for key in (
+                            "aggregate_tok_s",
+                            "ttft_p50_s",
+                            "wall_s",
+                            "completion_tokens",
+                            "cached_tokens",
+                        )
+                    } | {
+                        "server_cpu": r["cpu"]["server_cpu"],
+                        "foreign_cpu": r["cpu"]["foreign_cpu"],
+                    }
+                row["ratio"] = round(
+                    row["ours"]["aggregate_tok_s"] / row["peer_same_weights"]["aggregate_tok_s"], 3
+                )
                 rows.append(row)
-                print(f"  {n} clients, pair {k}: ours {row['ours']['aggregate_tok_s']:6.2f}  "
-                      f"peer {row['peer_same_weights']['aggregate_tok_s']:6.2f}  "
-                      f"ratio {row['ratio']}", flush=True)
+                print(
+                    f"  {n} clients, pair {k}: ours {row['ours']['aggregate_tok_s']:6.2f}  "
+                    f"peer {row['peer_same_weights']['aggregate_tok_s']:6.2f}  "
+                    f"ratio {row['ratio']}",
+                    flush=True,
+                )
 
             def med(name: str, key: str, rows: list[dict] = rows) -> float:
                 return round(statistics.median(r[name][key] for r in rows), 3)
 
             out[str(n)] = {
-                "clients": n, "pairs": pairs, "max_tokens": max_tokens,
+                "clients": n,
+                "pairs": pairs,
+                "max_tokens": max_tokens,
                 "ratio_median": round(statistics.median(r["ratio"] for r in rows), 3),
                 "ratio_min": min(r["ratio"] for r in rows),
                 "ratio_max": max(r["ratio"] for r in rows),
                 "ours_pairs_won": sum(r["ratio"] > 1 for r in rows),
-                **{f"{name}_{key}": med(name, key) for name in ("ours", "peer_same_weights")
-                   for key in ("aggregate_tok_s", "ttft_p50_s", "server_cpu")},
-                "foreign_cpu_max": max(max(r["ours"]["foreign_cpu"],
-                                           r["peer_same_weights"]["foreign_cpu"]) for r in rows),
+                **{
+                    f"{name}_{key}": med(name, key)
+                    for name in ("ours", "peer_same_weights")
+                    for key in ("aggregate_tok_s", "ttft_p50_s", "server_cpu")
+                },
+                "foreign_cpu_max": max(
+                    max(r["ours"]["foreign_cpu"], r["peer_same_weights"]["foreign_cpu"])
+                    for r in rows
+                ),
                 "rows": rows,
             }
             o = out[str(n)]
-            print(f"{n} clients: ours/peer median {o['ratio_median']} (min {o['ratio_min']}, "
-                  f"max {o['ratio_max']}; ours won {o['ours_pairs_won']}/{pairs}); medians "
-                  f"{o['ours_aggregate_tok_s']} vs {o['peer_same_weights_aggregate_tok_s']} tok/s",
-                  flush=True)
+            print(
+                f"{n} clients: ours/peer median {o['ratio_median']} (min {o['ratio_min']}, "
+                f"max {o['ratio_max']}; ours won {o['ours_pairs_won']}/{pairs}); medians "
+                f"{o['ours_aggregate_tok_s']} vs {o['peer_same_weights_aggregate_tok_s']} tok/s",
+                flush=True,
+            )
     finally:
         for bench in benches.values():
             await bench.close()
@@ -115,37 +137,69 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="dvai-paired-bench-"))
     results: dict = {
         "benchmark": "serving_paired",
-        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "date": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
-        "machine": machine_info(), "versions": git_info(), "model_folder": str(folder),
-        "workload": {"clients": levels, "pairs": args.pairs, "max_tokens": args.max_tokens,
-                     "max_batch_size": args.max_batch_size, "settle_s": args.settle,
-                     "order": "pair k even: ours then peer; odd: peer then ours"},
+        "machine": machine_info(),
+        "versions": git_info(),
+        "model_folder": str(folder),
+        "workload": {
+            "clients": levels,
+            "pairs": args.pairs,
+            "max_tokens": args.max_tokens,
+            "max_batch_size": args.max_batch_size,
+            "settle_s": args.settle,
+            "order": "pair k even: ours then peer; odd: peer then ours",
+        },
     }
     servers: list[Server] = []
     try:
         print("writing the fp32 checkpoint for the peer ...", flush=True)
         sw = work / "same-weights"
         results["peer_checkpoint"] = write_same_weights(folder, sw)
-        cfg = {"backend": "mlx", "model_path": str(folder), "http_base_port": free_port(),
-               "http_max_port_attempts": 1, "max_batch_size": args.max_batch_size,
-               "log_level": "info"}
+        cfg = {
+            "backend": "mlx",
+            "model_path": str(folder),
+            "http_base_port": free_port(),
+            "http_max_port_attempts": 1,
+            "max_batch_size": args.max_batch_size,
+            "log_level": "info",
+        }
         port = free_port()
         flags = ["--decode-concurrency", str(args.max_batch_size), "--log-level", "WARNING"]
         servers = [
-            Server("ours", [sys.executable, "-c", OURS_SCRIPT, json.dumps(cfg)],
-                   cfg["http_base_port"], None, work, 600),
-            Server("peer_same_weights", [sys.executable, "-c", PEER_FAST_BLAS_SCRIPT,
-                                         "--model", str(sw), "--port", str(port), *flags],
-                   port, "default_model", work, 600),
+            Server(
+                "ours",
+                [sys.executable, "-c", OURS_SCRIPT, json.dumps(cfg)],
+                cfg["http_base_port"],
+                None,
+                work,
+                600,
+            ),
+            Server(
+                "peer_same_weights",
+                [
+                    sys.executable,
+                    "-c",
+                    PEER_FAST_BLAS_SCRIPT,
+                    "--model",
+                    str(sw),
+                    "--port",
+                    str(port),
+                    *flags,
+                ],
+                port,
+                "default_model",
+                work,
+                600,
+            ),
         ]
         for server in servers:
             server.start()
-        results["servers"] = {s.name: {"args": s.cmd[3:],
-                                       "log": s.info} for s in servers}
+        results["servers"] = {s.name: {"args": s.cmd[3:], "log": s.info} for s in servers}
         t0 = time.perf_counter()
-        results["concurrency"] = asyncio.run(run(servers, levels, args.pairs, args.max_tokens,
-                                                 args.settle))
+        results["concurrency"] = asyncio.run(
+            run(servers, levels, args.pairs, args.max_tokens, args.settle)
+        )
         results["elapsed_s"] = round(time.perf_counter() - t0, 1)
     finally:
         for server in servers:

@@ -22,7 +22,7 @@ quarter; after the burst within twice that). The RSS slope after warm-up is repo
 
     . .venv/bin/activate && python benchmarks/soak.py                 # 3 minutes
     python benchmarks/soak.py --duration 30 --out /tmp/soak.json
-    python benchmarks/soak.py --backend mlx   # the real MLX engine with a hostile mix (soak_real.py)
+    python benchmarks/soak.py --backend mlx   # the real MLX engine, a hostile mix (soak_real.py)
 
 Writes ``benchmarks/results/soak.json`` (``--out``), prints a summary, exits 1 on a failed verdict.
 """
@@ -76,10 +76,35 @@ bridge.stop()
 print("STOPPED", flush=True)
 """
 
-WORDS = ["alpha", "beta", "gamma", "delta", "café", "naïve", "über", "日本語", "中文",
-         "😀", "🚀", "ß", "Ωmega", "x", "42", "—", "line\nbreak", "tab\there", "\"quoted\""]
-KINDS = [("chat_stream", 30), ("chat", 20), ("completion_stream", 10), ("completion", 10),
-         ("chat_stream_n2", 10), ("disconnect", 20)]
+WORDS = [
+    "alpha",
+    "beta",
+    "gamma",
+    "delta",
+    "café",
+    "naïve",
+    "über",
+    "日本語",
+    "中文",
+    "😀",
+    "🚀",
+    "ß",
+    "Ωmega",
+    "x",
+    "42",
+    "—",
+    "line\nbreak",
+    "tab\there",
+    '"quoted"',
+]
+KINDS = [
+    ("chat_stream", 30),
+    ("chat", 20),
+    ("completion_stream", 10),
+    ("completion", 10),
+    ("chat_stream_n2", 10),
+    ("disconnect", 20),
+]
 
 
 @dataclass
@@ -88,9 +113,9 @@ class Tally:
     ok: Counter[str] = field(default_factory=Counter)
     busy: int = 0
     disconnects: int = 0
-    mixed: list[str] = field(default_factory=list)    # an answer that is not its own echo
+    mixed: list[str] = field(default_factory=list)  # an answer that is not its own echo
     dropped: list[str] = field(default_factory=list)  # ended without [DONE] / transport error
-    other: list[str] = field(default_factory=list)    # any other non-200
+    other: list[str] = field(default_factory=list)  # any other non-200
 
     def failures(self) -> int:
         return len(self.mixed) + len(self.dropped) + len(self.other)
@@ -140,8 +165,9 @@ def check_stream(events: list, done: bool, want: str, n: int, key: str) -> str |
     return None
 
 
-async def one_request(c: httpx.AsyncClient, base: str, kind: str, content: str,
-                      rng: random.Random, tally: Tally) -> None:
+async def one_request(
+    c: httpx.AsyncClient, base: str, kind: str, content: str, rng: random.Random, tally: Tally
+) -> None:
     want = "echo: " + content
     chat = {"messages": [{"role": "user", "content": content}]}
     comp = {"prompt": content, "max_tokens": 4096}
@@ -186,7 +212,8 @@ async def one_request(c: httpx.AsyncClient, base: str, kind: str, content: str,
                     problem = check_stream(got, done, want, n, "delta" if is_chat else "text")
                     if problem:
                         (tally.dropped if problem == "no [DONE]" else tally.mixed).append(
-                            f"{kind}: {problem}")
+                            f"{kind}: {problem}"
+                        )
                         return
     except httpx.HTTPError as exc:
         tally.dropped.append(f"{kind}: {type(exc).__name__}: {exc}")
@@ -196,7 +223,7 @@ async def one_request(c: httpx.AsyncClient, base: str, kind: str, content: str,
 
 async def worker(base: str, w: int, until: float, tally: Tally, seed: int) -> None:
     rng = random.Random(seed * 1000 + w)
-    kinds, weights = zip(*KINDS)
+    kinds, weights = zip(*KINDS, strict=False)
     async with httpx.AsyncClient(timeout=120) as c:
         i = 0
         while time.monotonic() < until:
@@ -213,9 +240,14 @@ async def sample(proc: psutil.Process, root: str, until: float, out: list) -> No
     async with httpx.AsyncClient(timeout=10) as c:
         while time.monotonic() < until:
             h = (await c.get(root + "/health")).json()
-            out.append({"t": round(time.monotonic() - t0, 2),
-                        "rss_mb": round(proc.memory_info().rss / 2**20, 2),
-                        "running": h["running"], "queued": h["queued"]})
+            out.append(
+                {
+                    "t": round(time.monotonic() - t0, 2),
+                    "rss_mb": round(proc.memory_info().rss / 2**20, 2),
+                    "running": h["running"],
+                    "queued": h["queued"],
+                }
+            )
             await asyncio.sleep(1.0)
 
 
@@ -231,13 +263,17 @@ async def quiescent(root: str, timeout: float = 10.0) -> dict:
 
 async def burst(base: str, n: int, content_len: int) -> dict:
     """n simultaneous requests; the ones past batch + queue must get 429, and quickly."""
+
     async def one(c: httpx.AsyncClient, i: int) -> tuple[int, float, bool]:
         t0 = time.monotonic()
         content = f"burst {i} " + "b" * content_len
-        r = await c.post(base + "/chat/completions",
-                         json={"messages": [{"role": "user", "content": content}]})
-        right = r.status_code != 200 or \
-            r.json()["choices"][0]["message"]["content"] == "echo: " + content
+        r = await c.post(
+            base + "/chat/completions", json={"messages": [{"role": "user", "content": content}]}
+        )
+        right = (
+            r.status_code != 200
+            or r.json()["choices"][0]["message"]["content"] == "echo: " + content
+        )
         return r.status_code, time.monotonic() - t0, right
 
     limits = httpx.Limits(max_connections=n + 4, max_keepalive_connections=n + 4)
@@ -246,17 +282,24 @@ async def burst(base: str, n: int, content_len: int) -> dict:
     statuses = Counter(s for s, _, _ in results)
     busy_s = [t for s, t, _ in results if s == 429]
     served_s = [t for s, t, _ in results if s == 200]
-    return {"requests": n, "statuses": dict(statuses),
-            "max_429_latency_s": round(max(busy_s), 3) if busy_s else None,
-            "max_served_latency_s": round(max(served_s), 3) if served_s else None,
-            "wrong_answers": sum(not right for _, _, right in results)}
+    return {
+        "requests": n,
+        "statuses": dict(statuses),
+        "max_429_latency_s": round(max(busy_s), 3) if busy_s else None,
+        "max_served_latency_s": round(max(served_s), 3) if served_s else None,
+        "wrong_answers": sum(not right for _, _, right in results),
+    }
 
 
-def start_server(delay: float, max_queued: int, max_batch: int,
-                 cache_mb: int) -> tuple[subprocess.Popen, str]:
-    proc = subprocess.Popen([sys.executable, "-c", SERVER, str(delay), str(max_queued),
-                             str(max_batch), str(cache_mb)], stdout=subprocess.PIPE, text=True,
-                            cwd=ROOT)
+def start_server(
+    delay: float, max_queued: int, max_batch: int, cache_mb: int
+) -> tuple[subprocess.Popen, str]:
+    proc = subprocess.Popen(
+        [sys.executable, "-c", SERVER, str(delay), str(max_queued), str(max_batch), str(cache_mb)],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+    )
     line = proc.stdout.readline()
     match = re.match(r"READY (\S+)", line)
     if not match:
@@ -265,20 +308,31 @@ def start_server(delay: float, max_queued: int, max_batch: int,
     return proc, match.group(1)
 
 
-def run_soak(duration: float = 180.0, clients: int = 16, token_delay: float = 0.001,
-             max_queued: int = 16, max_batch: int = 8, burst_size: int = 64,
-             rss_slack_mb: float = 16.0, seed: int = 1,
-             burst_content: int = 300, prompt_cache_mb: int = 0) -> dict[str, Any]:
+def run_soak(
+    duration: float = 180.0,
+    clients: int = 16,
+    token_delay: float = 0.001,
+    max_queued: int = 16,
+    max_batch: int = 8,
+    burst_size: int = 64,
+    rss_slack_mb: float = 16.0,
+    seed: int = 1,
+    burst_content: int = 300,
+    prompt_cache_mb: int = 0,
+) -> dict[str, Any]:
     proc, base = start_server(token_delay, max_queued, max_batch, prompt_cache_mb)
     root = base.removesuffix("/v1")
     ps = psutil.Process(proc.pid)
     tally = Tally()
     samples: list[dict] = []
     try:
+
         async def main() -> tuple[dict, dict, dict]:
             until = time.monotonic() + duration
-            await asyncio.gather(sample(ps, root, until, samples),
-                                 *(worker(base, w, until, tally, seed) for w in range(clients)))
+            await asyncio.gather(
+                sample(ps, root, until, samples),
+                *(worker(base, w, until, tally, seed) for w in range(clients)),
+            )
             after_soak = await quiescent(root)
             b = await burst(base, burst_size, burst_content)
             after_burst = await quiescent(root)
@@ -300,8 +354,10 @@ def run_soak(duration: float = 180.0, clients: int = 16, token_delay: float = 0.
     peak = max(s["rss_mb"] for s in samples)
     slope = 0.0  # MiB per minute after warm-up: a leak shows as a steady climb
     if len(warm) >= 3:
-        slope = statistics.linear_regression([s["t"] for s in warm],
-                                             [s["rss_mb"] for s in warm]).slope * 60
+        slope = (
+            statistics.linear_regression([s["t"] for s in warm], [s["rss_mb"] for s in warm]).slope
+            * 60
+        )
     served = sum(tally.ok.values())
     verdict = {
         "no_dropped_or_mixed": tally.failures() == 0,
@@ -316,29 +372,52 @@ def run_soak(duration: float = 180.0, clients: int = 16, token_delay: float = 0.
     }
     return {
         "benchmark": "soak",
-        "when": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "machine": {"python": platform.python_version(), "system": platform.platform(),
-                    "cpus": os.cpu_count(), "load_avg": os.getloadavg()},
-        "config": {"duration_s": duration, "clients": clients, "token_delay_s": token_delay,
-                   "max_queued": max_queued, "max_batch_size": max_batch,
-                   "prompt_cache_mb": prompt_cache_mb,
-                   "burst": burst_size, "burst_content_chars": burst_content,
-                   "rss_slack_mb": rss_slack_mb, "seed": seed,
-                   "mix": dict(KINDS)},
+        "when": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+        "machine": {
+            "python": platform.python_version(),
+            "system": platform.platform(),
+            "cpus": os.cpu_count(),
+            "load_avg": os.getloadavg(),
+        },
+        "config": {
+            "duration_s": duration,
+            "clients": clients,
+            "token_delay_s": token_delay,
+            "max_queued": max_queued,
+            "max_batch_size": max_batch,
+            "prompt_cache_mb": prompt_cache_mb,
+            "burst": burst_size,
+            "burst_content_chars": burst_content,
+            "rss_slack_mb": rss_slack_mb,
+            "seed": seed,
+            "mix": dict(KINDS),
+        },
         "wall_s": round(wall, 1),
-        "requests": sum(tally.sent.values()), "served_ok": served,
+        "requests": sum(tally.sent.values()),
+        "served_ok": served,
         "requests_per_s": round(sum(tally.sent.values()) / duration, 1),
-        "by_kind": dict(tally.sent), "ok_by_kind": dict(tally.ok),
-        "disconnects": tally.disconnects, "busy_429_during_soak": tally.busy,
-        "dropped": tally.dropped[:20], "mixed": tally.mixed[:20], "other": tally.other[:20],
-        "after_soak_health": after_soak, "burst": burst_result, "after_burst_health": after_burst,
-        "rss_mb": {"warmup_end": warm_rss, "soak_end": soak_end_rss, "peak_during_soak": peak,
-                   "final_after_burst": round(final_rss, 2),
-                   "growth_during_soak_after_warmup": round(soak_end_rss - warm_rss, 2),
-                   "slope_mb_per_min_after_warmup": round(slope, 3)},
+        "by_kind": dict(tally.sent),
+        "ok_by_kind": dict(tally.ok),
+        "disconnects": tally.disconnects,
+        "busy_429_during_soak": tally.busy,
+        "dropped": tally.dropped[:20],
+        "mixed": tally.mixed[:20],
+        "other": tally.other[:20],
+        "after_soak_health": after_soak,
+        "burst": burst_result,
+        "after_burst_health": after_burst,
+        "rss_mb": {
+            "warmup_end": warm_rss,
+            "soak_end": soak_end_rss,
+            "peak_during_soak": peak,
+            "final_after_burst": round(final_rss, 2),
+            "growth_during_soak_after_warmup": round(soak_end_rss - warm_rss, 2),
+            "slope_mb_per_min_after_warmup": round(slope, 3),
+        },
         "samples": samples,
         "server_exit_code": exit_code,
-        "verdict": verdict, "passed": all(verdict.values()),
+        "verdict": verdict,
+        "passed": all(verdict.values()),
     }
 
 
@@ -349,9 +428,9 @@ def main() -> None:
             sys.path.insert(0, str(HERE))
             import soak_real
 
-            soak_real.main(sys.argv[1:i] + sys.argv[i + 2:])
+            soak_real.main(sys.argv[1:i] + sys.argv[i + 2 :])
             return
-        del sys.argv[i:i + 2]
+        del sys.argv[i : i + 2]
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--duration", type=float, default=180.0, help="seconds of mixed load")
     ap.add_argument("--clients", type=int, default=16)
@@ -361,24 +440,41 @@ def main() -> None:
     ap.add_argument("--burst", type=int, default=64)
     ap.add_argument("--rss-slack-mb", type=float, default=16.0)
     ap.add_argument("--seed", type=int, default=1)
-    ap.add_argument("--prompt-cache-mb", type=int, default=0,
-                    help="the server's prompt cache; 0 (off) so that RSS shows the request path "
-                    "alone (a cache fills its budget over minutes, which looks like growth)")
+    ap.add_argument(
+        "--prompt-cache-mb",
+        type=int,
+        default=0,
+        help="the server's prompt cache; 0 (off) so that RSS shows the request path "
+        "alone (a cache fills its budget over minutes, which looks like growth)",
+    )
     ap.add_argument("--out", type=Path, default=HERE / "results" / "soak.json")
     a = ap.parse_args()
-    result = run_soak(a.duration, a.clients, a.token_delay, a.max_queued, a.max_batch,
-                      a.burst, a.rss_slack_mb, a.seed, prompt_cache_mb=a.prompt_cache_mb)
+    result = run_soak(
+        a.duration,
+        a.clients,
+        a.token_delay,
+        a.max_queued,
+        a.max_batch,
+        a.burst,
+        a.rss_slack_mb,
+        a.seed,
+        prompt_cache_mb=a.prompt_cache_mb,
+    )
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.write_text(json.dumps(result, indent=1, ensure_ascii=False) + "\n")
     rss = result["rss_mb"]
-    print(f"{result['requests']} requests ({result['requests_per_s']}/s), "
-          f"{result['served_ok']} whole answers, {result['disconnects']} mid-stream hang-ups, "
-          f"{len(result['dropped'])} dropped, {len(result['mixed'])} mixed, "
-          f"{len(result['other'])} other errors")
+    print(
+        f"{result['requests']} requests ({result['requests_per_s']}/s), "
+        f"{result['served_ok']} whole answers, {result['disconnects']} mid-stream hang-ups, "
+        f"{len(result['dropped'])} dropped, {len(result['mixed'])} mixed, "
+        f"{len(result['other'])} other errors"
+    )
     print(f"burst {result['burst']}")
-    print(f"RSS MiB: warm-up end {rss['warmup_end']}, end of soak {rss['soak_end']} "
-          f"({rss['slope_mb_per_min_after_warmup']:+} MiB/min), peak {rss['peak_during_soak']}, "
-          f"after the burst {rss['final_after_burst']}")
+    print(
+        f"RSS MiB: warm-up end {rss['warmup_end']}, end of soak {rss['soak_end']} "
+        f"({rss['slope_mb_per_min_after_warmup']:+} MiB/min), peak {rss['peak_during_soak']}, "
+        f"after the burst {rss['final_after_burst']}"
+    )
     print(f"after: {result['after_burst_health']}; exit {result['server_exit_code']}")
     print("verdict:", result["verdict"], "->", "PASS" if result["passed"] else "FAIL")
     print(f"wrote {a.out}")

@@ -68,13 +68,29 @@ bridge.stop()
 print("STOPPED", flush=True)
 """
 
-PROMPTS = ["What is the capital of France?", "Name three colors.", "Say hello in Spanish.",
-           "What is 2 + 2?"]
+PROMPTS = [
+    "What is the capital of France?",
+    "Name three colors.",
+    "Say hello in Spanish.",
+    "What is 2 + 2?",
+]
 MAX_TOKENS = 8
-NORMAL = [("chat_greedy", 25), ("chat_stream_greedy", 20), ("completion_greedy", 10),
-          ("chat_sampled", 15), ("disconnect", 10)]
-HOSTILE = ["h1_top_k", "h2_many_prompts", "h3_huge_message", "h4_half_request", "h5_keepalive",
-           "h6_queued_hangups", "h6_one_takes_the_queue"]  # taken in turn: each kind is sent
+NORMAL = [
+    ("chat_greedy", 25),
+    ("chat_stream_greedy", 20),
+    ("completion_greedy", 10),
+    ("chat_sampled", 15),
+    ("disconnect", 10),
+]
+HOSTILE = [
+    "h1_top_k",
+    "h2_many_prompts",
+    "h3_huge_message",
+    "h4_half_request",
+    "h5_keepalive",
+    "h6_queued_hangups",
+    "h6_one_takes_the_queue",
+]  # taken in turn: each kind is sent
 
 
 @dataclass
@@ -96,8 +112,12 @@ class Tally:
 
 
 def chat_body(prompt: str, **kw: Any) -> dict[str, Any]:
-    return {"messages": [{"role": "user", "content": prompt}], "max_tokens": MAX_TOKENS,
-            "temperature": 0, **kw}
+    return {
+        "messages": [{"role": "user", "content": prompt}],
+        "max_tokens": MAX_TOKENS,
+        "temperature": 0,
+        **kw,
+    }
 
 
 async def sse(response: httpx.Response, stop_after: int | None = None) -> tuple[list, bool]:
@@ -146,8 +166,9 @@ class Mix:
             self.tally.server_errors.append(f"{kind}: {r.status_code} {r.text[:200]}")
         return r.status_code == 200
 
-    async def normal(self, c: httpx.AsyncClient, kind: str, prompt: str,
-                     rng: random.Random) -> None:
+    async def normal(
+        self, c: httpx.AsyncClient, kind: str, prompt: str, rng: random.Random
+    ) -> None:
         want = self.baselines["chat"][prompt]
         if kind == "chat_greedy":
             r = await c.post(self.base + "/chat/completions", json=chat_body(prompt))
@@ -158,16 +179,19 @@ class Mix:
                     return
         elif kind == "completion_greedy":
             want = self.baselines["completion"][prompt]
-            r = await c.post(self.base + "/completions", json={
-                "prompt": prompt, "max_tokens": MAX_TOKENS, "temperature": 0})
+            r = await c.post(
+                self.base + "/completions",
+                json={"prompt": prompt, "max_tokens": MAX_TOKENS, "temperature": 0},
+            )
             if self.status(kind, r):
                 got = r.json()["choices"][0]["text"]
                 if got != want:
                     self.tally.cross.append(f"{kind}: want {want!r}, got {got!r}")
                     return
         elif kind == "chat_sampled":
-            r = await c.post(self.base + "/chat/completions",
-                             json=chat_body(prompt, temperature=0.8))
+            r = await c.post(
+                self.base + "/chat/completions", json=chat_body(prompt, temperature=0.8)
+            )
             if self.status(kind, r) and not r.json()["choices"][0]["message"]["content"]:
                 self.tally.cross.append(f"{kind}: an empty answer")
                 return
@@ -191,17 +215,20 @@ class Mix:
 
     async def hostile(self, c: httpx.AsyncClient, kind: str) -> None:
         if kind == "h1_top_k":
-            r = await c.post(self.base + "/chat/completions",
-                             json=chat_body("Hi", temperature=0.8, top_k=50_000))
+            r = await c.post(
+                self.base + "/chat/completions", json=chat_body("Hi", temperature=0.8, top_k=50_000)
+            )
             self.status(kind, r)
         elif kind == "h2_many_prompts":
             body = b'{"max_tokens": 1, "prompt": [' + b"[1]," * 19_999 + b"[1]]}"
-            r = await c.post(self.base + "/completions", content=body,
-                             headers={"content-type": "application/json"})
+            r = await c.post(
+                self.base + "/completions",
+                content=body,
+                headers={"content-type": "application/json"},
+            )
             self.status(kind, r)
         elif kind == "h3_huge_message":
-            r = await c.post(self.base + "/chat/completions",
-                             json=chat_body("z " * (2 << 20)))
+            r = await c.post(self.base + "/chat/completions", json=chat_body("z " * (2 << 20)))
             self.status(kind, r)
         elif kind == "h4_half_request":
             await self.half_request()
@@ -209,22 +236,24 @@ class Mix:
             for _ in range(10):
                 t0 = time.monotonic()
                 r = await c.get(self.base + "/models")
-                self.tally.keepalive_max_s = max(self.tally.keepalive_max_s,
-                                                 time.monotonic() - t0)
+                self.tally.keepalive_max_s = max(self.tally.keepalive_max_s, time.monotonic() - t0)
                 self.status(kind, r)
         elif kind == "h6_queued_hangups":
             await self.queued_hangups(c)
         elif kind == "h6_one_takes_the_queue":
-            r = await c.post(self.base + "/completions", json={
-                "prompt": ["Hi"] * 4, "n": 16, "max_tokens": 2, "temperature": 0.8})
+            r = await c.post(
+                self.base + "/completions",
+                json={"prompt": ["Hi"] * 4, "n": 16, "max_tokens": 2, "temperature": 0.8},
+            )
             self.status(kind, r)
         self.tally.ok[kind] += 1
 
     async def half_request(self) -> None:
         """Item 4: headers that never end, held for 3 s, then dropped."""
         _, writer = await asyncio.open_connection("127.0.0.1", self.port)
-        writer.write(b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-                     b"Content-Length: 100\r\n")
+        writer.write(
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 100\r\n"
+        )
         await writer.drain()
         await asyncio.sleep(3)
         writer.close()
@@ -235,10 +264,13 @@ class Mix:
 
     async def queued_hangups(self, c: httpx.AsyncClient) -> None:
         """Item 6: sixteen streams opened together and dropped before they finish."""
+
         async def one() -> None:
-            async with c.stream("POST", self.base + "/chat/completions",
-                                json=chat_body("Tell me a story.", max_tokens=200,
-                                               stream=True)) as r:
+            async with c.stream(
+                "POST",
+                self.base + "/chat/completions",
+                json=chat_body("Tell me a story.", max_tokens=200, stream=True),
+            ) as r:
                 self.status("h6_queued_hangups", r)
 
         await asyncio.gather(*(one() for _ in range(16)))
@@ -246,7 +278,7 @@ class Mix:
 
 async def worker(mix: Mix, w: int, until: float, hostile_share: float, seed: int) -> None:
     rng = random.Random(seed * 1000 + w)
-    normal_kinds, normal_w = zip(*NORMAL)
+    normal_kinds, normal_w = zip(*NORMAL, strict=False)
     limits = httpx.Limits(max_connections=32, max_keepalive_connections=4)
     async with httpx.AsyncClient(timeout=180, limits=limits) as c:
         while time.monotonic() < until:
@@ -275,9 +307,15 @@ async def sample(proc: psutil.Process, root: str, until: float, out: list) -> No
             except httpx.HTTPError as exc:
                 h = {"running": None, "queued": None, "error": type(exc).__name__}
             took = time.monotonic() - s
-            out.append({"t": round(s - t0, 2), "health_s": round(took, 3),
-                        "rss_mb": round(proc.memory_info().rss / 2**20, 1),
-                        "running": h.get("running"), "queued": h.get("queued")})
+            out.append(
+                {
+                    "t": round(s - t0, 2),
+                    "health_s": round(took, 3),
+                    "rss_mb": round(proc.memory_info().rss / 2**20, 1),
+                    "running": h.get("running"),
+                    "queued": h.get("queued"),
+                }
+            )
             await asyncio.sleep(max(0.0, 1.0 - took))
 
 
@@ -287,8 +325,10 @@ async def baselines(base: str) -> dict[str, dict[str, str]]:
         for p in PROMPTS:
             r = await c.post(base + "/chat/completions", json=chat_body(p))
             out["chat"][p] = r.json()["choices"][0]["message"]["content"]
-            r = await c.post(base + "/completions", json={
-                "prompt": p, "max_tokens": MAX_TOKENS, "temperature": 0})
+            r = await c.post(
+                base + "/completions",
+                json={"prompt": p, "max_tokens": MAX_TOKENS, "temperature": 0},
+            )
             out["completion"][p] = r.json()["choices"][0]["text"]
     return out
 
@@ -306,8 +346,13 @@ async def quiescent(root: str, timeout: float = 15.0) -> dict:
 def start_server(config: dict[str, Any]) -> tuple[subprocess.Popen, str]:
     env = dict(os.environ)
     env.setdefault("DVAI_BRIDGE_BLAS_THREADS", "1")
-    proc = subprocess.Popen([sys.executable, "-c", SERVER, json.dumps(config)],
-                            stdout=subprocess.PIPE, text=True, cwd=ROOT, env=env)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", SERVER, json.dumps(config)],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+        env=env,
+    )
     line = proc.stdout.readline()
     match = re.match(r"READY (\S+)", line)
     if not match:
@@ -316,12 +361,25 @@ def start_server(config: dict[str, Any]) -> tuple[subprocess.Popen, str]:
     return proc, match.group(1)
 
 
-def run_real_soak(duration: float = 180.0, clients: int = 8, hostile_share: float = 0.15,
-                  rss_bound_mb: float = 512.0, seed: int = 1, max_batch: int = 8,
-                  max_queued: int = 64, prompt_cache_mb: int = 64) -> dict[str, Any]:
-    config = {"backend": "mlx", "http_base_port": 0, "log_level": "error",
-              "context_size": 1024, "max_batch_size": max_batch, "max_queued": max_queued,
-              "prompt_cache_mb": prompt_cache_mb}
+def run_real_soak(
+    duration: float = 180.0,
+    clients: int = 8,
+    hostile_share: float = 0.15,
+    rss_bound_mb: float = 512.0,
+    seed: int = 1,
+    max_batch: int = 8,
+    max_queued: int = 64,
+    prompt_cache_mb: int = 64,
+) -> dict[str, Any]:
+    config = {
+        "backend": "mlx",
+        "http_base_port": 0,
+        "log_level": "error",
+        "context_size": 1024,
+        "max_batch_size": max_batch,
+        "max_queued": max_queued,
+        "prompt_cache_mb": prompt_cache_mb,
+    }
     proc, base = start_server(config)
     root = base.removesuffix("/v1")
     ps = psutil.Process(proc.pid)
@@ -329,13 +387,15 @@ def run_real_soak(duration: float = 180.0, clients: int = 8, hostile_share: floa
     samples: list[dict] = []
     after: dict = {}
     try:
+
         async def main() -> dict:
             want = await baselines(base)
             mix = Mix(base, want, tally)
             until = time.monotonic() + duration
-            await asyncio.gather(sample(ps, root, until, samples),
-                                 *(worker(mix, w, until, hostile_share, seed)
-                                   for w in range(clients)))
+            await asyncio.gather(
+                sample(ps, root, until, samples),
+                *(worker(mix, w, until, hostile_share, seed) for w in range(clients)),
+            )
             return await quiescent(root)
 
         t0 = time.monotonic()
@@ -357,8 +417,10 @@ def run_real_soak(duration: float = 180.0, clients: int = 8, hostile_share: floa
     slowest_health = max(s["health_s"] for s in samples)
     slope = 0.0
     if len(warm) >= 3:
-        slope = statistics.linear_regression([s["t"] for s in warm],
-                                             [s["rss_mb"] for s in warm]).slope * 60
+        slope = (
+            statistics.linear_regression([s["t"] for s in warm], [s["rss_mb"] for s in warm]).slope
+            * 60
+        )
     verdict = {
         "no_crash": alive,
         "no_5xx": not tally.server_errors,
@@ -369,37 +431,62 @@ def run_real_soak(duration: float = 180.0, clients: int = 8, hostile_share: floa
     }
     return {
         "benchmark": "soak_real",
-        "when": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "machine": {"python": platform.python_version(), "system": platform.platform(),
-                    "cpus": os.cpu_count(), "load_avg": os.getloadavg()},
-        "config": {**config, "duration_s": duration, "clients": clients,
-                   "hostile_share": hostile_share, "rss_bound_mb": rss_bound_mb,
-                   "seed": seed, "normal": dict(NORMAL), "hostile": HOSTILE},
+        "when": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+        "machine": {
+            "python": platform.python_version(),
+            "system": platform.platform(),
+            "cpus": os.cpu_count(),
+            "load_avg": os.getloadavg(),
+        },
+        "config": {
+            **config,
+            "duration_s": duration,
+            "clients": clients,
+            "hostile_share": hostile_share,
+            "rss_bound_mb": rss_bound_mb,
+            "seed": seed,
+            "normal": dict(NORMAL),
+            "hostile": HOSTILE,
+        },
         "wall_s": round(wall, 1),
-        "requests": sum(tally.sent.values()), "hostile_requests": tally.hostile(),
-        "by_kind": dict(tally.sent), "ok_by_kind": dict(tally.ok),
-        "statuses": dict(sorted(tally.statuses.items())), "busy_429": tally.busy,
-        "server_errors": tally.server_errors[:20], "cross_request": tally.cross[:20],
+        "requests": sum(tally.sent.values()),
+        "hostile_requests": tally.hostile(),
+        "by_kind": dict(tally.sent),
+        "ok_by_kind": dict(tally.ok),
+        "statuses": dict(sorted(tally.statuses.items())),
+        "busy_429": tally.busy,
+        "server_errors": tally.server_errors[:20],
+        "cross_request": tally.cross[:20],
         "transport": tally.transport[:20],
         "keepalive_slowest_s": round(tally.keepalive_max_s, 3),
-        "slowest_health_s": round(slowest_health, 3), "after_health": after,
-        "rss_mb": {"start": start_rss, "warmup_end": warm_rss, "soak_end": soak_end_rss, "peak": peak,
-                   "final": round(final_rss, 1),
-                   "slope_mb_per_min_after_warmup": round(slope, 2)},
-        "samples": samples, "server_exit_code": exit_code,
-        "verdict": verdict, "passed": all(verdict.values()),
+        "slowest_health_s": round(slowest_health, 3),
+        "after_health": after,
+        "rss_mb": {
+            "start": start_rss,
+            "warmup_end": warm_rss,
+            "soak_end": soak_end_rss,
+            "peak": peak,
+            "final": round(final_rss, 1),
+            "slope_mb_per_min_after_warmup": round(slope, 2),
+        },
+        "samples": samples,
+        "server_exit_code": exit_code,
+        "verdict": verdict,
+        "passed": all(verdict.values()),
     }
 
 
 def summary(result: dict[str, Any]) -> str:
     rss = result["rss_mb"]
-    return (f"{result['requests']} requests, {result['hostile_requests']} hostile; "
-            f"{len(result['server_errors'])} 5xx, {len(result['cross_request'])} cross-request "
-            f"failures, {len(result['transport'])} dropped; RSS MiB peak {rss['peak']}, final "
-            f"{rss['final']} (start {rss['start']}, warm-up end {rss['warmup_end']}, "
-            f"{rss['slope_mb_per_min_after_warmup']:+} MiB/min); slowest /health "
-            f"{result['slowest_health_s']} s; keep-alive slowest "
-            f"{result['keepalive_slowest_s']} s")
+    return (
+        f"{result['requests']} requests, {result['hostile_requests']} hostile; "
+        f"{len(result['server_errors'])} 5xx, {len(result['cross_request'])} cross-request "
+        f"failures, {len(result['transport'])} dropped; RSS MiB peak {rss['peak']}, final "
+        f"{rss['final']} (start {rss['start']}, warm-up end {rss['warmup_end']}, "
+        f"{rss['slope_mb_per_min_after_warmup']:+} MiB/min); slowest /health "
+        f"{result['slowest_health_s']} s; keep-alive slowest "
+        f"{result['keepalive_slowest_s']} s"
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -407,8 +494,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--duration", type=float, default=180.0, help="seconds of mixed load")
     ap.add_argument("--clients", type=int, default=8)
     ap.add_argument("--hostile-share", type=float, default=0.15)
-    ap.add_argument("--rss-bound-mb", type=float, default=512.0,
-                    help="the peak RSS may exceed the RSS at the start by this much")
+    ap.add_argument(
+        "--rss-bound-mb",
+        type=float,
+        default=512.0,
+        help="the peak RSS may exceed the RSS at the start by this much",
+    )
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--out", type=Path, default=HERE / "results" / "soak_real.json")
     a = ap.parse_args(argv)

@@ -1,6 +1,6 @@
 """dvai-bridge: on-device LLM inference behind a local OpenAI-compatible HTTP server."""
 
-from .bridge import Bridge, BoundServer, BridgeStatus, shared
+from .bridge import BoundServer, Bridge, BridgeStatus, shared
 from .config import StartConfig
 from .errors import (
     AlreadyStarted,

@@ -1,13 +1,13 @@
 """The process-wide bridge: load a model, serve it on loopback, stop cleanly.
 
-    from dvai_bridge import shared, StartConfig
+from dvai_bridge import shared, StartConfig
 
-    server = shared.start_blocking(StartConfig(backend="mlx"))   # or: await shared.start(...)
-    print(server.base_url)                                       # http://127.0.0.1:38883/v1
-    shared.stop()
+server = shared.start_blocking(StartConfig(backend="mlx"))   # or: await shared.start(...)
+print(server.base_url)                                       # http://127.0.0.1:38883/v1
+shared.stop()
 
-    with shared.serving(StartConfig()) as server:                # stops on exit
-        ...
+with shared.serving(StartConfig()) as server:                # stops on exit
+    ...
 """
 
 from __future__ import annotations
@@ -70,8 +70,14 @@ class BridgeStatus:
 
 
 class _Running:
-    def __init__(self, bound: BoundServer, server: uvicorn.Server, thread: threading.Thread,
-                 close: Callable[[], None], refs: list[str | None]) -> None:
+    def __init__(
+        self,
+        bound: BoundServer,
+        server: uvicorn.Server,
+        thread: threading.Thread,
+        close: Callable[[], None],
+        refs: list[str | None],
+    ) -> None:
         self.bound, self.server, self.thread, self.close = bound, server, thread, close
         self.refs = refs  # the model references it serves (None: the embedded default)
 
@@ -99,8 +105,7 @@ class Bridge:
             self._starting = True
         try:
             self._running = self._start(config)
-            leases = (take_lease(ref, self._running.bound.base_url)
-                      for ref in self._running.refs)
+            leases = (take_lease(ref, self._running.bound.base_url) for ref in self._running.refs)
             self._leases = [lease for lease in leases if lease is not None]
             return self._running.bound
         except BaseException as exc:
@@ -124,18 +129,31 @@ class Bridge:
                 service, close = self._one_model(config)
                 backend_name, model_id = service.backend.name, service.backend.model_id
                 refs = [config.model_path]
-            app = create_app(service, **security.app_options(),
-                             shutdown_grace_s=config.shutdown_grace_s,
-                             responses_store=StoreLimits(
-                                 config.responses_max, config.responses_max_mb << 20,
-                                 config.responses_ttl_s, config.responses_dir))
-            server = uvicorn.Server(uvicorn.Config(
-                app, log_level=config.log_level.lower(), lifespan="off",
-                timeout_graceful_shutdown=int(SHUTDOWN_GRACE_S), access_log=False,
-                http=guarded_h11()))
+            app = create_app(
+                service,
+                **security.app_options(),
+                shutdown_grace_s=config.shutdown_grace_s,
+                responses_store=StoreLimits(
+                    config.responses_max,
+                    config.responses_max_mb << 20,
+                    config.responses_ttl_s,
+                    config.responses_dir,
+                ),
+            )
+            server = uvicorn.Server(
+                uvicorn.Config(
+                    app,
+                    log_level=config.log_level.lower(),
+                    lifespan="off",
+                    timeout_graceful_shutdown=int(SHUTDOWN_GRACE_S),
+                    access_log=False,
+                    http=guarded_h11(),
+                )
+            )
             server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
-            thread = threading.Thread(target=lambda: asyncio.run(serve(server, sock)),
-                                      name="dvai-http", daemon=True)
+            thread = threading.Thread(
+                target=lambda: asyncio.run(serve(server, sock)), name="dvai-http", daemon=True
+            )
             thread.start()
             while not server.started:
                 if not thread.is_alive():
@@ -149,8 +167,11 @@ class Bridge:
         host, port = sock.getsockname()[:2]
         url_host = f"[{host}]" if ":" in host else host
         bound = BoundServer(f"http://{url_host}:{port}/v1", port, backend_name, model_id, host)
-        self.progress.emit(ProgressEvent("ready", percent=100.0,
-                                         message=f"Serving {bound.model_id} at {bound.base_url}"))
+        self.progress.emit(
+            ProgressEvent(
+                "ready", percent=100.0, message=f"Serving {bound.model_id} at {bound.base_url}"
+            )
+        )
         return _Running(bound, server, thread, close, refs)
 
     def _one_model(self, config: StartConfig) -> tuple[OpenAIService, Callable[[], None]]:
@@ -160,20 +181,26 @@ class Bridge:
             watch = getattr(scheduler.backend, "watch", None)  # an MLX distributed rank 0
             if watch is not None:
                 watch(scheduler.fail)
-            return OpenAIService(AsyncEngine(scheduler),
-                                 reasoning=ReasoningOptions.from_config(config),
-                                 aliases=config.model_aliases,
-                                 strict_model_names=config.strict_model_names), scheduler.close
+            return OpenAIService(
+                AsyncEngine(scheduler),
+                reasoning=ReasoningOptions.from_config(config),
+                aliases=config.model_aliases,
+                strict_model_names=config.strict_model_names,
+            ), scheduler.close
         except BaseException:
             scheduler.close()
             raise
 
-    def _model_set(self, config: StartConfig, models: list[ModelSpec]
-                   ) -> tuple[ModelRouter, Callable[[], None], str, str]:
+    def _model_set(
+        self, config: StartConfig, models: list[ModelSpec]
+    ) -> tuple[ModelRouter, Callable[[], None], str, str]:
         """Several models: each loads on first use (pinned ones now), into its own engine."""
-        model_set = ModelSet(model_entries(models),
-                             lambda e: _scheduler(e.spec.config, self.progress),
-                             release=_free_device_cache, **set_limits(config))
+        model_set = ModelSet(
+            model_entries(models),
+            lambda e: _scheduler(e.spec.config, self.progress),
+            release=_free_device_cache,
+            **set_limits(config),
+        )
         for entry in model_set.slots.values():
             if entry.entry.pinned:  # a failure is that model's state; the others serve
                 try:
@@ -181,9 +208,12 @@ class Bridge:
                 except BridgeError:
                     pass
         backends = {m.config.backend for m in models}
-        return (ModelRouter(model_set, strict_model_names=config.strict_model_names),
-                model_set.close, backends.pop() if len(backends) == 1 else "several",
-                models[0].name)
+        return (
+            ModelRouter(model_set, strict_model_names=config.strict_model_names),
+            model_set.close,
+            backends.pop() if len(backends) == 1 else "several",
+            models[0].name,
+        )
 
     def stop(self) -> None:
         """Stop serving and free the model. Safe to call twice, or when never started.
@@ -226,8 +256,11 @@ class Bridge:
 
 
 def _scheduler(config: StartConfig, progress: ProgressHub) -> Scheduler:
-    return Scheduler(lambda: _keeping_file_limit(config, progress),
-                     max_queued=config.max_queued, limits=lambda b: _limits(config, b))
+    return Scheduler(
+        lambda: _keeping_file_limit(config, progress),
+        max_queued=config.max_queued,
+        limits=lambda b: _limits(config, b),
+    )
 
 
 def _free_device_cache() -> None:
@@ -237,7 +270,7 @@ def _free_device_cache() -> None:
     if mx is not None:
         try:
             mx.clear_cache()
-        except Exception:  # noqa: BLE001
+        except Exception:
             log.exception("freeing MLX's buffer cache failed")
 
 
@@ -270,20 +303,29 @@ def _check_group(config: StartConfig) -> None:
         raise ConfigurationInvalid(
             f"This is rank {info.rank} of an MLX distributed group: only rank 0 serves HTTP; "
             "the others run dvai_bridge.backends.mlx.distributed.run_follower (dvai-bridge "
-            "serve does this by itself).")
+            "serve does this by itself)."
+        )
     if config.backend not in ("auto", "mlx"):
-        raise ConfigurationInvalid(f"Only the mlx backend serves across an MLX distributed "
-                                   f"group, not {config.backend!r}.", param="backend")
+        raise ConfigurationInvalid(
+            f"Only the mlx backend serves across an MLX distributed group, not {config.backend!r}.",
+            param="backend",
+        )
 
 
 def _limits(config: StartConfig, backend: Backend) -> BatchLimits:
-    limits = resolve_limits(backend.device_kind, max_batch=config.max_batch_size,
-                            prefill_chunk=config.prefill_chunk,
-                            prompt_cache_mb=config.prompt_cache_mb,
-                            device_memory=backend.device_memory)
+    limits = resolve_limits(
+        backend.device_kind,
+        max_batch=config.max_batch_size,
+        prefill_chunk=config.prefill_chunk,
+        prompt_cache_mb=config.prompt_cache_mb,
+        device_memory=backend.device_memory,
+    )
     if getattr(backend, "group_info", None) is not None and limits.max_batch < 2:
-        raise ConfigurationInvalid("An MLX distributed group runs every sequence in a batch: "
-                                   "max_batch_size must be at least 2.", param="max_batch_size")
+        raise ConfigurationInvalid(
+            "An MLX distributed group runs every sequence in a batch: "
+            "max_batch_size must be at least 2.",
+            param="max_batch_size",
+        )
     log.info("engine on %s", describe(backend.device_kind, limits))
     return limits
 
@@ -292,8 +334,11 @@ def _drain(drain: Drain) -> None:
     drain.begin()
     if drain.wait_idle(drain.grace_s):
         return
-    log.warning("%d request(s) still running after the %gs grace period; ending them with an "
-                "error", drain.inflight, drain.grace_s)
+    log.warning(
+        "%d request(s) still running after the %gs grace period; ending them with an error",
+        drain.inflight,
+        drain.grace_s,
+    )
     drain.abort()
     if not drain.wait_idle(SHUTDOWN_GRACE_S):
         log.error("%d request(s) did not end after being cancelled", drain.inflight)

@@ -27,12 +27,16 @@ def _print_progress(event: ProgressEvent) -> None:
         click.echo(f"[{event.phase}] {event.message}", err=True)
 
 
-def _key_in_argv(ctx: click.Context, _param: click.Parameter, keys: tuple[str, ...]
-                 ) -> tuple[str, ...]:
+def _key_in_argv(
+    ctx: click.Context, _param: click.Parameter, keys: tuple[str, ...]
+) -> tuple[str, ...]:
     if keys and ctx.get_parameter_source("api_key") is ParameterSource.COMMANDLINE:
-        click.echo("warning: --api-key on the command line is visible to every user of this "
-                   "machine (ps, /proc); set DVAI_BRIDGE_API_KEY or use --api-key-file (mode "
-                   "600) instead.", err=True)
+        click.echo(
+            "warning: --api-key on the command line is visible to every user of this "
+            "machine (ps, /proc); set DVAI_BRIDGE_API_KEY or use --api-key-file (mode "
+            "600) instead.",
+            err=True,
+        )
     return keys
 
 
@@ -44,75 +48,155 @@ def main() -> None:
 
 @main.command()
 @click.option("--backend", default="auto", show_default=True, help=_help("backend"))
-@click.option("--model", "model_path", multiple=True, help=_help("model_path") + " Repeat, "
-              "or give NAME=REF, to serve several models: " + _help("models"))
+@click.option(
+    "--model",
+    "model_path",
+    multiple=True,
+    help=_help("model_path") + " Repeat, "
+    "or give NAME=REF, to serve several models: " + _help("models"),
+)
 # -- several models behind one port (docs/models.md#several-models) --------------------------
-@click.option("--models-file", type=click.Path(dir_okay=False, exists=True), default=None,
-              help=_help("models_file"))
+@click.option(
+    "--models-file",
+    type=click.Path(dir_okay=False, exists=True),
+    default=None,
+    help=_help("models_file"),
+)
 @click.option("--max-loaded-models", type=int, default=None, help=_help("max_loaded_models"))
 @click.option("--models-memory-mb", type=int, default=None, help=_help("models_memory_mb"))
-@click.option("--idle-unload", "idle_unload_s", type=float, default=None,
-              help=_help("idle_unload_s"))
+@click.option(
+    "--idle-unload", "idle_unload_s", type=float, default=None, help=_help("idle_unload_s")
+)
 @click.option("--alias", "model_aliases", multiple=True, help=_help("model_aliases"))
-@click.option("--strict-model-names", is_flag=True, default=False,
-              help=_help("strict_model_names"))
+@click.option("--strict-model-names", is_flag=True, default=False, help=_help("strict_model_names"))
 @click.option("--host", default="127.0.0.1", show_default=True, help=_help("host"))
-@click.option("--port", "http_base_port", type=int, default=38883, show_default=True,
-              help=_help("http_base_port"))
-@click.option("--port-attempts", "http_max_port_attempts", type=int, default=16,
-              show_default=True, help=_help("http_max_port_attempts"))
+@click.option(
+    "--port",
+    "http_base_port",
+    type=int,
+    default=38883,
+    show_default=True,
+    help=_help("http_base_port"),
+)
+@click.option(
+    "--port-attempts",
+    "http_max_port_attempts",
+    type=int,
+    default=16,
+    show_default=True,
+    help=_help("http_max_port_attempts"),
+)
 @click.option("--context-size", type=int, default=None, help=_help("context_size"))
 @click.option("--threads", type=int, default=None, help=_help("threads"))
 @click.option("--gpu-layers", type=int, default=0, show_default=True, help=_help("gpu_layers"))
 @click.option("--embedding-mode", is_flag=True, default=False, help=_help("embedding_mode"))
 @click.option("--embedding-model", default=None, help=_help("embedding_model"))
-@click.option("--api-key", multiple=True, envvar="DVAI_BRIDGE_API_KEY", callback=_key_in_argv,
-              help=_help("api_key") + " Repeat for several keys; DVAI_BRIDGE_API_KEY may hold "
-              "several, separated by spaces. Prefer the variable or --api-key-file: other "
-              "users of this machine can read the command line (ps).")
-@click.option("--api-key-file", envvar="DVAI_BRIDGE_API_KEY_FILE", default=None,
-              type=click.Path(dir_okay=False), help=_help("api_key_file"))
+@click.option(
+    "--api-key",
+    multiple=True,
+    envvar="DVAI_BRIDGE_API_KEY",
+    callback=_key_in_argv,
+    help=_help("api_key") + " Repeat for several keys; DVAI_BRIDGE_API_KEY may hold "
+    "several, separated by spaces. Prefer the variable or --api-key-file: other "
+    "users of this machine can read the command line (ps).",
+)
+@click.option(
+    "--api-key-file",
+    envvar="DVAI_BRIDGE_API_KEY_FILE",
+    default=None,
+    type=click.Path(dir_okay=False),
+    help=_help("api_key_file"),
+)
 @click.option("--allowed-host", "allowed_hosts", multiple=True, help=_help("allowed_hosts"))
-@click.option("--cors-origin", multiple=True,
-              callback=lambda _c, _p, v: None if "none" in v else list(v),
-              help=_help("cors_origin") + " Repeat for a list; 'none' lets no page in.")
+@click.option(
+    "--cors-origin",
+    multiple=True,
+    callback=lambda _c, _p, v: None if "none" in v else list(v),
+    help=_help("cors_origin") + " Repeat for a list; 'none' lets no page in.",
+)
 @click.option("--max-body-mb", type=int, default=16, show_default=True, help=_help("max_body_mb"))
-@click.option("--shutdown-grace", "shutdown_grace_s", type=float, default=5.0, show_default=True,
-              help=_help("shutdown_grace_s"))
+@click.option(
+    "--shutdown-grace",
+    "shutdown_grace_s",
+    type=float,
+    default=5.0,
+    show_default=True,
+    help=_help("shutdown_grace_s"),
+)
 @click.option("--max-batch-size", type=int, default=None, help=_help("max_batch_size"))
 @click.option("--prefill-chunk", type=int, default=None, help=_help("prefill_chunk"))
 @click.option("--prompt-cache-mb", type=int, default=None, help=_help("prompt_cache_mb"))
 @click.option("--max-queued", type=int, default=64, show_default=True, help=_help("max_queued"))
-@click.option("--responses-max", type=int, default=1000, show_default=True,
-              help=_help("responses_max"))
-@click.option("--responses-max-mb", type=int, default=64, show_default=True,
-              help=_help("responses_max_mb"))
-@click.option("--responses-ttl", "responses_ttl_s", type=float, default=86400.0,
-              show_default=True, help=_help("responses_ttl_s"))
+@click.option(
+    "--responses-max", type=int, default=1000, show_default=True, help=_help("responses_max")
+)
+@click.option(
+    "--responses-max-mb", type=int, default=64, show_default=True, help=_help("responses_max_mb")
+)
+@click.option(
+    "--responses-ttl",
+    "responses_ttl_s",
+    type=float,
+    default=86400.0,
+    show_default=True,
+    help=_help("responses_ttl_s"),
+)
 @click.option("--responses-dir", default=None, help=_help("responses_dir"))
-@click.option("--shard", type=click.Choice(["auto", "tensor", "pipeline"]), default="auto",
-              show_default=True, help=_help("shard"))
-@click.option("--group-timeout", "group_timeout_s", type=float, default=120.0,
-              show_default=True, help=_help("group_timeout_s"))
-@click.option("--chat-template", default=None, type=click.Path(dir_okay=False),
-              help=_help("chat_template"))
-@click.option("--reasoning-field", default="reasoning_content", show_default=True,
-              type=click.Choice(["reasoning_content", "reasoning", "both"]),
-              help=_help("reasoning_field"))
-@click.option("--reasoning-budget-minimal", type=int, default=64, show_default=True,
-              help=_help("reasoning_budget_minimal"))
-@click.option("--reasoning-budget-low", type=int, default=256, show_default=True,
-              help=_help("reasoning_budget_low"))
-@click.option("--reasoning-budget-medium", type=int, default=1024, show_default=True,
-              help=_help("reasoning_budget_medium"))
+@click.option(
+    "--shard",
+    type=click.Choice(["auto", "tensor", "pipeline"]),
+    default="auto",
+    show_default=True,
+    help=_help("shard"),
+)
+@click.option(
+    "--group-timeout",
+    "group_timeout_s",
+    type=float,
+    default=120.0,
+    show_default=True,
+    help=_help("group_timeout_s"),
+)
+@click.option(
+    "--chat-template", default=None, type=click.Path(dir_okay=False), help=_help("chat_template")
+)
+@click.option(
+    "--reasoning-field",
+    default="reasoning_content",
+    show_default=True,
+    type=click.Choice(["reasoning_content", "reasoning", "both"]),
+    help=_help("reasoning_field"),
+)
+@click.option(
+    "--reasoning-budget-minimal",
+    type=int,
+    default=64,
+    show_default=True,
+    help=_help("reasoning_budget_minimal"),
+)
+@click.option(
+    "--reasoning-budget-low",
+    type=int,
+    default=256,
+    show_default=True,
+    help=_help("reasoning_budget_low"),
+)
+@click.option(
+    "--reasoning-budget-medium",
+    type=int,
+    default=1024,
+    show_default=True,
+    help=_help("reasoning_budget_medium"),
+)
 @click.option("--log-level", default="info", show_default=True, help=_help("log_level"))
 def serve(**options: Any) -> None:
     """Serve a model until Ctrl-C. Prints the base_url for OpenAI clients.
 
     Under mlx.launch, rank 0 serves and the other ranks compute with it (docs/distributed.md).
     """
-    logging.basicConfig(level=options["log_level"].upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=options["log_level"].upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     _follow_if_not_rank_0(options)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -143,8 +227,11 @@ def _model_options(options: dict[str, Any]) -> dict[str, Any]:
     from .model_specs import split_entry
 
     refs = list(options.pop("model_path") or ())
-    if not options.get("models_file") and len(refs) <= 1 and \
-            (not refs or split_entry(refs[0])[0] is None):
+    if (
+        not options.get("models_file")
+        and len(refs) <= 1
+        and (not refs or split_entry(refs[0])[0] is None)
+    ):
         return {**options, "model_path": refs[0] if refs else None}
     return {**options, "model_path": None, "models": refs}
 
@@ -187,13 +274,16 @@ def ps(as_json: bool) -> None:
         if health is None:
             click.echo("  (no answer from /health)")
             continue
-        models = health.get("models") or [{"name": health.get("model"), "state": "loaded",
-                                           "backend": health.get("backend")}]
+        models = health.get("models") or [
+            {"name": health.get("model"), "state": "loaded", "backend": health.get("backend")}
+        ]
         for m in models:
             memory = m.get("memory_bytes")
             size = f"{memory / 2**20:8.0f} MiB" if memory else " " * 12
-            click.echo(f"  {m['name']:<32} {m['state']:<9} {size}  {m.get('backend') or ''}"
-                       + (f"  {m['reason']}" if m.get("reason") else ""))
+            click.echo(
+                f"  {m['name']:<32} {m['state']:<9} {size}  {m.get('backend') or ''}"
+                + (f"  {m['reason']}" if m.get("reason") else "")
+            )
 
 
 def _health(base_url: str) -> dict[str, Any] | None:
@@ -203,11 +293,11 @@ def _health(base_url: str) -> dict[str, Any] | None:
     try:
         with urllib.request.urlopen(base_url.removesuffix("/v1") + "/health", timeout=5) as r:
             return json.loads(r.read())
-    except Exception as exc:  # noqa: BLE001 - a 503 carries the body too
+    except Exception as exc:
         body = getattr(exc, "read", None)
         try:
             return json.loads(body()) if body else None
-        except Exception:  # noqa: BLE001
+        except Exception:
             return None
 
 
@@ -218,8 +308,7 @@ def doctor(no_probe: bool) -> None:
     from .backends import probe
     from .engine.limits import describe, resolve_limits
 
-    click.echo(f"python    {platform.python_version()} on {platform.system()} "
-               f"{platform.machine()}")
+    click.echo(f"python    {platform.python_version()} on {platform.system()} {platform.machine()}")
     try:
         from .backends.mlx.device import select_device
 
@@ -254,8 +343,10 @@ def _doctor_group() -> None:
     from .backends.mlx.distributed import current, launched_backend
 
     if launched_backend() is None:
-        click.echo("group     none: one process (start under mlx.launch to split a model "
-                   "across processes or machines; docs/distributed.md)")
+        click.echo(
+            "group     none: one process (start under mlx.launch to split a model "
+            "across processes or machines; docs/distributed.md)"
+        )
         return
     try:
         found = current()
@@ -266,4 +357,5 @@ def _doctor_group() -> None:
 
 
 from .cli_store import download_bar, register  # noqa: E402  (pull, models ls/rm)
+
 register(main)

@@ -45,8 +45,9 @@ class DownloadBar:
         with self._lock:
             if self._progress is None:
                 self._start(event)
-            self._progress.update(self._task, completed=event.bytes_received,
-                                  total=event.bytes_total)
+            self._progress.update(
+                self._task, completed=event.bytes_received, total=event.bytes_total
+            )
 
     def _start(self, event: ProgressEvent) -> None:
         from rich.console import Console
@@ -61,16 +62,23 @@ class DownloadBar:
 
         label = event.message.rsplit(": ", 1)[0] or "download"
         if len(label) > LABEL_WIDTH:
-            label = "…" + label[-(LABEL_WIDTH - 1):]
+            label = "…" + label[-(LABEL_WIDTH - 1) :]
         console = Console(stderr=True)
         if not console.is_terminal:  # a log: one line per bar, never wrapped
             console = Console(stderr=True, width=max(console.width, 160))
         self._progress = Progress(
-            TextColumn("[bold]{task.description}"), BarColumn(), DownloadColumn(),
-            TransferSpeedColumn(), TimeRemainingColumn(), console=console, transient=False)
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            DownloadColumn(),
+            TransferSpeedColumn(),
+            TimeRemainingColumn(),
+            console=console,
+            transient=False,
+        )
         self._progress.start()
-        self._task = self._progress.add_task(label, total=event.bytes_total,
-                                             completed=event.bytes_received)
+        self._task = self._progress.add_task(
+            label, total=event.bytes_total, completed=event.bytes_received
+        )
 
     def close(self) -> None:
         with self._lock:
@@ -139,27 +147,41 @@ def models_ls(as_json: bool) -> None:
         rows.append((ref, m.kind, m.backend, human_bytes(m.bytes), used, str(m.path)))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
     for row in rows:
-        cells = [cell.rjust(w) if i == 3 else cell.ljust(w)
-                 for i, (cell, w) in enumerate(zip(row, widths))]
+        cells = [
+            cell.rjust(w) if i == 3 else cell.ljust(w)
+            for i, (cell, w) in enumerate(zip(row, widths, strict=False))
+        ]
         click.echo("  ".join([*cells, row[-1]]))
     click.echo(f"{len(found)} model(s), {human_bytes(sum(m.bytes for m in found))} in all.")
     prunable = [m for m in found if m.prunable]
     if prunable:
-        kinds = Counter("unfinished" if not m.complete else "damaged" if m.damaged else "stale"
-                        for m in prunable)
-        counts = ", ".join(f"{kinds[k]} {k}" for k in ("stale", "damaged", "unfinished")
-                           if kinds[k])
-        click.echo(f"{counts} MLX import(s) ({human_bytes(sum(m.bytes for m in prunable))}): "
-                   "`dvai-bridge models prune` deletes them.")
+        kinds = Counter(
+            "unfinished" if not m.complete else "damaged" if m.damaged else "stale"
+            for m in prunable
+        )
+        counts = ", ".join(
+            f"{kinds[k]} {k}" for k in ("stale", "damaged", "unfinished") if kinds[k]
+        )
+        click.echo(
+            f"{counts} MLX import(s) ({human_bytes(sum(m.bytes for m in prunable))}): "
+            "`dvai-bridge models prune` deletes them."
+        )
 
 
 def _notes(m: Any) -> list[str]:
     """What ``models ls`` says after a model's reference."""
     if m.cache == "mlx-imports" and not m.complete:
         return ["incomplete import, in progress" if m.in_use else "incomplete import"]
-    return [n for n, on in (("partial", not m.complete), ("in use", m.in_use),
-                            ("damaged import", bool(m.damaged)),
-                            ("stale import", bool(m.stale))) if on]
+    return [
+        n
+        for n, on in (
+            ("partial", not m.complete),
+            ("in use", m.in_use),
+            ("damaged import", bool(m.damaged)),
+            ("stale import", bool(m.stale)),
+        )
+        if on
+    ]
 
 
 @models.command("rm")
@@ -198,11 +220,15 @@ def models_prune(dry_run: bool) -> None:
         click.echo("No stale, damaged or unfinished MLX imports.")
         return
     verb = "Would delete" if dry_run else "Deleted"
-    click.echo(f"{verb} {len(plan.models)} MLX import(s): "
-               f"{human_bytes(plan.bytes_freed)} freed.")
+    click.echo(f"{verb} {len(plan.models)} MLX import(s): {human_bytes(plan.bytes_freed)} freed.")
     for m in plan.models:
-        why = m.stale if not m.complete else \
-            f"damaged: {m.damaged}" if m.damaged else f"stale: {m.stale}"
+        why = (
+            m.stale
+            if not m.complete
+            else f"damaged: {m.damaged}"
+            if m.damaged
+            else f"stale: {m.stale}"
+        )
         click.echo(f"  {m.path}  ({why})")
 
 

@@ -59,5 +59,6 @@ def keep_file_limit() -> Iterator[None]:
                 try:  # something went around us: put back what we found
                     original(nofile, (soft, hard))
                 except (ValueError, OSError) as exc:
-                    log.warning("could not restore the open-file limit (%d, %d): %s",
-                                soft, hard, exc)
+                    log.warning(
+                        "could not restore the open-file limit (%d, %d): %s", soft, hard, exc
+                    )

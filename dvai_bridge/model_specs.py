@@ -19,7 +19,7 @@ Each model gets its own ``StartConfig``: the server's, with the model's settings
 from __future__ import annotations
 
 import os
-import sys
+import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,17 +28,25 @@ from .config import StartConfig
 from .engine.model_set import ModelEntry, machine_memory
 from .errors import ConfigurationInvalid
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
-
 # What a model's table may set besides model/aliases/pinned: the StartConfig fields that belong
 # to one model (its backend and that backend's options, its engine's limits).
-PER_MODEL = ("backend", "context_size", "embedding_mode", "embedding_model", "threads",
-             "gpu_layers", "max_queued", "max_batch_size", "prefill_chunk", "prompt_cache_mb",
-             "chat_template", "reasoning_field", "reasoning_budget_minimal",
-             "reasoning_budget_low", "reasoning_budget_medium")
+PER_MODEL = (
+    "backend",
+    "context_size",
+    "embedding_mode",
+    "embedding_model",
+    "threads",
+    "gpu_layers",
+    "max_queued",
+    "max_batch_size",
+    "prefill_chunk",
+    "prompt_cache_mb",
+    "chat_template",
+    "reasoning_field",
+    "reasoning_budget_minimal",
+    "reasoning_budget_low",
+    "reasoning_budget_medium",
+)
 
 
 @dataclass(frozen=True)
@@ -53,7 +61,8 @@ def several(config: StartConfig) -> bool:
     """Does ``config`` configure a model set (rather than the one ``model_path``)?"""
     return bool(config.models or config.models_file) or any(
         getattr(config, f) is not None
-        for f in ("max_loaded_models", "models_memory_mb", "idle_unload_s"))
+        for f in ("max_loaded_models", "models_memory_mb", "idle_unload_s")
+    )
 
 
 def serving_models(config: StartConfig) -> list[ModelSpec]:
@@ -61,8 +70,10 @@ def serving_models(config: StartConfig) -> list[ModelSpec]:
     if not (config.models or config.models_file):  # one model with the set's limits
         return [_one(config)]
     if config.model_path is not None:
-        raise ConfigurationInvalid("Give the model either as model_path or in models / "
-                                   "models_file, not both.", param="models")
+        raise ConfigurationInvalid(
+            "Give the model either as model_path or in models / models_file, not both.",
+            param="models",
+        )
     specs = [_from_entry(config, e) for e in config.models]
     if config.models_file:
         specs += _from_file(config, Path(config.models_file))
@@ -70,9 +81,11 @@ def serving_models(config: StartConfig) -> list[ModelSpec]:
     for spec in specs:
         for name in (spec.name, *spec.aliases):
             if name in seen:
-                raise ConfigurationInvalid(f"The model name {name!r} is given twice (models "
-                                           f"{seen[name]!r} and {spec.name!r}).",
-                                           param="models")
+                raise ConfigurationInvalid(
+                    f"The model name {name!r} is given twice (models "
+                    f"{seen[name]!r} and {spec.name!r}).",
+                    param="models",
+                )
             seen[name] = spec.name
     if not specs:
         raise ConfigurationInvalid("models_file names no models.", param="models_file")
@@ -99,8 +112,9 @@ def default_name(ref: str) -> str:
 def _from_entry(config: StartConfig, entry: str) -> ModelSpec:
     name, ref = split_entry(entry)
     if not ref:
-        raise ConfigurationInvalid(f"Empty model entry {entry!r}: give NAME=REF or REF.",
-                                   param="models")
+        raise ConfigurationInvalid(
+            f"Empty model entry {entry!r}: give NAME=REF or REF.", param="models"
+        )
     return ModelSpec(name or default_name(ref), _model_config(config, {"model_path": ref}))
 
 
@@ -112,48 +126,60 @@ def _one(config: StartConfig) -> ModelSpec:
         name = default_name(str(embedded_default_gguf()))
     else:
         name = default_name(ref)
-    return ModelSpec(name, _model_config(config, {"model_path": ref}),
-                     tuple(config.model_aliases))
+    return ModelSpec(name, _model_config(config, {"model_path": ref}), tuple(config.model_aliases))
 
 
 def _from_file(config: StartConfig, path: Path) -> list[ModelSpec]:
     try:
         data = tomllib.loads(path.read_text())
     except OSError as exc:
-        raise ConfigurationInvalid(f"Cannot read models_file {path}: {exc.strerror}",
-                                   param="models_file") from None
+        raise ConfigurationInvalid(
+            f"Cannot read models_file {path}: {exc.strerror}", param="models_file"
+        ) from None
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigurationInvalid(f"models_file {path} is not valid TOML: {exc}",
-                                   param="models_file") from None
+        raise ConfigurationInvalid(
+            f"models_file {path} is not valid TOML: {exc}", param="models_file"
+        ) from None
     unknown = set(data) - {"models"}
     tables = data.get("models", {})
     if unknown or not isinstance(tables, dict):
-        raise ConfigurationInvalid(f"models_file {path}: only [models.NAME] tables are read; "
-                                   f"found {sorted(unknown) or 'models = ...'}.",
-                                   param="models_file")
+        raise ConfigurationInvalid(
+            f"models_file {path}: only [models.NAME] tables are read; "
+            f"found {sorted(unknown) or 'models = ...'}.",
+            param="models_file",
+        )
     specs = []
     for name, table in tables.items():
         where = f"models_file {path}, [models.{name}]"
         if not isinstance(table, dict) or not isinstance(table.get("model"), str):
-            raise ConfigurationInvalid(f"{where}: set model = \"REF\".", param="models_file")
+            raise ConfigurationInvalid(f'{where}: set model = "REF".', param="models_file")
         table = dict(table)
-        ref, aliases, pinned = table.pop("model"), table.pop("aliases", []), table.pop(
-            "pinned", False)
+        ref, aliases, pinned = (
+            table.pop("model"),
+            table.pop("aliases", []),
+            table.pop("pinned", False),
+        )
         bad = sorted(set(table) - set(PER_MODEL))
         if bad:
-            raise ConfigurationInvalid(f"{where}: unknown key(s) {bad}; a model may set model, "
-                                       f"aliases, pinned, {', '.join(PER_MODEL)}.",
-                                       param="models_file")
+            raise ConfigurationInvalid(
+                f"{where}: unknown key(s) {bad}; a model may set model, "
+                f"aliases, pinned, {', '.join(PER_MODEL)}.",
+                param="models_file",
+            )
         if not (isinstance(aliases, list) and all(isinstance(a, str) for a in aliases)):
-            raise ConfigurationInvalid(f"{where}: aliases is a list of names.",
-                                       param="models_file")
-        specs.append(ModelSpec(name, _model_config(config, {"model_path": ref, **table}, where),
-                               tuple(aliases), bool(pinned)))
+            raise ConfigurationInvalid(f"{where}: aliases is a list of names.", param="models_file")
+        specs.append(
+            ModelSpec(
+                name,
+                _model_config(config, {"model_path": ref, **table}, where),
+                tuple(aliases),
+                bool(pinned),
+            )
+        )
     return specs
 
 
-def _model_config(config: StartConfig, own: dict[str, Any], where: str = "models"
-                  ) -> StartConfig:
+def _model_config(config: StartConfig, own: dict[str, Any], where: str = "models") -> StartConfig:
     base = config.model_dump(exclude={"models", "models_file", "model_aliases"})
     try:
         return StartConfig.build(**{**base, **own})
@@ -163,16 +189,23 @@ def _model_config(config: StartConfig, own: dict[str, Any], where: str = "models
 
 def model_entries(specs: list[ModelSpec]) -> list[ModelEntry]:
     """The model set's entries; a model's files' size is its memory estimate until loaded."""
-    return [ModelEntry(s.name, s.aliases, s.pinned, _files_size(s.config.model_path), s)
-            for s in specs]
+    return [
+        ModelEntry(s.name, s.aliases, s.pinned, _files_size(s.config.model_path), s) for s in specs
+    ]
 
 
 def set_limits(config: StartConfig) -> dict[str, Any]:
     """The model set's limits: the memory budget defaults to half the machine's memory."""
-    budget = config.models_memory_mb * 2**20 if config.models_memory_mb else \
-        machine_memory() // 2 or None
-    return {"max_loaded": config.max_loaded_models, "budget_bytes": budget,
-            "idle_unload_s": config.idle_unload_s}
+    budget = (
+        config.models_memory_mb * 2**20
+        if config.models_memory_mb
+        else machine_memory() // 2 or None
+    )
+    return {
+        "max_loaded": config.max_loaded_models,
+        "budget_bytes": budget,
+        "idle_unload_s": config.idle_unload_s,
+    }
 
 
 def _files_size(ref: str | None) -> int:

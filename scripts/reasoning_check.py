@@ -27,8 +27,12 @@ def post(url: str, body: dict) -> dict:
 def stream(url: str, body: dict) -> tuple[str, str, dict | None]:
     reasoning = content = ""
     usage = None
-    with httpx.stream("POST", f"{url}/chat/completions", timeout=300, json={
-            **body, "stream": True, "stream_options": {"include_usage": True}}) as r:
+    with httpx.stream(
+        "POST",
+        f"{url}/chat/completions",
+        timeout=300,
+        json={**body, "stream": True, "stream_options": {"include_usage": True}},
+    ) as r:
         for line in r.iter_lines():
             if not line.startswith("data: ") or line == "data: [DONE]":
                 continue
@@ -41,8 +45,12 @@ def stream(url: str, body: dict) -> tuple[str, str, dict | None]:
 
 
 def main(url: str) -> int:
-    ask = {"model": "default", "temperature": 0, "max_tokens": 48,
-           "messages": [{"role": "user", "content": "Explain why the sky is blue."}]}
+    ask = {
+        "model": "default",
+        "temperature": 0,
+        "max_tokens": 48,
+        "messages": [{"role": "user", "content": "Explain why the sky is blue."}],
+    }
     failures = 0
 
     def check(name: str, ok: bool, seen: object) -> None:
@@ -53,43 +61,88 @@ def main(url: str) -> int:
     low = {**ask, "reasoning_effort": "low"}
     body = post(url, low)
     msg = body["choices"][0]["message"]
-    check("reasoning_content is non-empty", bool(msg.get("reasoning_content")),
-          repr((msg.get("reasoning_content") or "")[:60]))
-    check("content holds no reasoning marker", not any(m in (msg["content"] or "")
-                                                        for m in MARKERS),
-          repr((msg["content"] or "")[:60]))
+    check(
+        "reasoning_content is non-empty",
+        bool(msg.get("reasoning_content")),
+        repr((msg.get("reasoning_content") or "")[:60]),
+    )
+    check(
+        "content holds no reasoning marker",
+        not any(m in (msg["content"] or "") for m in MARKERS),
+        repr((msg["content"] or "")[:60]),
+    )
     details = body["usage"].get("completion_tokens_details") or {}
-    check("usage.completion_tokens_details.reasoning_tokens > 0",
-          (details.get("reasoning_tokens") or 0) > 0, body["usage"])
+    check(
+        "usage.completion_tokens_details.reasoning_tokens > 0",
+        (details.get("reasoning_tokens") or 0) > 0,
+        body["usage"],
+    )
     reasoning, content, usage = stream(url, low)
-    check("streamed delta.reasoning_content == message.reasoning_content",
-          reasoning == msg.get("reasoning_content"), repr(reasoning[:60]))
+    check(
+        "streamed delta.reasoning_content == message.reasoning_content",
+        reasoning == msg.get("reasoning_content"),
+        repr(reasoning[:60]),
+    )
     check("streamed content == message.content", content == msg["content"], repr(content[:60]))
-    check("streamed usage carries reasoning_tokens",
-          bool(usage and usage.get("completion_tokens_details", {}).get("reasoning_tokens")),
-          usage)
+    check(
+        "streamed usage carries reasoning_tokens",
+        bool(usage and usage.get("completion_tokens_details", {}).get("reasoning_tokens")),
+        usage,
+    )
     off = post(url, {**ask, "reasoning_effort": "none"})["choices"][0]["message"]
-    check("reasoning_effort none: no reasoning, an answer",
-          not off.get("reasoning_content") and bool(off["content"]), off)
+    check(
+        "reasoning_effort none: no reasoning, an answer",
+        not off.get("reasoning_content") and bool(off["content"]),
+        off,
+    )
     off = post(url, {**ask, "chat_template_kwargs": {"enable_thinking": False}})
     off = off["choices"][0]["message"]
-    check("chat_template_kwargs enable_thinking false: no reasoning",
-          not off.get("reasoning_content") and bool(off["content"]), off)
-    js = post(url, {**low, "max_tokens": 64, "messages": [
-        {"role": "user", "content": "The capital of France, as JSON."}],
-        "response_format": {"type": "json_schema", "json_schema": {"name": "c", "schema": {
-            "type": "object", "properties": {"city": {"type": "string", "maxLength": 30}},
-            "required": ["city"], "additionalProperties": False}}}})["choices"][0]
+    check(
+        "chat_template_kwargs enable_thinking false: no reasoning",
+        not off.get("reasoning_content") and bool(off["content"]),
+        off,
+    )
+    js = post(
+        url,
+        {
+            **low,
+            "max_tokens": 64,
+            "messages": [{"role": "user", "content": "The capital of France, as JSON."}],
+            "response_format": {
+                "type": "json_schema",
+                "json_schema": {
+                    "name": "c",
+                    "schema": {
+                        "type": "object",
+                        "properties": {"city": {"type": "string", "maxLength": 30}},
+                        "required": ["city"],
+                        "additionalProperties": False,
+                    },
+                },
+            },
+        },
+    )["choices"][0]
     try:
         parsed = json.loads(js["message"]["content"])
     except (TypeError, ValueError):
         parsed = None
-    check("json_schema after reasoning: valid JSON, reasoning kept",
-          isinstance(parsed, dict) and bool(js["message"].get("reasoning_content")), js["message"])
-    history = post(url, {**ask, "messages": [
-        {"role": "user", "content": "Hi"},
-        {"role": "assistant", "content": "Hello!", "reasoning_content": "Greet back."},
-        {"role": "user", "content": "Explain why the sky is blue."}], "reasoning_effort": "low"})
+    check(
+        "json_schema after reasoning: valid JSON, reasoning kept",
+        isinstance(parsed, dict) and bool(js["message"].get("reasoning_content")),
+        js["message"],
+    )
+    history = post(
+        url,
+        {
+            **ask,
+            "messages": [
+                {"role": "user", "content": "Hi"},
+                {"role": "assistant", "content": "Hello!", "reasoning_content": "Greet back."},
+                {"role": "user", "content": "Explain why the sky is blue."},
+            ],
+            "reasoning_effort": "low",
+        },
+    )
     check("history with reasoning_content accepted", bool(history["choices"]), "200")
     print(f"{failures} failure(s)")
     return failures

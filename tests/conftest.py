@@ -23,5 +23,5 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     try:
         mx.synchronize()
         mx.clear_streams()
-    except Exception:  # noqa: BLE001 - best effort at exit
+    except Exception:
         pass

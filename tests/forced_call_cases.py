@@ -28,16 +28,38 @@ class Trip(BaseModel):
 
 NESTED_TOOL = openai.pydantic_function_tool(Trip, name="plan_trip")
 NO_PARAMS_TOOL = {"type": "function", "function": {"name": "ping", "description": "Ping."}}
-OPEN_TOOL = {"type": "function", "function": {"name": "get_weather", "parameters": {
-    "type": "object", "properties": {"city": {"type": "string", "maxLength": 20}},
-    "required": ["city"]}}}  # no additionalProperties: undeclared keys must still be refused
+OPEN_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string", "maxLength": 20}},
+            "required": ["city"],
+        },
+    },
+}  # no additionalProperties: undeclared keys must still be refused
 ECHO = {  # the issue's item 6 request, verbatim
-    "temperature": 0, "max_tokens": 60, "parallel_tool_calls": False,
+    "temperature": 0,
+    "max_tokens": 60,
+    "parallel_tool_calls": False,
     "messages": [{"role": "user", "content": "Echo something."}],
-    "tools": [{"type": "function", "function": {"name": "echo", "parameters": {
-        "type": "object", "properties": {"text": {"type": "string", "enum": ["a</tool_call>b"]}},
-        "required": ["text"], "additionalProperties": False}}}],
-    "tool_choice": "required"}
+    "tools": [
+        {
+            "type": "function",
+            "function": {
+                "name": "echo",
+                "parameters": {
+                    "type": "object",
+                    "properties": {"text": {"type": "string", "enum": ["a</tool_call>b"]}},
+                    "required": ["text"],
+                    "additionalProperties": False,
+                },
+            },
+        }
+    ],
+    "tool_choice": "required",
+}
 
 
 def _both(client: openai.OpenAI, **kw: Any) -> tuple[Any, list[dict[str, str]], str]:
@@ -56,16 +78,24 @@ def _both(client: openai.OpenAI, **kw: Any) -> tuple[Any, list[dict[str, str]], 
 
 
 def _whole_calls(choice: Any) -> list[dict[str, str]]:
-    return [{"name": c.function.name, "arguments": c.function.arguments}
-            for c in choice.message.tool_calls or []]
+    return [
+        {"name": c.function.name, "arguments": c.function.arguments}
+        for c in choice.message.tool_calls or []
+    ]
 
 
 def check_nested_pydantic_tool(client: openai.OpenAI, model: str) -> None:
     """Item 2: ``$defs``/``$ref`` in a forced call's parameters compile and are enforced."""
     assert "$defs" in NESTED_TOOL["function"]["parameters"]
     whole, streamed, reason = _both(
-        client, model=model, temperature=0, max_tokens=80, tools=[NESTED_TOOL],
-        tool_choice="required", messages=[{"role": "user", "content": "Plan a trip to Rome."}])
+        client,
+        model=model,
+        temperature=0,
+        max_tokens=80,
+        tools=[NESTED_TOOL],
+        tool_choice="required",
+        messages=[{"role": "user", "content": "Plan a trip to Rome."}],
+    )
     assert whole.finish_reason == reason == "tool_calls"
     (call,) = whole.message.tool_calls
     assert call.function.name == "plan_trip"
@@ -77,16 +107,30 @@ def check_no_undeclared_keys(client: openai.OpenAI, model: str) -> None:
     """Item 3: a tool with no parameters gets ``{}``; an object without
     ``additionalProperties`` gets only its declared keys."""
     r = client.chat.completions.create(
-        model=model, temperature=0, max_tokens=40, tools=[NO_PARAMS_TOOL],
-        tool_choice="required", messages=[{"role": "user", "content": "Ping the server."}])
+        model=model,
+        temperature=0,
+        max_tokens=40,
+        tools=[NO_PARAMS_TOOL],
+        tool_choice="required",
+        messages=[{"role": "user", "content": "Ping the server."}],
+    )
     (call,) = r.choices[0].message.tool_calls
     assert json.loads(call.function.arguments) == {}
     assert r.choices[0].finish_reason == "tool_calls"
     r = client.chat.completions.create(
-        model=model, temperature=0, max_tokens=60, tools=[OPEN_TOOL],
+        model=model,
+        temperature=0,
+        max_tokens=60,
+        tools=[OPEN_TOOL],
         tool_choice={"type": "function", "function": {"name": "get_weather"}},
-        messages=[{"role": "user", "content": "Weather in Paris, with the humidity, wind "
-                   "and the forecast for tomorrow?"}])
+        messages=[
+            {
+                "role": "user",
+                "content": "Weather in Paris, with the humidity, wind "
+                "and the forecast for tomorrow?",
+            }
+        ],
+    )
     (call,) = r.choices[0].message.tool_calls
     assert set(json.loads(call.function.arguments)) == {"city"}
     assert r.choices[0].finish_reason == "tool_calls"
@@ -96,9 +140,14 @@ def check_required_stops_after_the_declared_calls(client: openai.OpenAI, model: 
     """Item 4: ``required`` with one tool and parallel calls allowed ends after one call with
     ``tool_calls``, instead of repeating the call until ``max_tokens``."""
     whole, streamed, reason = _both(
-        client, model=model, temperature=0, max_tokens=200, tools=[OPEN_TOOL],
+        client,
+        model=model,
+        temperature=0,
+        max_tokens=200,
+        tools=[OPEN_TOOL],
         tool_choice="required",
-        messages=[{"role": "user", "content": "Weather in Paris, London, Rome and Oslo?"}])
+        messages=[{"role": "user", "content": "Weather in Paris, London, Rome and Oslo?"}],
+    )
     assert whole.finish_reason == reason == "tool_calls"
     assert len(whole.message.tool_calls) == 1
     assert streamed == _whole_calls(whole)
@@ -108,8 +157,14 @@ def check_a_cut_call_is_the_same_streamed_or_not(client: openai.OpenAI, model: s
     """Item 4: a forced call cut by ``max_tokens`` comes back the same way in both replies:
     named, with its arguments as far as they were written, and ``finish_reason: length``."""
     whole, streamed, reason = _both(
-        client, model=model, temperature=0, max_tokens=24, tools=[NESTED_TOOL],
-        tool_choice="required", messages=[{"role": "user", "content": "Plan a trip to Rome."}])
+        client,
+        model=model,
+        temperature=0,
+        max_tokens=24,
+        tools=[NESTED_TOOL],
+        tool_choice="required",
+        messages=[{"role": "user", "content": "Plan a trip to Rome."}],
+    )
     assert whole.finish_reason == reason == "length"
     assert whole.message.content in (None, "")
     assert _whole_calls(whole) == streamed
@@ -127,6 +182,10 @@ def check_end_marker_inside_a_json_string(client: openai.OpenAI, model: str) -> 
     assert streamed == _whole_calls(whole)
 
 
-CHECKS = [check_nested_pydantic_tool, check_no_undeclared_keys,
-          check_required_stops_after_the_declared_calls,
-          check_a_cut_call_is_the_same_streamed_or_not, check_end_marker_inside_a_json_string]
+CHECKS = [
+    check_nested_pydantic_tool,
+    check_no_undeclared_keys,
+    check_required_stops_after_the_declared_calls,
+    check_a_cut_call_is_the_same_streamed_or_not,
+    check_end_marker_inside_a_json_string,
+]

@@ -17,19 +17,36 @@ TEMPLATE = str(Path(__file__).parent / "data" / "qwen3_style.jinja")
 BUDGET = 12  # reasoning_budget_low for these servers
 CLOSE_TOKENS = 8  # at most this many tokens spell "</think>" in SmolLM2's vocabulary
 ASK = [{"role": "user", "content": "Explain in detail why the sky is blue."}]
-WEATHER_TOOL = {"type": "function", "function": {
-    "name": "get_weather", "description": "The weather in a city.",
-    "parameters": {"type": "object", "properties": {"city": {"type": "string"}},
-                   "required": ["city"]}}}
-CITY_SCHEMA = {"type": "object", "properties": {"city": {"type": "string", "maxLength": 30}},
-               "required": ["city"], "additionalProperties": False}
+WEATHER_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "The weather in a city.",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string"}},
+            "required": ["city"],
+        },
+    },
+}
+CITY_SCHEMA = {
+    "type": "object",
+    "properties": {"city": {"type": "string", "maxLength": 30}},
+    "required": ["city"],
+    "additionalProperties": False,
+}
 
 
 def start_config(**kw):
     from dvai_bridge import StartConfig
 
-    return StartConfig(http_base_port=0, chat_template=TEMPLATE, reasoning_budget_low=BUDGET,
-                       log_level="warning", **kw)
+    return StartConfig(
+        http_base_port=0,
+        chat_template=TEMPLATE,
+        reasoning_budget_low=BUDGET,
+        log_level="warning",
+        **kw,
+    )
 
 
 def _reasoning(msg) -> str | None:
@@ -37,9 +54,16 @@ def _reasoning(msg) -> str | None:
 
 
 def _low(client: openai.OpenAI, **kw):
-    return client.chat.completions.create(**{
-        "model": "default", "temperature": 0, "max_tokens": 48, "reasoning_effort": "low",
-        "messages": ASK, **kw})
+    return client.chat.completions.create(
+        **{
+            "model": "default",
+            "temperature": 0,
+            "max_tokens": 48,
+            "reasoning_effort": "low",
+            "messages": ASK,
+            **kw,
+        }
+    )
 
 
 def test_low_effort_reasons_to_its_budget_then_answers(rclient: openai.OpenAI) -> None:
@@ -69,10 +93,13 @@ def test_stream_equals_non_stream(rclient: openai.OpenAI) -> None:
 
 
 def test_effort_none_and_enable_thinking_false_give_no_reasoning(rclient) -> None:
-    for kw in ({"reasoning_effort": "none"},
-               {"extra_body": {"chat_template_kwargs": {"enable_thinking": False}}}):
-        r = rclient.chat.completions.create(model="default", temperature=0, max_tokens=24,
-                                            messages=ASK, **kw)
+    for kw in (
+        {"reasoning_effort": "none"},
+        {"extra_body": {"chat_template_kwargs": {"enable_thinking": False}}},
+    ):
+        r = rclient.chat.completions.create(
+            model="default", temperature=0, max_tokens=24, messages=ASK, **kw
+        )
         msg = r.choices[0].message
         assert not _reasoning(msg) and msg.content, (kw, msg)
         assert "</think>" not in msg.content
@@ -80,10 +107,17 @@ def test_effort_none_and_enable_thinking_false_give_no_reasoning(rclient) -> Non
 
 
 def test_json_schema_after_thinking_is_valid_json(rclient: openai.OpenAI) -> None:
-    r = _low(rclient, max_tokens=64, messages=[
-        {"role": "user", "content": "Which city is the capital of France? Answer in JSON."}],
-        response_format={"type": "json_schema", "json_schema": {
-            "name": "city", "schema": CITY_SCHEMA, "strict": True}})
+    r = _low(
+        rclient,
+        max_tokens=64,
+        messages=[
+            {"role": "user", "content": "Which city is the capital of France? Answer in JSON."}
+        ],
+        response_format={
+            "type": "json_schema",
+            "json_schema": {"name": "city", "schema": CITY_SCHEMA, "strict": True},
+        },
+    )
     msg = r.choices[0].message
     assert _reasoning(msg), "the model reasoned first (free text)"
     assert r.choices[0].finish_reason == "stop"
@@ -91,9 +125,14 @@ def test_json_schema_after_thinking_is_valid_json(rclient: openai.OpenAI) -> Non
 
 
 def test_forced_tool_call_after_thinking_parses(rclient: openai.OpenAI) -> None:
-    r = _low(rclient, max_tokens=64, tools=[WEATHER_TOOL], tool_choice="required",
-             parallel_tool_calls=False,
-             messages=[{"role": "user", "content": "What is the weather in Paris?"}])
+    r = _low(
+        rclient,
+        max_tokens=64,
+        tools=[WEATHER_TOOL],
+        tool_choice="required",
+        parallel_tool_calls=False,
+        messages=[{"role": "user", "content": "What is the weather in Paris?"}],
+    )
     choice = r.choices[0]
     assert _reasoning(choice.message)
     assert choice.finish_reason == "tool_calls"
@@ -108,16 +147,25 @@ def test_responses_and_messages_carry_the_reasoning(rclient: openai.OpenAI) -> N
     import anthropic
 
     ref = _low(rclient).choices[0].message
-    r = rclient.responses.create(model="default", temperature=0, max_output_tokens=48,
-                                 reasoning={"effort": "low"}, input=ASK)
+    r = rclient.responses.create(
+        model="default", temperature=0, max_output_tokens=48, reasoning={"effort": "low"}, input=ASK
+    )
     assert [o.type for o in r.output] == ["reasoning", "message"]
     assert r.output[0].content[0].text == _reasoning(ref) and r.output_text == ref.content
-    assert BUDGET <= r.usage.output_tokens_details.reasoning_tokens
-    claude = anthropic.Anthropic(base_url=str(rclient.base_url).removesuffix("/v1/"),
-                                 api_key="unused", max_retries=0, timeout=300)
-    with claude.messages.stream(model="default", max_tokens=48, messages=ASK,
-                                thinking={"type": "enabled", "budget_tokens": 200},
-                                extra_body={"temperature": 0}) as stream:  # 200: low
+    assert r.usage.output_tokens_details.reasoning_tokens >= BUDGET
+    claude = anthropic.Anthropic(
+        base_url=str(rclient.base_url).removesuffix("/v1/"),
+        api_key="unused",
+        max_retries=0,
+        timeout=300,
+    )
+    with claude.messages.stream(
+        model="default",
+        max_tokens=48,
+        messages=ASK,
+        thinking={"type": "enabled", "budget_tokens": 200},
+        extra_body={"temperature": 0},
+    ) as stream:  # 200: low
         final = stream.get_final_message()
     assert [b.type for b in final.content] == ["thinking", "text"]
     assert (final.content[0].thinking, final.content[1].text) == (_reasoning(ref), ref.content)

@@ -64,8 +64,10 @@ def test_start_serves_and_stop_is_idempotent(bridge):
     assert (server.backend, server.model_id) == ("fake", "fake-model")
     status = bridge.status()
     assert status.running and status.base_url == server.base_url
-    r = httpx.post(server.base_url + "/chat/completions",
-                   json={"messages": [{"role": "user", "content": "hi"}]})
+    r = httpx.post(
+        server.base_url + "/chat/completions",
+        json={"messages": [{"role": "user", "content": "hi"}]},
+    )
     assert r.json()["choices"][0]["message"]["content"] == "echo: hi"
     bridge.stop()
     bridge.stop()
@@ -126,9 +128,8 @@ def test_context_manager_sync_and_async():
     assert b.status().running is False
 
     async def run() -> None:
-        async with b.serving(cfg()) as server:
-            async with httpx.AsyncClient() as c:
-                assert (await c.get(server.base_url + "/models")).status_code == 200
+        async with b.serving(cfg()) as server, httpx.AsyncClient() as c:
+            assert (await c.get(server.base_url + "/models")).status_code == 200
         assert b.status().running is False
 
     asyncio.run(run())
@@ -166,27 +167,37 @@ def _health(base: str) -> dict:
 def test_a_client_that_disconnects_stops_its_generation(bridge):
     server = bridge.start_blocking(cfg(backend="slow-fake"))
     long = "x" * 400  # ~8 s of generation at 20 ms a token
-    with httpx.Client(timeout=10) as c:
-        with c.stream("POST", server.base_url + "/chat/completions",
-                      json={"messages": [{"role": "user", "content": long}],
-                            "stream": True}) as r:
-            for i, _ in enumerate(r.iter_lines()):
-                if i > 4:
-                    break
+    with (
+        httpx.Client(timeout=10) as c,
+        c.stream(
+            "POST",
+            server.base_url + "/chat/completions",
+            json={"messages": [{"role": "user", "content": long}], "stream": True},
+        ) as r,
+    ):
+        for i, _ in enumerate(r.iter_lines()):
+            if i > 4:
+                break
     deadline = time.monotonic() + 2.0
     while _health(server.base_url)["running"] and time.monotonic() < deadline:
         time.sleep(0.05)
     assert _health(server.base_url)["running"] == 0
-    r = httpx.post(server.base_url + "/chat/completions",
-                   json={"messages": [{"role": "user", "content": "next"}]}, timeout=10)
+    r = httpx.post(
+        server.base_url + "/chat/completions",
+        json={"messages": [{"role": "user", "content": "next"}]},
+        timeout=10,
+    )
     assert r.json()["choices"][0]["message"]["content"] == "echo: next"
 
 
 def test_a_non_streaming_client_that_disconnects_stops_its_generation(bridge):
     server = bridge.start_blocking(cfg(backend="slow-fake"))
     with pytest.raises(httpx.ReadTimeout):
-        httpx.post(server.base_url + "/chat/completions",
-                   json={"messages": [{"role": "user", "content": "y" * 400}]}, timeout=0.5)
+        httpx.post(
+            server.base_url + "/chat/completions",
+            json={"messages": [{"role": "user", "content": "y" * 400}]},
+            timeout=0.5,
+        )
     deadline = time.monotonic() + 2.0
     while _health(server.base_url)["running"] and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -206,6 +217,7 @@ def test_concurrent_clients_each_get_their_own_complete_answer(bridge):
             async for line in r.aiter_lines():
                 if line.startswith("data: {"):
                     import json
+
                     chunk = json.loads(line[6:])
                     text += chunk["choices"][0]["delta"].get("content", "")
         return text
@@ -224,8 +236,9 @@ def test_a_full_queue_answers_429_with_retry_after(bridge):
     async def run() -> list[httpx.Response]:
         async with httpx.AsyncClient(timeout=60) as c:
             payload = {"messages": [{"role": "user", "content": "z" * 20}]}
-            return await asyncio.gather(*(c.post(server.base_url + "/chat/completions",
-                                                 json=payload) for _ in range(4)))
+            return await asyncio.gather(
+                *(c.post(server.base_url + "/chat/completions", json=payload) for _ in range(4))
+            )
 
     statuses = sorted(r.status_code for r in asyncio.run(run()))
     assert 429 in statuses and 200 in statuses
@@ -234,13 +247,40 @@ def test_a_full_queue_answers_429_with_retry_after(bridge):
 
 
 def test_public_names_are_pinned():
-    assert sorted(dvai_bridge.__all__) == sorted([
-        "AlreadyStarted", "BackendError", "BackendUnavailable", "BoundServer", "Bridge",
-        "BridgeError", "BridgeStatus", "CachedModel", "ChecksumMismatch",
-        "ConfigurationInvalid", "ContextLengthExceeded", "DeletePlan", "DownloadFailed",
-        "InvalidRequest", "ListenerHandle", "ModelInUse", "ModelLoadFailed", "ModelNotFound",
-        "NotStarted", "NotSupported", "PortsExhausted", "ProgressEvent", "ProgressHub",
-        "RequestError", "ServerBusy", "ServiceUnavailable", "StartConfig", "__version__",
-        "delete_cached_model", "download_model", "list_cached_models", "shared",
-    ])
+    assert sorted(dvai_bridge.__all__) == sorted(
+        [
+            "AlreadyStarted",
+            "BackendError",
+            "BackendUnavailable",
+            "BoundServer",
+            "Bridge",
+            "BridgeError",
+            "BridgeStatus",
+            "CachedModel",
+            "ChecksumMismatch",
+            "ConfigurationInvalid",
+            "ContextLengthExceeded",
+            "DeletePlan",
+            "DownloadFailed",
+            "InvalidRequest",
+            "ListenerHandle",
+            "ModelInUse",
+            "ModelLoadFailed",
+            "ModelNotFound",
+            "NotStarted",
+            "NotSupported",
+            "PortsExhausted",
+            "ProgressEvent",
+            "ProgressHub",
+            "RequestError",
+            "ServerBusy",
+            "ServiceUnavailable",
+            "StartConfig",
+            "__version__",
+            "delete_cached_model",
+            "download_model",
+            "list_cached_models",
+            "shared",
+        ]
+    )
     assert isinstance(dvai_bridge.shared, Bridge)

@@ -28,11 +28,15 @@ def _room() -> tuple[int, int]:
 
 
 def _child(code: str, limits: tuple[int, int], timeout: float = 120) -> dict:
-    prelude = ("import json, resource\n"
-               f"resource.setrlimit(resource.RLIMIT_NOFILE, {limits!r})\n")
-    out = subprocess.run([sys.executable, "-c", prelude + code], cwd=ROOT, check=False,
-                         capture_output=True,
-                         text=True, timeout=timeout)
+    prelude = f"import json, resource\nresource.setrlimit(resource.RLIMIT_NOFILE, {limits!r})\n"
+    out = subprocess.run(
+        [sys.executable, "-c", prelude + code],
+        cwd=ROOT,
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -55,11 +59,19 @@ seen["outside"] = resource.getrlimit(N)
 print(json.dumps(seen))
 """
     soft, hard = _room()
-    code = code.replace("5500, 9999", f"{soft + 500}, {hard + 3999}").replace(
-        "7000, 7000", f"{hard + 1000}, {hard + 1000}").replace("1000, 6000", f"1000, {hard}")
+    code = (
+        code.replace("5500, 9999", f"{soft + 500}, {hard + 3999}")
+        .replace("7000, 7000", f"{hard + 1000}, {hard + 1000}")
+        .replace("1000, 6000", f"1000, {hard}")
+    )
     seen = _child(code, (soft, hard))
-    assert seen == {"lowered": [soft, hard], "raised": [soft + 500, hard],
-                    "capped": [hard, hard], "after": [hard, hard], "outside": [1000, hard]}
+    assert seen == {
+        "lowered": [soft, hard],
+        "raised": [soft + 500, hard],
+        "capped": [hard, hard],
+        "after": [hard, hard],
+        "outside": [1000, hard],
+    }
 
 
 def test_importing_mlx_lm_under_it_keeps_a_hard_limit_below_4096():

@@ -27,8 +27,11 @@ TIME_TOOL = {
     "function": {
         "name": "get_time",
         "description": "Get the current local time in a city.",
-        "parameters": {"type": "object", "properties": {"city": {"type": "string"}},
-                       "required": ["city"]},
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string"}},
+            "required": ["city"],
+        },
     },
 }
 ASK = [{"role": "user", "content": "What is the weather like in Paris today?"}]

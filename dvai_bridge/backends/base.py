@@ -89,8 +89,12 @@ class Backend(ABC):
     device_memory: int | None = None
 
     @abstractmethod
-    def chat_tokens(self, messages: list[Message], tools: list[dict[str, Any]] | None = None,
-                    template_kwargs: dict[str, Any] | None = None) -> list[int]:
+    def chat_tokens(
+        self,
+        messages: list[Message],
+        tools: list[dict[str, Any]] | None = None,
+        template_kwargs: dict[str, Any] | None = None,
+    ) -> list[int]:
         """Apply the chat template to the whole list, with the generation prompt; tokenize.
 
         ``tools`` (OpenAI function definitions) go to the template as its ``tools`` variable;
@@ -100,8 +104,9 @@ class Backend(ABC):
 
     def set_chat_template(self, source: str) -> None:
         """Use this Jinja chat template instead of the model's own (``--chat-template``)."""
-        raise NotSupported(f"The {self.name} backend cannot take another chat template.",
-                           param="chat_template")
+        raise NotSupported(
+            f"The {self.name} backend cannot take another chat template.", param="chat_template"
+        )
 
     def prompt_tail(self, prompt: Sequence[int]) -> str:
         """The text a rendered prompt ends with (enough to see a reasoning marker)."""
@@ -130,8 +135,10 @@ class Backend(ABC):
 
     def _build_grammar_tokenizer(self) -> Any:
         """Build the llguidance tokenizer for this model's vocabulary (see grammar_tokenizer)."""
-        raise NotSupported(f"The {self.name} backend cannot constrain its output "
-                           "(response_format, tool_choice).", param="response_format")
+        raise NotSupported(
+            f"The {self.name} backend cannot constrain its output (response_format, tool_choice).",
+            param="response_format",
+        )
 
     @abstractmethod
     def tokenize(self, text: str) -> list[int]:

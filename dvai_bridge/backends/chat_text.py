@@ -43,7 +43,7 @@ class Masked:
         pos = 0
         for m in self.pattern.finditer(rendered):
             if m.start() > pos:
-                tokens += special(rendered[pos:m.start()])
+                tokens += special(rendered[pos : m.start()])
             tokens += text(self.originals[int(m.group(1))])
             pos = m.end()
         if pos < len(rendered):
@@ -58,8 +58,9 @@ class ControlText:
         strings = sorted({s for s in control_strings if s}, key=len, reverse=True)
         self._find = re.compile("|".join(map(re.escape, strings))) if strings else None
 
-    def mask(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None
-             ) -> Masked | None:
+    def mask(
+        self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None
+    ) -> Masked | None:
         """None when no string in the request holds a control token (the common case)."""
         if self._find is None:
             return None

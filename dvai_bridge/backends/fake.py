@@ -45,10 +45,15 @@ class FakeBackend(Backend):
         self.batched = batched
         self.closed = False
 
-    def chat_tokens(self, messages: list[Message], tools: list[dict] | None = None,
-                    template_kwargs: dict | None = None) -> list[int]:
-        text = self._template.render(messages=messages, add_generation_prompt=True,
-                                     **(template_kwargs or {}))
+    def chat_tokens(
+        self,
+        messages: list[Message],
+        tools: list[dict] | None = None,
+        template_kwargs: dict | None = None,
+    ) -> list[int]:
+        text = self._template.render(
+            messages=messages, add_generation_prompt=True, **(template_kwargs or {})
+        )
         answer = self.reply if self.reply is not None else f"echo: {messages[-1]['content']}"
         return [BOS, *text.encode("utf-8"), _MARK, *answer.encode("utf-8")]
 
@@ -65,7 +70,7 @@ class FakeBackend(Backend):
 
     def prompt_tail(self, prompt: Sequence[int]) -> str:
         prompt = list(prompt)
-        return self.decode(prompt[:prompt.index(_MARK)] if _MARK in prompt else prompt)[-64:]
+        return self.decode(prompt[: prompt.index(_MARK)] if _MARK in prompt else prompt)[-64:]
 
     def tokenize(self, text: str) -> list[int]:
         answer = self.reply if self.reply is not None else f"echo: {text}"
@@ -102,7 +107,7 @@ class _TokenListOps:
         return list(snapshot)
 
     def trim(self, snapshot: list[int], n: int) -> bool:
-        del snapshot[len(snapshot) - n:]
+        del snapshot[len(snapshot) - n :]
         return True
 
 
@@ -111,12 +116,13 @@ class FakeBatch(Batch):
 
     def __init__(self, backend: FakeBackend, prompt_cache_bytes: int) -> None:
         self.backend = backend
-        self.cache: PromptCache[list[int]] = PromptCache(_TokenListOps(),
-                                                         max_bytes=prompt_cache_bytes)
+        self.cache: PromptCache[list[int]] = PromptCache(
+            _TokenListOps(), max_bytes=prompt_cache_bytes
+        )
         self._seqs: dict[int, tuple[Iterator[TokenChoice], list[int]]] = {}
 
     def add(self, key: int, request: GenerationRequest) -> int:
-        snapshot, rest = self.cache.fetch_nearest(request.prompt_tokens)
+        _snapshot, rest = self.cache.fetch_nearest(request.prompt_tokens)
         tokens = list(request.prompt_tokens)
         self._seqs[key] = (self.backend.generate(request, CancelToken()), tokens)
         return len(tokens) - len(rest)

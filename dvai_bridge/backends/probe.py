@@ -46,8 +46,11 @@ def _cpu_identity() -> str:
         text = Path("/proc/cpuinfo").read_text()
     except OSError:
         return f"{platform.machine()} {platform.processor()}"
-    keep = [line for line in text.splitlines()
-            if line.startswith(("model name", "flags", "Features", "CPU part"))]
+    keep = [
+        line
+        for line in text.splitlines()
+        if line.startswith(("model name", "flags", "Features", "CPU part"))
+    ]
     return "\n".join(sorted(set(keep)))
 
 
@@ -77,9 +80,17 @@ def _model_identity(model: Path | None) -> str:
 
 
 def _cache_file(backend: str, model: Path | None) -> Path:
-    key = hashlib.sha256("\n--\n".join(
-        [backend, sys.executable, _build_identity(backend), _model_identity(model),
-         _cpu_identity()]).encode()).hexdigest()[:24]
+    key = hashlib.sha256(
+        "\n--\n".join(
+            [
+                backend,
+                sys.executable,
+                _build_identity(backend),
+                _model_identity(model),
+                _cpu_identity(),
+            ]
+        ).encode()
+    ).hexdigest()[:24]
     return bridge_cache_dir() / "probes" / f"{backend}-{key}.json"
 
 
@@ -97,8 +108,9 @@ def probe(backend: str, model: Path | None = None, *, use_cache: bool = True) ->
             return ProbeResult(**json.loads(cache.read_text()))
         except (OSError, ValueError, TypeError):
             pass
-    result = _run_child(backend, [sys.executable, "-m", __name__, backend,
-                                  *([str(model)] if model else [])])
+    result = _run_child(
+        backend, [sys.executable, "-m", __name__, backend, *([str(model)] if model else [])]
+    )
     try:
         cache.parent.mkdir(parents=True, exist_ok=True)
         tmp = cache.with_suffix(f".{os.getpid()}.tmp")
@@ -112,8 +124,9 @@ def probe(backend: str, model: Path | None = None, *, use_cache: bool = True) ->
 def _run_child(backend: str, cmd: list[str]) -> ProbeResult:
     env = dict(os.environ, PYTHONFAULTHANDLER="1")
     try:
-        done = subprocess.run(cmd, capture_output=True, text=True, timeout=TIMEOUT_S, env=env,
-                              check=False)
+        done = subprocess.run(
+            cmd, capture_output=True, text=True, timeout=TIMEOUT_S, env=env, check=False
+        )
     except subprocess.TimeoutExpired:
         return ProbeResult(backend, False, f"no token within {TIMEOUT_S:.0f} s")
     if done.returncode == 0:
@@ -127,8 +140,9 @@ def _run_child(backend: str, cmd: list[str]) -> ProbeResult:
     else:
         how = f"exit code {done.returncode}"
     tail = (done.stderr.strip().splitlines() or [""])[-1][:300]
-    return ProbeResult(backend, False, f"{how} while decoding a test prompt"
-                       + (f" ({tail})" if tail else ""))
+    return ProbeResult(
+        backend, False, f"{how} while decoding a test prompt" + (f" ({tail})" if tail else "")
+    )
 
 
 # -- the child ----------------------------------------------------------------------------
@@ -140,10 +154,13 @@ def _child_llama(model: str) -> str:
     llm.eval(tokens)
     token = llm.sample(temp=0.0)
     info = llama_cpp.llama_print_system_info().decode(errors="replace")
-    flags = " ".join(p.split("=")[0].split(":")[-1].strip() for p in info.split("|")
-                     if p.strip().endswith("= 1"))
-    return (f"llama-cpp-python {llama_cpp.__version__}: decoded {len(tokens)} prompt tokens and "
-            f"token {token}; CPU features in use: {flags or 'none'}")
+    flags = " ".join(
+        p.split("=")[0].split(":")[-1].strip() for p in info.split("|") if p.strip().endswith("= 1")
+    )
+    return (
+        f"llama-cpp-python {llama_cpp.__version__}: decoded {len(tokens)} prompt tokens and "
+        f"token {token}; CPU features in use: {flags or 'none'}"
+    )
 
 
 def _child_mlx() -> str:

@@ -104,9 +104,11 @@ def _unless_llama_fails(ref: str | None, why: str) -> tuple[str, str]:
     result = probe.probe("llama", model)
     if result.ok:
         return "llama", why
-    log.warning("backend auto: llama-cpp-python cannot generate on this machine (%s); "
-                "serving through MLX instead. `dvai-bridge doctor` shows the probes.",
-                result.detail)
+    log.warning(
+        "backend auto: llama-cpp-python cannot generate on this machine (%s); "
+        "serving through MLX instead. `dvai-bridge doctor` shows the probes.",
+        result.detail,
+    )
     return "mlx", f"llama-cpp-python failed its probe here: {result.detail}"
 
 
@@ -116,7 +118,8 @@ def create_backend(config: StartConfig, progress: ProgressHub) -> Backend:
     factory = _factories.get(name)
     if factory is None:
         raise ConfigurationInvalid(
-            f"Unknown backend {name!r}; available: {', '.join(available())}.", param="backend")
+            f"Unknown backend {name!r}; available: {', '.join(available())}.", param="backend"
+        )
     if isinstance(factory, str):
         module, _, attr = factory.partition(":")
         factory = getattr(importlib.import_module(module), attr)
@@ -141,8 +144,9 @@ def read_chat_template(path: str | None) -> str | None:
         source = Path(path).expanduser().read_text(encoding="utf-8")
         jinja2.Environment().parse(source)
     except (OSError, UnicodeDecodeError, jinja2.TemplateSyntaxError) as exc:
-        raise ConfigurationInvalid(f"chat_template {path!r} cannot be used: {exc}",
-                                   param="chat_template") from None
+        raise ConfigurationInvalid(
+            f"chat_template {path!r} cannot be used: {exc}", param="chat_template"
+        ) from None
     return source
 
 
@@ -154,8 +158,9 @@ def _mlx(config: StartConfig, progress: ProgressHub) -> Backend:
         return only
     from .mlx.backend import MLXBackend
 
-    backend = MLXBackend.load(config.model_path, context_size=config.context_size,
-                              progress=progress)
+    backend = MLXBackend.load(
+        config.model_path, context_size=config.context_size, progress=progress
+    )
     if config.embedding_model:
         try:
             attach_embedder(backend, config.embedding_model, progress)
@@ -169,16 +174,20 @@ def _coreml(config: StartConfig, progress: ProgressHub) -> Backend:
     if platform.system() != "Darwin":
         raise BackendUnavailable(
             f"The coreml backend runs on Apple platforms only; this is {platform.system()}. "
-            "Use backend='mlx' or backend='llama'.")
-    raise BackendUnavailable("The coreml backend is not available in this release; "
-                             "use backend='mlx'.")
+            "Use backend='mlx' or backend='llama'."
+        )
+    raise BackendUnavailable(
+        "The coreml backend is not available in this release; use backend='mlx'."
+    )
 
 
 def _llama(config: StartConfig, progress: ProgressHub) -> Backend:
     if config.embedding_model:
         raise ConfigurationInvalid(
             "embedding_model is for the mlx backend; the llama backend serves embeddings "
-            "from its own GGUF with embedding_mode=True.", param="embedding_model")
+            "from its own GGUF with embedding_mode=True.",
+            param="embedding_model",
+        )
     from .llama_cpp.backend import LlamaBackend
 
     return LlamaBackend.load(config, progress)

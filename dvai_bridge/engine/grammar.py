@@ -54,7 +54,8 @@ def check_json_schema(schema: dict[str, Any]) -> None:
     not enforced."""
     try:
         spec = _llg().LLMatcher.grammar_from_json_schema(
-            schema, overrides={**JSON_OPTIONS, "lenient": True})
+            schema, overrides={**JSON_OPTIONS, "lenient": True}
+        )
     except (ValueError, TypeError) as exc:
         raise GrammarError(str(exc)) from None
     check_grammar(spec)

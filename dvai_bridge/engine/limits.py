@@ -26,10 +26,10 @@ class DeviceDefaults:
 
 DEFAULTS = {
     "cpu": DeviceDefaults(max_batch=8, prefill_chunk=512, prompt_cache_mb=1024, cache_share=0.25),
-    "cuda": DeviceDefaults(max_batch=64, prefill_chunk=2048, prompt_cache_mb=8192,
-                           cache_share=0.1),
-    "metal": DeviceDefaults(max_batch=32, prefill_chunk=2048, prompt_cache_mb=4096,
-                            cache_share=0.1),
+    "cuda": DeviceDefaults(max_batch=64, prefill_chunk=2048, prompt_cache_mb=8192, cache_share=0.1),
+    "metal": DeviceDefaults(
+        max_batch=32, prefill_chunk=2048, prompt_cache_mb=4096, cache_share=0.1
+    ),
 }
 
 
@@ -38,20 +38,29 @@ def defaults_for(device: str) -> DeviceDefaults:
     return DEFAULTS.get(device, DEFAULTS["cpu" if device == "cpu" else "cuda"])
 
 
-def resolve_limits(device: str, *, max_batch: int | None = None,
-                   prefill_chunk: int | None = None, prompt_cache_mb: int | None = None,
-                   device_memory: int | None = None) -> BatchLimits:
+def resolve_limits(
+    device: str,
+    *,
+    max_batch: int | None = None,
+    prefill_chunk: int | None = None,
+    prompt_cache_mb: int | None = None,
+    device_memory: int | None = None,
+) -> BatchLimits:
     """What the engine uses: each value given, else the device's default."""
     d = defaults_for(device)
     if prompt_cache_mb is None:
         prompt_cache_mb = d.prompt_cache_mb
         if device_memory:
             prompt_cache_mb = min(prompt_cache_mb, int(device_memory * d.cache_share) // MiB)
-    return BatchLimits(max_batch=max_batch or d.max_batch,
-                       prefill_chunk=prefill_chunk or d.prefill_chunk,
-                       prompt_cache_bytes=prompt_cache_mb * MiB)
+    return BatchLimits(
+        max_batch=max_batch or d.max_batch,
+        prefill_chunk=prefill_chunk or d.prefill_chunk,
+        prompt_cache_bytes=prompt_cache_mb * MiB,
+    )
 
 
 def describe(device: str, limits: BatchLimits) -> str:
-    return (f"{device}: batch {limits.max_batch}, prefill chunk {limits.prefill_chunk}, "
-            f"prompt cache {limits.prompt_cache_bytes // MiB} MiB")
+    return (
+        f"{device}: batch {limits.max_batch}, prefill chunk {limits.prefill_chunk}, "
+        f"prompt cache {limits.prompt_cache_bytes // MiB} MiB"
+    )

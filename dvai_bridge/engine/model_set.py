@@ -31,8 +31,13 @@ from .scheduler import AsyncEngine, Scheduler
 
 log = logging.getLogger(__name__)
 
-UNLOADED, LOADING, LOADED, UNLOADING, FAILED = "unloaded", "loading", "loaded", "unloading", \
-    "failed"
+UNLOADED, LOADING, LOADED, UNLOADING, FAILED = (
+    "unloaded",
+    "loading",
+    "loaded",
+    "unloading",
+    "failed",
+)
 
 
 def process_rss() -> int:
@@ -45,7 +50,7 @@ def process_rss() -> int:
             import psutil
 
             return int(psutil.Process().memory_info().rss)
-        except Exception:  # noqa: BLE001
+        except Exception:
             return 0
 
 
@@ -102,11 +107,18 @@ class Lease:
 
 
 class ModelSet:
-    def __init__(self, entries: Sequence[ModelEntry], load: Callable[[ModelEntry], Scheduler],
-                 *, max_loaded: int | None = None, budget_bytes: int | None = None,
-                 idle_unload_s: float | None = None, rss: Callable[[], int] = process_rss,
-                 clock: Callable[[], float] = time.monotonic,
-                 release: Callable[[], None] | None = None) -> None:
+    def __init__(
+        self,
+        entries: Sequence[ModelEntry],
+        load: Callable[[ModelEntry], Scheduler],
+        *,
+        max_loaded: int | None = None,
+        budget_bytes: int | None = None,
+        idle_unload_s: float | None = None,
+        rss: Callable[[], int] = process_rss,
+        clock: Callable[[], float] = time.monotonic,
+        release: Callable[[], None] | None = None,
+    ) -> None:
         """``release``: called after a model is freed, to hand the device allocator's cached
         buffers back (MLX keeps freed buffers for reuse)."""
         self.slots = {e.name: Slot(e) for e in entries}
@@ -118,8 +130,9 @@ class ModelSet:
         self._cv = threading.Condition()
         self._load_lock = threading.Lock()  # one load (and its room-making) at a time
         self._closed = False
-        self._watcher = threading.Thread(target=self._watch_idle, name="dvai-idle-unload",
-                                         daemon=True)
+        self._watcher = threading.Thread(
+            target=self._watch_idle, name="dvai-idle-unload", daemon=True
+        )
         self._watcher.start()
 
     # -- leasing -----------------------------------------------------------------------
@@ -171,9 +184,14 @@ class ModelSet:
                 scheduler = self._load(slot.entry)
                 took, grown = time.monotonic() - start, self._rss() - before
         except BaseException as exc:
-            error = exc if isinstance(exc, ModelLoadFailed) else ModelLoadFailed(
-                f"The model {slot.name!r} failed to load: "
-                f"{exc.message if isinstance(exc, BridgeError) else exc}")
+            error = (
+                exc
+                if isinstance(exc, ModelLoadFailed)
+                else ModelLoadFailed(
+                    f"The model {slot.name!r} failed to load: "
+                    f"{exc.message if isinstance(exc, BridgeError) else exc}"
+                )
+            )
             log.error("model %s failed to load: %s", slot.name, error.message)
             with self._cv:
                 slot.state, slot.error = FAILED, error
@@ -198,20 +216,31 @@ class ModelSet:
             with self._cv:
                 loaded = [s for s in self.slots.values() if s.state == LOADED]
                 over_count = self.max_loaded is not None and len(loaded) >= self.max_loaded
-                over_memory = self.budget_bytes is not None and loaded and \
-                    sum(s.memory for s in loaded) + need > self.budget_bytes
+                over_memory = (
+                    self.budget_bytes is not None
+                    and loaded
+                    and sum(s.memory for s in loaded) + need > self.budget_bytes
+                )
                 if not (over_count or over_memory):
                     return
-                victims = sorted((s for s in loaded if not s.entry.pinned),
-                                 key=lambda s: (s.inflight > 0, s.last_used))
+                victims = sorted(
+                    (s for s in loaded if not s.entry.pinned),
+                    key=lambda s: (s.inflight > 0, s.last_used),
+                )
                 if not victims:
-                    log.warning("loading %s passes the model limits, but every loaded model "
-                                "is pinned", slot.name)
+                    log.warning(
+                        "loading %s passes the model limits, but every loaded model is pinned",
+                        slot.name,
+                    )
                     return
                 victim = victims[0]
                 why = "max_loaded_models" if over_count else "the memory budget"
-                log.info("unloading %s (least recently used) to make room for %s (%s)",
-                         victim.name, slot.name, why)
+                log.info(
+                    "unloading %s (least recently used) to make room for %s (%s)",
+                    victim.name,
+                    slot.name,
+                    why,
+                )
                 victim.state = UNLOADING  # its new requests wait; running ones finish
                 while victim.inflight:
                     self._cv.wait()
@@ -269,10 +298,16 @@ class ModelSet:
                     return
                 self._cv.wait(0.25)
                 now = self._clock()
-                idle = [s for s in self.slots.values()
-                        if s.state == LOADED and not s.entry.pinned and s.inflight == 0
-                        and (k := self._keep_alive(s)) is not None and k >= 0
-                        and now - s.last_used >= k]
+                idle = [
+                    s
+                    for s in self.slots.values()
+                    if s.state == LOADED
+                    and not s.entry.pinned
+                    and s.inflight == 0
+                    and (k := self._keep_alive(s)) is not None
+                    and k >= 0
+                    and now - s.last_used >= k
+                ]
                 for s in idle:
                     s.state = UNLOADING
             for s in idle:
@@ -284,17 +319,25 @@ class ModelSet:
         with self._cv:
             out = []
             for s in self.slots.values():
-                item: dict[str, Any] = {"name": s.name, "state": s.state,
-                                        "pinned": s.entry.pinned, "loads": s.loads}
+                item: dict[str, Any] = {
+                    "name": s.name,
+                    "state": s.state,
+                    "pinned": s.entry.pinned,
+                    "loads": s.loads,
+                }
                 if s.entry.aliases:
                     item["aliases"] = list(s.entry.aliases)
                 if s.state == FAILED and s.error is not None:
                     item["reason"] = s.error.message
                 if s.state == LOADED and s.scheduler is not None:
                     m = s.scheduler.metrics
-                    item.update(backend=s.scheduler.backend.name,
-                                model=s.scheduler.backend.model_id, memory_bytes=s.memory,
-                                queued=m.queue_depth, running=m.running)
+                    item.update(
+                        backend=s.scheduler.backend.name,
+                        model=s.scheduler.backend.model_id,
+                        memory_bytes=s.memory,
+                        queued=m.queue_depth,
+                        running=m.running,
+                    )
                     why = s.scheduler.health()
                     if why is not None:
                         item["reason"] = why

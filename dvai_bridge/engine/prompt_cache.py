@@ -44,8 +44,9 @@ def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
 
 
 class PromptCache(Generic[S]):
-    def __init__(self, ops: SnapshotOps[S], *, max_bytes: int, max_entries: int = 64,
-                 min_reuse: int = 8) -> None:
+    def __init__(
+        self, ops: SnapshotOps[S], *, max_bytes: int, max_entries: int = 64, min_reuse: int = 8
+    ) -> None:
         self.ops = ops
         self.max_bytes = max_bytes
         self.max_entries = max_entries
@@ -67,8 +68,9 @@ class PromptCache(Generic[S]):
         tokens = list(tokens)
         limit = len(tokens) - 1  # leave one token to prefill
         with self._lock:
-            ranked = sorted(((min(_common_prefix(k, tokens), limit), k) for k in self._entries),
-                            reverse=True)
+            ranked = sorted(
+                ((min(_common_prefix(k, tokens), limit), k) for k in self._entries), reverse=True
+            )
             for n, key in ranked:
                 if n < self.min_reuse:
                     break
@@ -96,8 +98,9 @@ class PromptCache(Generic[S]):
                 self._bytes -= self._entries.pop(other).nbytes
             self._entries[key] = _Entry(snapshot, size)
             self._bytes += size
-            while self._entries and (self._bytes > self.max_bytes
-                                     or len(self._entries) > self.max_entries):
+            while self._entries and (
+                self._bytes > self.max_bytes or len(self._entries) > self.max_entries
+            ):
                 _, evicted = self._entries.popitem(last=False)
                 self._bytes -= evicted.nbytes
 

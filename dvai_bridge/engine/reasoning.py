@@ -9,7 +9,8 @@ tokens, or one special token, is found alike) and counts the reasoning tokens.
 
 ``GatedGrammar`` stands where a ``Grammar`` stands on the request: the backends ask it for a
 matcher as they ask a grammar, and its ``ReasoningGate`` lets every token through while the
-model reasons (but the end of the sequence, when an answer must follow under a grammar), forces the closing tokens one by one once the budget is spent, and from the end
+model reasons (but the end of the sequence, when an answer must follow under a grammar),
+forces the closing tokens one by one once the budget is spent, and from the end
 of the block on hands over to the request's own grammar (``response_format``, forced tool
 calls), if any. So the answer is constrained and the reasoning is free text, on every backend.
 """
@@ -48,7 +49,7 @@ class ReasoningTracker:
     def advance(self, token_id: int) -> None:
         if not self.inside and self._open is None:
             return
-        self._tail = (self._tail + self._bytes(token_id))[-(len(self._close) + 32):]
+        self._tail = (self._tail + self._bytes(token_id))[-(len(self._close) + 32) :]
         if not self.inside:  # a model that opens its block itself (Qwen3's own template)
             if self._open is not None and self._open in self._tail:
                 self.inside, self._tail = True, b""

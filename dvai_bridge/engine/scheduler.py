@@ -47,8 +47,13 @@ class Scheduler:
     refused with it (503), and ``health()`` says why, until ``close()``.
     """
 
-    def __init__(self, backend: Backend | Callable[[], Backend], *, max_queued: int = 64,
-                 limits: BatchLimits | Callable[[Backend], BatchLimits] | None = None) -> None:
+    def __init__(
+        self,
+        backend: Backend | Callable[[], Backend],
+        *,
+        max_queued: int = 64,
+        limits: BatchLimits | Callable[[Backend], BatchLimits] | None = None,
+    ) -> None:
         self.metrics = EngineMetrics()
         self._inbox = Inbox(max_queued)
         self._live: dict[int, Job] = {}  # taken off the inbox, not finished yet
@@ -56,8 +61,9 @@ class Scheduler:
         self.failure: str | None = None
         self._loaded: Future = Future()
         self._limits = limits
-        self._thread = threading.Thread(target=self._run, args=(backend,), name="dvai-engine",
-                                        daemon=True)
+        self._thread = threading.Thread(
+            target=self._run, args=(backend,), name="dvai-engine", daemon=True
+        )
         self.backend: Backend
         self.limits: BatchLimits
         self._thread.start()
@@ -84,19 +90,20 @@ class Scheduler:
         if why is None:
             return
         if self.failure is not None:
-            raise EngineFailed(f"The engine failed and serves nothing until the server is "
-                               f"restarted: {why}")
+            raise EngineFailed(
+                f"The engine failed and serves nothing until the server is restarted: {why}"
+            )
         raise ServiceUnavailable(why)
 
-    def submit(self, request: GenerationRequest, sink: Sink, cancel: CancelToken,
-               group: Any = None) -> None:
+    def submit(
+        self, request: GenerationRequest, sink: Sink, cancel: CancelToken, group: Any = None
+    ) -> None:
         """Queue one sequence. ``group`` (one per request) is what the engine is fair between.
         Raises ServerBusy when the queue is full, EngineFailed when the engine is down."""
         self._refuse_if_down()
         job = Job(request, sink, cancel, group)
         if not self._inbox.put(job, self._dropped):
-            raise ServerBusy(f"Too many queued requests ({self._inbox.capacity}); "
-                             "retry shortly.")
+            raise ServerBusy(f"Too many queued requests ({self._inbox.capacity}); retry shortly.")
         self.metrics.queue_depth = len(self._inbox)
 
     def _dropped(self, job: Job) -> None:  # cancelled while queued: its slot is free now
@@ -144,7 +151,7 @@ class Scheduler:
             limits = self._limits
             self.limits = limits(backend) if callable(limits) else limits or BatchLimits()
             self.backend = backend
-        except BaseException as exc:  # noqa: BLE001 - the constructor re-raises it
+        except BaseException as exc:
             self._loaded.set_exception(exc)
             return
         self._loaded.set_result(backend)
@@ -156,7 +163,7 @@ class Scheduler:
                 self._serial_loop()
             else:
                 _BatchLoop(self, batch).run()
-        except BaseException as exc:  # noqa: BLE001 - becomes the engine's state
+        except BaseException as exc:
             self._fail(exc)
         finally:
             try:
@@ -174,13 +181,16 @@ class Scheduler:
         for job in list(self._live.values()):  # running: a 500, as any failed generation
             try:
                 job.sink(Finished("error", len(job.request.prompt_tokens), 0, error=error))
-            except Exception:  # noqa: BLE001
+            except Exception:
                 log.exception("could not tell a sequence the engine failed")
         self._live.clear()
         self.metrics.running = 0
-        self._fail_waiting(EngineFailed(  # not started yet: a 503, like the ones refused now
-            f"The engine failed and serves nothing until the server is restarted: "
-            f"{self.failure}"))
+        self._fail_waiting(
+            EngineFailed(  # not started yet: a 503, like the ones refused now
+                f"The engine failed and serves nothing until the server is restarted: "
+                f"{self.failure}"
+            )
+        )
 
     def _take(self, job: Job) -> Job:
         """A job leaves the inbox for the engine: until it finishes, a failure ends it."""
@@ -206,7 +216,7 @@ class Scheduler:
             return
         try:
             call.future.set_result(call.fn())
-        except BaseException as exc:  # noqa: BLE001 - the caller gets it
+        except BaseException as exc:
             call.future.set_exception(exc)
 
     def _next_job(self, block: bool, wait: float = 0.0) -> Job | object | None:
@@ -223,7 +233,7 @@ class Scheduler:
                     return None
                 try:
                     self.backend.on_idle()
-                except Exception:  # noqa: BLE001 - tuning must not stop the engine
+                except Exception:
                     log.exception("the backend's idle hook failed")
                 continue
             self.metrics.queue_depth = len(self._inbox)
@@ -240,8 +250,14 @@ class Scheduler:
                 continue
             self.metrics.running = 1
             try:
-                run_sequence(self.backend, job.request, job.sink, job.cancel, self.metrics,
-                             between=self._run_calls)
+                run_sequence(
+                    self.backend,
+                    job.request,
+                    job.sink,
+                    job.cancel,
+                    self.metrics,
+                    between=self._run_calls,
+                )
             finally:
                 self.metrics.running = 0
 
@@ -265,7 +281,7 @@ class _BatchLoop:
                 continue
             try:
                 outputs = self.batch.step()
-            except Exception as exc:  # noqa: BLE001 - fail the batch, keep the engine
+            except Exception as exc:
                 log.exception("batch step failed")
                 for key in list(self.active):
                     self._retire(key, error=exc)
@@ -276,7 +292,7 @@ class _BatchLoop:
                     continue
                 try:
                     more = entry[1].on_token(choice)
-                except Exception as exc:  # noqa: BLE001 - this sequence fails, the rest go on
+                except Exception as exc:
                     log.exception("handling a generated token failed")
                     self._retire(key, error=exc)
                     continue
@@ -312,11 +328,12 @@ class _BatchLoop:
             key = next(self.keys)
             try:
                 cached = self.batch.add(key, job.request)
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:
                 if not isinstance(exc, BridgeError):
                     log.exception("could not admit a sequence")
-                SequenceState(self.s.backend, job.request, job.sink,
-                              self.s.metrics).finish(error=exc)
+                SequenceState(self.s.backend, job.request, job.sink, self.s.metrics).finish(
+                    error=exc
+                )
                 continue
             state = SequenceState(self.s.backend, job.request, job.sink, self.s.metrics, cached)
             self.active[key] = (job, state)
@@ -327,10 +344,10 @@ class _BatchLoop:
                 self._retire(key, reason="cancelled")
 
     def _retire(self, key: int, reason=None, error: BaseException | None = None) -> None:
-        job, state = self.active.pop(key)
+        _job, state = self.active.pop(key)
         try:
             self.batch.remove(key)
-        except Exception:  # noqa: BLE001
+        except Exception:
             log.exception("removing a sequence from the batch failed")
         state.finish(reason, error)
         self.s.metrics.running = len(self.active)

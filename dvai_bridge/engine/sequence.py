@@ -36,16 +36,22 @@ MIN_LOGPROB = -9999.0
 
 def _token_logprob(backend: Backend, token_id: int, logprob: float) -> TokenLogprob:
     raw = backend.token_bytes(token_id)
-    return TokenLogprob(raw.decode("utf-8", errors="replace"), max(logprob, MIN_LOGPROB),
-                        tuple(raw))
+    return TokenLogprob(
+        raw.decode("utf-8", errors="replace"), max(logprob, MIN_LOGPROB), tuple(raw)
+    )
 
 
 class SequenceState:
     """Turns token choices into text deltas and, at the end, one ``Finished``."""
 
-    def __init__(self, backend: Backend, request: GenerationRequest,
-                 sink: Callable[[EngineEvent], None], metrics: EngineMetrics,
-                 cached_tokens: int = 0) -> None:
+    def __init__(
+        self,
+        backend: Backend,
+        request: GenerationRequest,
+        sink: Callable[[EngineEvent], None],
+        metrics: EngineMetrics,
+        cached_tokens: int = 0,
+    ) -> None:
         self.backend = backend
         self.request = request
         self.sink = sink
@@ -57,8 +63,11 @@ class SequenceState:
         self._stops = StopMatcher(request.stop)
         self._stop_ids = backend.eos_token_ids | frozenset(request.stop_token_ids)
         self._pending: list = []
-        self._reasoning = (ReasoningTracker(request.reasoning, backend.token_bytes)
-                           if request.reasoning is not None else None)
+        self._reasoning = (
+            ReasoningTracker(request.reasoning, backend.token_bytes)
+            if request.reasoning is not None
+            else None
+        )
         self._reason: FinishReason = "length"
         self._started = time.monotonic()
         self._last = self._started
@@ -97,8 +106,9 @@ class SequenceState:
             return False
         return self.produced < self.request.max_tokens
 
-    def finish(self, reason: FinishReason | None = None, error: BaseException | None = None
-               ) -> None:
+    def finish(
+        self, reason: FinishReason | None = None, error: BaseException | None = None
+    ) -> None:
         """Flush held text (unless cancelled or failed) and send ``Finished``. Once."""
         if self.done:
             return
@@ -119,10 +129,17 @@ class SequenceState:
             self.metrics.sequences_cancelled += 1
         elif reason == "error":
             self.metrics.sequences_failed += 1
-        self.sink(Finished(reason, len(self.request.prompt_tokens), self.produced,
-                           self.cached_tokens, error,
-                           self._reasoning.tokens if self._reasoning is not None else 0,
-                           self._stops.matched if reason == "stop" else None))
+        self.sink(
+            Finished(
+                reason,
+                len(self.request.prompt_tokens),
+                self.produced,
+                self.cached_tokens,
+                error,
+                self._reasoning.tokens if self._reasoning is not None else 0,
+                self._stops.matched if reason == "stop" else None,
+            )
+        )
 
     def _emit(self, text: str) -> None:
         self.sink(TextDelta(text, tuple(self._pending)))
@@ -130,14 +147,20 @@ class SequenceState:
 
     def _logprob_entry(self, choice: TokenChoice) -> tuple[TokenLogprob, tuple]:
         chosen = _token_logprob(self.backend, choice.token_id, choice.logprob or 0.0)
-        top = tuple(_token_logprob(self.backend, t, lp)
-                    for t, lp in choice.top[: self.request.top_logprobs])
+        top = tuple(
+            _token_logprob(self.backend, t, lp) for t, lp in choice.top[: self.request.top_logprobs]
+        )
         return chosen, top
 
 
-def run_sequence(backend: Backend, request: GenerationRequest,
-                 sink: Callable[[EngineEvent], None], cancel: CancelToken,
-                 metrics: EngineMetrics, between: Callable[[], None] | None = None) -> None:
+def run_sequence(
+    backend: Backend,
+    request: GenerationRequest,
+    sink: Callable[[EngineEvent], None],
+    cancel: CancelToken,
+    metrics: EngineMetrics,
+    between: Callable[[], None] | None = None,
+) -> None:
     """The serial path: generate one sequence to its end on this thread, calling ``between``
     after each token (the engine runs its device calls there)."""
     state = SequenceState(backend, request, sink, metrics)
@@ -157,7 +180,7 @@ def run_sequence(backend: Backend, request: GenerationRequest,
             state.finish("cancelled")
         else:
             state.finish()
-    except Exception as exc:  # noqa: BLE001 - any failure ends this sequence, not the engine
+    except Exception as exc:
         if not isinstance(exc, BridgeError):
             log.exception("backend raised during generation")
         state.finish(error=exc)

@@ -35,13 +35,21 @@ def _tokens(request: Request) -> TokenService:
 
 
 def _response_failed(exc: BridgeError) -> dict[str, Any]:
-    return {"type": "error", "sequence_number": 0, "code": exc.code, "message": exc.message,
-            "param": exc.param}
+    return {
+        "type": "error",
+        "sequence_number": 0,
+        "code": exc.code,
+        "message": exc.message,
+        "param": exc.param,
+    }
 
 
 def _anthropic_error(exc: BridgeError) -> dict[str, Any]:
-    return anthropic_envelope(exc.status_code, exc.to_openai()) if exc.status_code != 500 \
+    return (
+        anthropic_envelope(exc.status_code, exc.to_openai())
+        if exc.status_code != 500
         else error_body(exc.message)
+    )
 
 
 # -- OpenAI Responses ---------------------------------------------------------------------
@@ -71,8 +79,13 @@ async def delete_response(response_id: str, request: Request) -> Any:
 
 
 @router.get("/v1/responses/{response_id}/input_items")
-async def response_input_items(response_id: str, request: Request, order: str = "desc",
-                               limit: int = 20, after: str | None = None) -> Any:
+async def response_input_items(
+    response_id: str,
+    request: Request,
+    order: str = "desc",
+    limit: int = 20,
+    after: str | None = None,
+) -> Any:
     return await _responses(request).input_items(response_id, order, limit, after)
 
 

@@ -13,15 +13,24 @@ from typing import Any
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 PREFIX = "/v1/messages"
-_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
-          404: "not_found_error", 408: "timeout_error", 413: "request_too_large",
-          429: "rate_limit_error", 503: "overloaded_error"}
+_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    408: "timeout_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    503: "overloaded_error",
+}
 
 
 def anthropic_envelope(status: int, openai_body: dict[str, Any]) -> dict[str, Any]:
     err = openai_body.get("error") or {}
-    return {"type": "error", "error": {"type": _TYPES.get(status, "api_error"),
-                                       "message": str(err.get("message", ""))}}
+    return {
+        "type": "error",
+        "error": {"type": _TYPES.get(status, "api_error"), "message": str(err.get("message", ""))},
+    }
 
 
 class AnthropicErrors:
@@ -38,8 +47,7 @@ class AnthropicErrors:
             nonlocal start
             if message["type"] == "http.response.start":
                 types = [v for k, v in message.get("headers", []) if k == b"content-type"]
-                if message["status"] >= 400 and types and types[0].startswith(
-                        b"application/json"):
+                if message["status"] >= 400 and types and types[0].startswith(b"application/json"):
                     start = message
                     return
             elif message["type"] == "http.response.body" and start is not None:
@@ -53,8 +61,7 @@ class AnthropicErrors:
                         raw = json.dumps(anthropic_envelope(start["status"], body)).encode()
                 except ValueError:
                     pass
-                headers = [(k, v) for k, v in start.get("headers", [])
-                           if k != b"content-length"]
+                headers = [(k, v) for k, v in start.get("headers", []) if k != b"content-length"]
                 headers.append((b"content-length", str(len(raw)).encode()))
                 await send({**start, "headers": headers})
                 await send({"type": "http.response.body", "body": raw})

@@ -23,11 +23,17 @@ from .routes import router
 from .security import MAX_BODY_BYTES, BodyLimit, Cors, HostGuard, KeyCheck, OriginPolicy
 
 
-def create_app(service: OpenAIService | ModelRouter, *, cors_origin: str | Iterable[str] | None = (),
-               api_key: str | Iterable[str] | None = None,
-               allowed_hosts: Iterable[str] = (), max_body_bytes: int = MAX_BODY_BYTES,
-               shutdown_grace_s: float = 5.0, body_timeout_s: float | None = None,
-               responses_store: StoreLimits | None = None) -> FastAPI:
+def create_app(
+    service: OpenAIService | ModelRouter,
+    *,
+    cors_origin: str | Iterable[str] | None = (),
+    api_key: str | Iterable[str] | None = None,
+    allowed_hosts: Iterable[str] = (),
+    max_body_bytes: int = MAX_BODY_BYTES,
+    shutdown_grace_s: float = 5.0,
+    body_timeout_s: float | None = None,
+    responses_store: StoreLimits | None = None,
+) -> FastAPI:
     """The app over ``service``. ``app.state.drain`` lets whoever stops the server drain it.
 
     Requests pass, outermost first: metrics, HostGuard (Host and Origin), CORS, DrainGuard,
@@ -49,8 +55,11 @@ def create_app(service: OpenAIService | ModelRouter, *, cors_origin: str | Itera
     # add_middleware wraps what is already there: the last one added sees a request first.
     app.add_middleware(PlainOptions)
     app.add_middleware(HeadAsGet)
-    app.add_middleware(BodyLimit, max_bytes=max_body_bytes,
-                       timeout_s=body_timeout_s or connections.DEFAULT_LIMITS.body_timeout_s)
+    app.add_middleware(
+        BodyLimit,
+        max_bytes=max_body_bytes,
+        timeout_s=body_timeout_s or connections.DEFAULT_LIMITS.body_timeout_s,
+    )
     if keys:
         app.add_middleware(KeyCheck, keys=keys)
     app.add_middleware(DrainGuard, drain=drain)

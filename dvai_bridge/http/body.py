@@ -45,7 +45,8 @@ def _is_json(content_type: str | None) -> bool:
     message["content-type"] = content_type
     subtype = message.get_content_subtype()
     return message.get_content_maintype() == "application" and (
-        subtype == "json" or subtype.endswith("+json"))
+        subtype == "json" or subtype.endswith("+json")
+    )
 
 
 def parse(model: type[M], raw: bytes, content_type: str | None) -> M:
@@ -58,8 +59,9 @@ def parse(model: type[M], raw: bytes, content_type: str | None) -> M:
 
 def _parse(model: type[M], raw: bytes, content_type: str | None) -> M:
     if not raw:
-        raise RequestValidationError([{"type": "missing", "loc": ("body",),
-                                       "msg": "Field required", "input": None}])
+        raise RequestValidationError(
+            [{"type": "missing", "loc": ("body",), "msg": "Field required", "input": None}]
+        )
     if not _is_json(content_type):
         data: Any = raw
     else:
@@ -69,13 +71,23 @@ def _parse(model: type[M], raw: bytes, content_type: str | None) -> M:
             raise InvalidRequest(
                 f"The request body holds {values} JSON values (array items and object "
                 f"members){where}; at most {MAX_JSON_VALUES} are accepted. Send fewer "
-                "prompts, messages or token ids.", param=heaviest)
+                "prompts, messages or token ids.",
+                param=heaviest,
+            )
         try:
             data = json.loads(raw)
         except json.JSONDecodeError as e:
-            raise RequestValidationError([{
-                "type": "json_invalid", "loc": ("body", e.pos), "msg": "JSON decode error",
-                "input": {}, "ctx": {"error": e.msg}}]) from e
+            raise RequestValidationError(
+                [
+                    {
+                        "type": "json_invalid",
+                        "loc": ("body", e.pos),
+                        "msg": "JSON decode error",
+                        "input": {},
+                        "ctx": {"error": e.msg},
+                    }
+                ]
+            ) from e
         except Exception as e:  # undecodable bytes, nesting too deep: errors.py words them
             raise HTTPException(400, "There was an error parsing the body") from e
     try:
@@ -89,7 +101,8 @@ def _parse(model: type[M], raw: bytes, content_type: str | None) -> M:
 async def parsed_body(request: Request, model: type[M]) -> M:
     raw = await request.body()
     return await request.app.state.service.prep.run(
-        parse, model, raw, request.headers.get("content-type"))
+        parse, model, raw, request.headers.get("content-type")
+    )
 
 
 def _inline(schema: Any, defs: dict[str, Any]) -> Any:
@@ -107,5 +120,4 @@ def openapi_body(model: type[BaseModel]) -> dict[str, Any]:
     """``openapi_extra`` documenting ``model`` as the JSON body (its definitions inlined)."""
     schema = model.model_json_schema()
     body = _inline(schema, schema.get("$defs", {}))
-    return {"requestBody": {"required": True,
-                            "content": {"application/json": {"schema": body}}}}
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": body}}}}

@@ -87,23 +87,39 @@ _edge_log = RateLimitedLog(log)
 
 def _envelope_bytes(status: int, reason: str, message: str, code: str) -> bytes:
     """A whole HTTP/1.1 response, for a connection that never produced a request to answer."""
-    body = json.dumps({"error": {"message": message, "type": "invalid_request_error",
-                                 "param": None, "code": code}}).encode()
-    head = (f"HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\n"
-            f"content-length: {len(body)}\r\nconnection: close\r\n\r\n")
+    body = json.dumps(
+        {
+            "error": {
+                "message": message,
+                "type": "invalid_request_error",
+                "param": None,
+                "code": code,
+            }
+        }
+    ).encode()
+    head = (
+        f"HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\n"
+        f"content-length: {len(body)}\r\nconnection: close\r\n\r\n"
+    )
     return head.encode() + body
 
 
 def _busy_app(cap: int, app: Any) -> Any:
     """503 for every route but ``/health``, which stays answerable for monitoring."""
+
     async def busy(scope: Any, receive: Any, send: Any) -> None:
         if scope.get("path") == "/health":
             return await app(scope, receive, send)
         response = envelope(
-            503, f"The server has {cap} connections open, its limit; retry shortly.",
-            "server_error", None, "too_many_connections",
-            {"Retry-After": "1", "Connection": "close"})
+            503,
+            f"The server has {cap} connections open, its limit; retry shortly.",
+            "server_error",
+            None,
+            "too_many_connections",
+            {"Retry-After": "1", "Connection": "close"},
+        )
         await response(scope, receive, send)
+
     return busy
 
 
@@ -119,8 +135,12 @@ class GuardedH11Protocol(H11Protocol):
         self._header_timeout_s = self.limits.header_timeout_s
         super().connection_made(transport)
         if len(self.connections) > self.cap:
-            _edge_log.warning("cap", "%d connections open, over the cap of %d: answering 503",
-                              len(self.connections), self.cap)
+            _edge_log.warning(
+                "cap",
+                "%d connections open, over the cap of %d: answering 503",
+                len(self.connections),
+                self.cap,
+            )
             self.app = _busy_app(self.cap, self.app)
             self._header_timeout_s = min(self.limits.header_timeout_s, BUSY_HEADER_TIMEOUT_S)
         self._rearm()
@@ -146,16 +166,18 @@ class GuardedH11Protocol(H11Protocol):
     def _rearm(self) -> None:
         """One deadline per phase of the request the client still owes us."""
         state = self.conn.their_state
-        waiting_for = "headers" if state is h11.IDLE else "body" if state is h11.SEND_BODY \
-            else None
+        waiting_for = "headers" if state is h11.IDLE else "body" if state is h11.SEND_BODY else None
         if self.transport.is_closing():
             waiting_for = None
         if waiting_for == self._waiting_for:
             return
         self._cancel()
         if waiting_for is not None:
-            delay = self._header_timeout_s if waiting_for == "headers" \
+            delay = (
+                self._header_timeout_s
+                if waiting_for == "headers"
                 else self.limits.body_timeout_s + BODY_GRACE_S
+            )
             self._timer = self.loop.call_later(delay, self._expired)
             self._waiting_for = waiting_for
 
@@ -165,15 +187,23 @@ class GuardedH11Protocol(H11Protocol):
             return
         if waiting_for == "headers":
             if self.conn.trailing_data[0]:  # part of a request came: say why we hang up
-                self.transport.write(_envelope_bytes(
-                    408, "Request Timeout", "The request headers did not arrive within "
-                    f"{self._header_timeout_s:g} s.", "request_timeout"))
+                self.transport.write(
+                    _envelope_bytes(
+                        408,
+                        "Request Timeout",
+                        f"The request headers did not arrive within {self._header_timeout_s:g} s.",
+                        "request_timeout",
+                    )
+                )
             self.transport.close()
             return
         # The body: BodyLimit answers 408 at body_timeout_s; past the grace the app is not
         # reading it (a GET with a body, or a response already going out): hang up.
-        _edge_log.warning("body", "a request body was still arriving %gs after its headers: "
-                          "closing the connection", self.limits.body_timeout_s + BODY_GRACE_S)
+        _edge_log.warning(
+            "body",
+            "a request body was still arriving %gs after its headers: closing the connection",
+            self.limits.body_timeout_s + BODY_GRACE_S,
+        )
         self.transport.close()
 
 
@@ -183,15 +213,22 @@ DEFAULT_LIMITS = EdgeLimits()
 def guarded_h11(limits: EdgeLimits | None = None) -> type[GuardedH11Protocol]:
     """The protocol class to pass as ``uvicorn.Config(http=...)``."""
     limits = limits or DEFAULT_LIMITS
-    return type("GuardedH11Protocol", (GuardedH11Protocol,),
-                {"limits": limits, "cap": limits.connection_cap()})
+    return type(
+        "GuardedH11Protocol",
+        (GuardedH11Protocol,),
+        {"limits": limits, "cap": limits.connection_cap()},
+    )
 
 
 def _on_loop_error(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
     if context.get("message") == _ACCEPT_ERROR:
         soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-        _edge_log.warning("accept", "cannot accept connections: %s (open file limit %d); "
-                          "retrying every second", context.get("exception"), soft)
+        _edge_log.warning(
+            "accept",
+            "cannot accept connections: %s (open file limit %d); retrying every second",
+            context.get("exception"),
+            soft,
+        )
         return
     loop.default_exception_handler(context)
 

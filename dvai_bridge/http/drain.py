@@ -55,8 +55,7 @@ class _Exchange:
             response.headers["Connection"] = "close"
             await response(scope, receive, self._send)
         elif not self.ended:
-            tail = frame(ServiceUnavailable(_ABORTED).to_openai()) + DONE if self.streaming \
-                else b""
+            tail = frame(ServiceUnavailable(_ABORTED).to_openai()) + DONE if self.streaming else b""
             await self._send({"type": "http.response.body", "body": tail, "more_body": False})
 
 

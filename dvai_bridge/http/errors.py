@@ -16,8 +16,14 @@ from ..errors import BridgeError
 log = logging.getLogger(__name__)
 
 
-def envelope(status: int, message: str, type_: str, param: str | None = None,
-             code: str | None = None, headers: dict[str, str] | None = None) -> JSONResponse:
+def envelope(
+    status: int,
+    message: str,
+    type_: str,
+    param: str | None = None,
+    code: str | None = None,
+    headers: dict[str, str] | None = None,
+) -> JSONResponse:
     body = {"error": {"message": message, "type": type_, "param": param, "code": code}}
     return JSONResponse(body, status_code=status, headers=headers)
 
@@ -63,14 +69,14 @@ def _primary(errors: list[dict[str, Any]]) -> tuple[dict[str, Any], int]:
     """
     first = errors[0]
     field = _field_path(tuple(first.get("loc", ())))
-    same = [e for e in errors if _field_path(tuple(e.get("loc", ())))[:len(field)] == field]
+    same = [e for e in errors if _field_path(tuple(e.get("loc", ())))[: len(field)] == field]
     depth = max(len(_field_path(tuple(e.get("loc", ())))) for e in same)
     deepest = [e for e in same if len(_field_path(tuple(e.get("loc", ())))) == depth]
     chosen = [e for e in deepest if not str(e.get("type", "")).endswith("_type")] or deepest
     best = dict(chosen[0])
     msgs = list(dict.fromkeys(str(e.get("msg", "")) for e in chosen))
     if len(msgs) > 1 and all(m.startswith("Input should be ") for m in msgs):
-        best["msg"] = "Input should be " + " or ".join(m[len("Input should be "):] for m in msgs)
+        best["msg"] = "Input should be " + " or ".join(m[len("Input should be ") :] for m in msgs)
     return best, len(errors) - len(same)
 
 
@@ -78,12 +84,17 @@ def _describe(err: dict[str, Any]) -> str:
     where = _loc(tuple(err.get("loc", ())))
     if err.get("type") == "json_invalid":
         ctx = err.get("ctx", {}).get("error", "")
-        return f"The request body is not valid JSON ({ctx})." if ctx else \
-            "The request body is not valid JSON."
+        return (
+            f"The request body is not valid JSON ({ctx})."
+            if ctx
+            else "The request body is not valid JSON."
+        )
     if tuple(err.get("loc", ())) == ("body",):
         if isinstance(err.get("input"), (bytes, str)):
-            return ("The request body must be a JSON object; it was not parsed as JSON "
-                    "(send it with Content-Type: application/json).")
+            return (
+                "The request body must be a JSON object; it was not parsed as JSON "
+                "(send it with Content-Type: application/json)."
+            )
         return "The request body must be a JSON object."
     if err.get("type") == "missing":
         return f"Missing required field '{where}'."
@@ -122,8 +133,10 @@ async def _on_validation(request: Request, exc: Exception) -> JSONResponse:
 def _body_problem(cause: BaseException | None) -> str | None:
     """Why FastAPI could not parse a body, in words (it says only 'error parsing the body')."""
     if isinstance(cause, UnicodeDecodeError):
-        return (f"The request body is not valid UTF-8 ({cause.reason} at byte {cause.start}); "
-                "send JSON encoded as UTF-8.")
+        return (
+            f"The request body is not valid UTF-8 ({cause.reason} at byte {cause.start}); "
+            "send JSON encoded as UTF-8."
+        )
     if isinstance(cause, RecursionError):
         return "The request body is nested too deeply to parse as JSON."
     return None
@@ -136,10 +149,22 @@ async def _on_http(request: Request, exc: Exception) -> JSONResponse:
     if message is not None:
         return envelope(400, message, type_, None, "invalid_request")
     if exc.status_code == 404 and exc.detail == "Not Found":  # no route matched
-        return envelope(404, f"No route {request.method} {request.url.path}. This server "
-                        f"serves: {', '.join(_routes(request))}.", type_, None, "unknown_route")
-    return envelope(exc.status_code, str(exc.detail), type_, None, None,
-                    dict(exc.headers) if exc.headers else None)
+        return envelope(
+            404,
+            f"No route {request.method} {request.url.path}. This server "
+            f"serves: {', '.join(_routes(request))}.",
+            type_,
+            None,
+            "unknown_route",
+        )
+    return envelope(
+        exc.status_code,
+        str(exc.detail),
+        type_,
+        None,
+        None,
+        dict(exc.headers) if exc.headers else None,
+    )
 
 
 def _routes(request: Request) -> list[str]:
@@ -150,8 +175,13 @@ def _routes(request: Request) -> list[str]:
 
 async def _on_unexpected(request: Request, exc: Exception) -> JSONResponse:
     log.exception("unhandled error on %s %s", request.method, request.url.path)
-    return envelope(500, "Internal server error; the server log has the details.",
-                    "internal_error", None, "internal_error")
+    return envelope(
+        500,
+        "Internal server error; the server log has the details.",
+        "internal_error",
+        None,
+        "internal_error",
+    )
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -163,5 +193,10 @@ def install_error_handlers(app: FastAPI) -> None:
 
 
 async def _on_validation_json(request: Request, exc: Exception) -> JSONResponse:
-    return envelope(400, f"The request body is not valid JSON ({exc}).",
-                    "invalid_request_error", None, "invalid_request")
+    return envelope(
+        400,
+        f"The request body is not valid JSON ({exc}).",
+        "invalid_request_error",
+        None,
+        "invalid_request",
+    )

@@ -41,7 +41,7 @@ def measure(raw: bytes, limit: int) -> tuple[int, str | None]:
         return total, None
     depth = np.cumsum(opens.astype(np.int16) - closes.astype(np.int16), dtype=np.int16)
     starts = np.flatnonzero(values & (depth == 1))  # the top-level members, each from its
-    if not len(starts):                             # "{" or "," to the next
+    if not len(starts):  # "{" or "," to the next
         return total, None
     per = np.add.reduceat(values, starts)
     at = int(starts[int(np.argmax(per))]) + 1

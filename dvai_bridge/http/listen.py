@@ -44,8 +44,7 @@ class ListeningSocket(socket.socket):
                 raise
             now = time.monotonic()
             if now - self._failed_at < 0.5:
-                raise BlockingIOError(errno.EAGAIN, "accept paused: out of resources") \
-                    from None
+                raise BlockingIOError(errno.EAGAIN, "accept paused: out of resources") from None
             self._failed_at = now
             raise
 
@@ -64,11 +63,12 @@ def bind_port(host: str, base: int, attempts: int) -> socket.socket:
             sock.close()
             if exc.errno in (errno.EADDRINUSE, errno.EACCES):
                 continue
-            raise ConfigurationInvalid(f"Cannot bind {host}:{port}: {exc}", param="host") \
-                from None
+            raise ConfigurationInvalid(f"Cannot bind {host}:{port}: {exc}", param="host") from None
         sock.set_inheritable(True)
         return sock
     last = base + len(ports) - 1
     raise PortsExhausted(
         f"Every port from {base} to {last} on {host} is busy; free one, or set "
-        "http_base_port / http_max_port_attempts.", param="http_base_port")
+        "http_base_port / http_max_port_attempts.",
+        param="http_base_port",
+    )

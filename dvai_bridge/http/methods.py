@@ -25,8 +25,11 @@ def _methods_of(scope: Scope) -> set[str] | None:
     Each method is tried against the routes (nested routers included) as the router would.
     """
     routes = getattr(getattr(scope.get("app"), "router", None), "routes", ())
-    allowed = {m for m in _PROBED
-               if any(r.matches({**scope, "method": m})[0] is Match.FULL for r in routes)}
+    allowed = {
+        m
+        for m in _PROBED
+        if any(r.matches({**scope, "method": m})[0] is Match.FULL for r in routes)
+    }
     if allowed or any(r.matches(scope)[0] is not Match.NONE for r in routes):
         return allowed
     return None
@@ -62,11 +65,17 @@ class PlainOptions:
         methods = _methods_of(scope)
         response: Response
         if methods is None:
-            response = envelope(404, f"No route {scope['path']!r} on this server.",
-                                "not_found_error", None, "not_found")
+            response = envelope(
+                404,
+                f"No route {scope['path']!r} on this server.",
+                "not_found_error",
+                None,
+                "not_found",
+            )
         else:
             if "GET" in methods:
                 methods.add("HEAD")
-            response = Response(status_code=204,
-                                headers={"Allow": ", ".join(sorted(methods | {"OPTIONS"}))})
+            response = Response(
+                status_code=204, headers={"Allow": ", ".join(sorted(methods | {"OPTIONS"}))}
+            )
         await response(scope, receive, send)

@@ -44,23 +44,31 @@ _ROUTES: dict[tuple[str, str], tuple[str, ...]] = {
     ("post", "/models/unload"): (*_INFERENCE, "404"),
 }
 _OPEN = frozenset({"/health"})  # answered without a key
-_STREAMING = frozenset({("post", "/v1/chat/completions"), ("post", "/v1/completions"),
-                        ("post", "/v1/responses"), ("post", "/v1/messages")})
+_STREAMING = frozenset(
+    {
+        ("post", "/v1/chat/completions"),
+        ("post", "/v1/completions"),
+        ("post", "/v1/responses"),
+        ("post", "/v1/messages"),
+    }
+)
 
 _ENVELOPE_SCHEMA = {
     "title": ENVELOPE,
     "type": "object",
     "required": ["error"],
-    "properties": {"error": {
-        "type": "object",
-        "required": ["message", "type", "param", "code"],
-        "properties": {
-            "message": {"type": "string"},
-            "type": {"type": "string"},
-            "param": {"anyOf": [{"type": "string"}, {"type": "null"}]},
-            "code": {"anyOf": [{"type": "string"}, {"type": "null"}]},
-        },
-    }},
+    "properties": {
+        "error": {
+            "type": "object",
+            "required": ["message", "type", "param", "code"],
+            "properties": {
+                "message": {"type": "string"},
+                "type": {"type": "string"},
+                "param": {"anyOf": [{"type": "string"}, {"type": "null"}]},
+                "code": {"anyOf": [{"type": "string"}, {"type": "null"}]},
+            },
+        }
+    },
 }
 
 _HEALTH_SCHEMA = {
@@ -68,30 +76,51 @@ _HEALTH_SCHEMA = {
     "required": ["status"],
     "properties": {
         "status": {"type": "string", "enum": ["ok", "error"]},
-        "backend": {"type": "string"}, "model": {"type": "string"},
-        "queued": {"type": "integer"}, "running": {"type": "integer"},
+        "backend": {"type": "string"},
+        "model": {"type": "string"},
+        "queued": {"type": "integer"},
+        "running": {"type": "integer"},
         "reason": {"type": "string"},
-        "models": {"type": "array", "items": {  # several models: each one's state
-            "type": "object", "required": ["name", "state"],
-            "properties": {"name": {"type": "string"}, "state": {"type": "string", "enum": [
-                "unloaded", "loading", "loaded", "unloading", "failed"]}}}},
+        "models": {
+            "type": "array",
+            "items": {  # several models: each one's state
+                "type": "object",
+                "required": ["name", "state"],
+                "properties": {
+                    "name": {"type": "string"},
+                    "state": {
+                        "type": "string",
+                        "enum": ["unloaded", "loading", "loaded", "unloading", "failed"],
+                    },
+                },
+            },
+        },
     },
 }
 
 
 ANTHROPIC_ENVELOPE = "AnthropicErrorEnvelope"
 _ANTHROPIC_SCHEMA = {
-    "title": ANTHROPIC_ENVELOPE, "type": "object", "required": ["type", "error"],
-    "properties": {"type": {"type": "string", "enum": ["error"]}, "error": {
-        "type": "object", "required": ["type", "message"],
-        "properties": {"type": {"type": "string"}, "message": {"type": "string"}}}},
+    "title": ANTHROPIC_ENVELOPE,
+    "type": "object",
+    "required": ["type", "error"],
+    "properties": {
+        "type": {"type": "string", "enum": ["error"]},
+        "error": {
+            "type": "object",
+            "required": ["type", "message"],
+            "properties": {"type": {"type": "string"}, "message": {"type": "string"}},
+        },
+    },
 }
 
 
 def _error(status: str, path: str = "") -> dict[str, Any]:
     name = ANTHROPIC_ENVELOPE if path.startswith("/v1/messages") else ENVELOPE
-    return {"description": _WHY[status], "content": {
-        "application/json": {"schema": {"$ref": f"#/components/schemas/{name}"}}}}
+    return {
+        "description": _WHY[status],
+        "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{name}"}}},
+    }
 
 
 def document_statuses(schema: dict[str, Any], *, keys: bool) -> dict[str, Any]:
@@ -103,20 +132,28 @@ def document_statuses(schema: dict[str, Any], *, keys: bool) -> dict[str, Any]:
             responses = op.setdefault("responses", {})
             responses.pop("422", None)
             if path == "/health":
-                responses["200"] = {"description": "Ready", "content": {
-                    "application/json": {"schema": _HEALTH_SCHEMA}}}
-                responses["503"] = {"description": "Not ready: the engine failed or the "
-                                    "server is stopping", "content": {
-                                        "application/json": {"schema": _HEALTH_SCHEMA}}}
+                responses["200"] = {
+                    "description": "Ready",
+                    "content": {"application/json": {"schema": _HEALTH_SCHEMA}},
+                }
+                responses["503"] = {
+                    "description": "Not ready: the engine failed or the server is stopping",
+                    "content": {"application/json": {"schema": _HEALTH_SCHEMA}},
+                }
                 responses["403"] = _error("403")
                 continue
             if (method, path) in _STREAMING:  # "stream": true answers server-sent events
                 ok = responses.setdefault("200", {"description": "Successful Response"})
-                ok.setdefault("content", {}).setdefault("text/event-stream", {
-                    "schema": {"description": "each event's data: a chunk object (or an "
-                               "error envelope), then the string [DONE]"}})
-            statuses = _ROUTES.get((method, path),
-                                   _INFERENCE if method == "post" else _READ)
+                ok.setdefault("content", {}).setdefault(
+                    "text/event-stream",
+                    {
+                        "schema": {
+                            "description": "each event's data: a chunk object (or an "
+                            "error envelope), then the string [DONE]"
+                        }
+                    },
+                )
+            statuses = _ROUTES.get((method, path), _INFERENCE if method == "post" else _READ)
             for status in statuses:
                 responses.setdefault(status, _error(status, path))
             if keys and path not in _OPEN:
@@ -128,10 +165,12 @@ def document_statuses(schema: dict[str, Any], *, keys: bool) -> dict[str, Any]:
 
 def install_openapi(app: FastAPI, *, keys: bool) -> None:
     """Serve the corrected schema at ``/openapi.json`` (built once, on first use)."""
+
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
-            app.openapi_schema = document_statuses(get_openapi(
-                title=app.title, version=app.version, routes=app.routes), keys=keys)
+            app.openapi_schema = document_statuses(
+                get_openapi(title=app.title, version=app.version, routes=app.routes), keys=keys
+            )
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]

@@ -78,8 +78,12 @@ class SecurityOptions:
         return cls(keys, tuple(hosts), config.cors_origin, config.max_body_mb << 20)
 
     def app_options(self) -> dict[str, Any]:
-        return {"api_key": self.api_keys, "allowed_hosts": self.allowed_hosts,
-                "cors_origin": self.cors_origin, "max_body_bytes": self.max_body_bytes}
+        return {
+            "api_key": self.api_keys,
+            "allowed_hosts": self.allowed_hosts,
+            "cors_origin": self.cors_origin,
+            "max_body_bytes": self.max_body_bytes,
+        }
 
 
 # Pages served from this machine's loopback names, any port: what the server allows by default.
@@ -109,8 +113,11 @@ class OriginPolicy:
 
     def allows(self, origin: str) -> bool:
         key = _origin_key(origin)
-        return self.any_origin or key in self.origins or (
-            self.loopback and _LOOPBACK_ORIGIN.fullmatch(key) is not None)
+        return (
+            self.any_origin
+            or key in self.origins
+            or (self.loopback and _LOOPBACK_ORIGIN.fullmatch(key) is not None)
+        )
 
     @property
     def open(self) -> bool:
@@ -122,8 +129,7 @@ def _origin_key(origin: str) -> str:
     return origin.strip().rstrip("/").lower()
 
 
-def load_api_keys(api_key: str | Iterable[str] | None, api_key_file: str | None
-                  ) -> frozenset[str]:
+def load_api_keys(api_key: str | Iterable[str] | None, api_key_file: str | None) -> frozenset[str]:
     """Keys from the option (one or several) and from a file of one key per line."""
     given = [api_key] if isinstance(api_key, str) else list(api_key or ())
     keys = {k.strip() for k in given if k and k.strip()}
@@ -132,13 +138,15 @@ def load_api_keys(api_key: str | Iterable[str] | None, api_key_file: str | None
         try:
             lines = path.read_text(encoding="utf-8").splitlines()
         except (OSError, UnicodeDecodeError) as exc:
-            raise ConfigurationInvalid(f"Cannot read the API key file {path}: {exc}",
-                                       param="api_key_file") from None
+            raise ConfigurationInvalid(
+                f"Cannot read the API key file {path}: {exc}", param="api_key_file"
+            ) from None
         _warn_if_shared(path)
         from_file = {ln.strip() for ln in lines if ln.strip() and not ln.lstrip().startswith("#")}
         if not from_file:
-            raise ConfigurationInvalid(f"The API key file {path} holds no key.",
-                                       param="api_key_file")
+            raise ConfigurationInvalid(
+                f"The API key file {path} holds no key.", param="api_key_file"
+            )
         keys |= from_file
     return frozenset(keys)
 
@@ -150,8 +158,13 @@ def _warn_if_shared(path: Path) -> None:
     except OSError:
         return
     if os.name == "posix" and mode & 0o077:
-        log.warning("the API key file %s can be read or written by other users (mode %s); "
-                    "run: chmod 600 %s", path, oct(mode & 0o777), path)
+        log.warning(
+            "the API key file %s can be read or written by other users (mode %s); "
+            "run: chmod 600 %s",
+            path,
+            oct(mode & 0o777),
+            path,
+        )
 
 
 def is_loopback(host: str) -> bool:
@@ -175,8 +188,9 @@ def warn_if_exposed(host: str, keys: frozenset[str]) -> None:
         "\n" + "!" * 78 + "\n"
         "!! dvai-bridge is listening on %s, which is NOT a loopback address, and no API key\n"
         "!! is set: anyone who can reach this machine on the network can use the model.\n"
-        "!! Set --api-key / api_key (or DVAI_BRIDGE_API_KEY), or bind 127.0.0.1.\n"
-        + "!" * 78, host)
+        "!! Set --api-key / api_key (or DVAI_BRIDGE_API_KEY), or bind 127.0.0.1.\n" + "!" * 78,
+        host,
+    )
 
 
 def _normalize(host: str) -> str:
@@ -184,7 +198,7 @@ def _normalize(host: str) -> str:
     h = host.strip().lower()
     if h.startswith("["):
         end = h.find("]")
-        port = h[end + 1:] if end > 0 else "?"
+        port = h[end + 1 :] if end > 0 else "?"
         if port and not (port[0] == ":" and port[1:].isdigit()):
             return h  # malformed: matches nothing
         h = h[1:end]
@@ -196,19 +210,26 @@ def _normalize(host: str) -> str:
 
 
 # -- middleware ------------------------------------------------------------------------------
-async def _refuse(exc: RequestError, scope: Scope, receive: Receive, send: Send,
-                  headers: dict[str, str] | None = None) -> None:
+async def _refuse(
+    exc: RequestError,
+    scope: Scope,
+    receive: Receive,
+    send: Send,
+    headers: dict[str, str] | None = None,
+) -> None:
     response = error_response(exc)
     if headers:
         response.headers.update(headers)
     await response(scope, receive, send)
 
 
-async def _refuse_envelope(status: int, message: str, code: str, scope: Scope,
-                           receive: Receive, send: Send) -> None:
+async def _refuse_envelope(
+    status: int, message: str, code: str, scope: Scope, receive: Receive, send: Send
+) -> None:
     """For refusals no ``BridgeError`` class stands for; the connection is closed after."""
-    await envelope(status, message, "invalid_request_error", None, code,
-                   {"Connection": "close"})(scope, receive, send)
+    await envelope(status, message, "invalid_request_error", None, code, {"Connection": "close"})(
+        scope, receive, send
+    )
 
 
 class HostGuard:
@@ -220,8 +241,13 @@ class HostGuard:
     the CORS policy does not allow is refused before the request does anything.
     """
 
-    def __init__(self, app: ASGIApp, *, allowed_hosts: Iterable[str] = (),
-                 origins: OriginPolicy | None = None) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        allowed_hosts: Iterable[str] = (),
+        origins: OriginPolicy | None = None,
+    ) -> None:
         self.app = app
         names = {_normalize(h) for h in allowed_hosts}
         self.any_host = "*" in names
@@ -249,19 +275,32 @@ class HostGuard:
         headers = Headers(scope=scope)
         host = headers.get("host")
         if not self.host_allowed(host):
-            log.warning("refused a request for Host %r (not a loopback name or allowed host)",
-                        host)
-            return await _refuse(HostNotAllowed(
-                f"Host {host!r} is not served here. This server answers loopback names "
-                "(127.0.0.1, localhost, [::1]) and its allowed_hosts; this guards against "
-                "DNS rebinding. Add the name to allowed_hosts (--allowed-host) if you meant it.",
-                param="host"), scope, receive, send)
+            log.warning("refused a request for Host %r (not a loopback name or allowed host)", host)
+            return await _refuse(
+                HostNotAllowed(
+                    f"Host {host!r} is not served here. This server answers loopback names "
+                    "(127.0.0.1, localhost, [::1]) and its allowed_hosts; this guards against "
+                    "DNS rebinding. Add the name to allowed_hosts (--allowed-host) if you "
+                    "meant it.",
+                    param="host",
+                ),
+                scope,
+                receive,
+                send,
+            )
         origin = headers.get("origin")
         if not self.origin_allowed(origin):
             log.warning("refused a request from Origin %r (not allowed by cors_origin)", origin)
-            return await _refuse(OriginNotAllowed(
-                f"Origin {origin!r} may not use this server; allow it with cors_origin "
-                "(--cors-origin).", param="origin"), scope, receive, send)
+            return await _refuse(
+                OriginNotAllowed(
+                    f"Origin {origin!r} may not use this server; allow it with cors_origin "
+                    "(--cors-origin).",
+                    param="origin",
+                ),
+                scope,
+                receive,
+                send,
+            )
         await self.app(scope, receive, send)
 
 
@@ -275,11 +314,15 @@ class Cors(CORSMiddleware):
     """
 
     def __init__(self, app: ASGIApp, *, origins: OriginPolicy) -> None:
-        super().__init__(app, allow_origins=["*"] if origins.any_origin else sorted(
-                             origins.origins),
-                         allow_origin_regex=LOOPBACK_ORIGIN_REGEX if origins.loopback else None,
-                         allow_methods=["*"], allow_headers=["*"],
-                         allow_private_network=True, max_age=3600)
+        super().__init__(
+            app,
+            allow_origins=["*"] if origins.any_origin else sorted(origins.origins),
+            allow_origin_regex=LOOPBACK_ORIGIN_REGEX if origins.loopback else None,
+            allow_methods=["*"],
+            allow_headers=["*"],
+            allow_private_network=True,
+            max_age=3600,
+        )
         self.policy = origins
 
     def is_allowed_origin(self, origin: str) -> bool:
@@ -287,15 +330,22 @@ class Cors(CORSMiddleware):
 
     def preflight_response(self, request_headers: Headers) -> Response:
         response = super().preflight_response(request_headers)
-        headers = {k: v for k, v in response.headers.items()
-                   if k not in ("content-length", "content-type")}
+        headers = {
+            k: v for k, v in response.headers.items() if k not in ("content-length", "content-type")
+        }
         if response.status_code == 200:
             return Response(status_code=204, headers=headers)
         why = bytes(response.body).decode()
-        out = error_response(Forbidden(f"{why} (preflight for {request_headers['origin']!r}).",
-                                       param="origin", code="cors_preflight_refused"))
-        out.headers.update({k: v for k, v in headers.items()
-                            if not k.startswith("access-control-allow")})
+        out = error_response(
+            Forbidden(
+                f"{why} (preflight for {request_headers['origin']!r}).",
+                param="origin",
+                code="cors_preflight_refused",
+            )
+        )
+        out.headers.update(
+            {k: v for k, v in headers.items() if not k.startswith("access-control-allow")}
+        )
         return out
 
 
@@ -323,14 +373,17 @@ class KeyCheck:
         return ok and scheme.lower() == "bearer"
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] == "OPTIONS" or \
-                scope["path"] in OPEN_PATHS:
+        if scope["type"] != "http" or scope["method"] == "OPTIONS" or scope["path"] in OPEN_PATHS:
             return await self.app(scope, receive, send)
         headers = Headers(scope=scope)
         if not self.authorized(headers.get("authorization"), headers.get("x-api-key")):
-            return await _refuse(Unauthorized(
-                "Missing or wrong API key (send Authorization: Bearer <key>)."),
-                scope, receive, send, {"WWW-Authenticate": "Bearer"})
+            return await _refuse(
+                Unauthorized("Missing or wrong API key (send Authorization: Bearer <key>)."),
+                scope,
+                receive,
+                send,
+                {"WWW-Authenticate": "Bearer"},
+            )
         await self.app(scope, receive, send)
 
 
@@ -343,8 +396,9 @@ class BodyLimit:
     body, ``receive`` passes through (the routes watch it for the client's disconnect).
     """
 
-    def __init__(self, app: ASGIApp, *, max_bytes: int = MAX_BODY_BYTES,
-                 timeout_s: float = BODY_TIMEOUT_S) -> None:
+    def __init__(
+        self, app: ASGIApp, *, max_bytes: int = MAX_BODY_BYTES, timeout_s: float = BODY_TIMEOUT_S
+    ) -> None:
         self.app = app
         self.max_bytes = max_bytes
         self.timeout_s = timeout_s
@@ -352,41 +406,55 @@ class BodyLimit:
     def _too_large(self) -> PayloadTooLarge:
         return PayloadTooLarge(
             f"The request body is larger than this server's limit of "
-            f"{self.max_bytes:,} bytes ({self.max_bytes / (1 << 20):g} MiB).")
+            f"{self.max_bytes:,} bytes ({self.max_bytes / (1 << 20):g} MiB)."
+        )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] not in _BODY_METHODS:
             return await self.app(scope, receive, send)
         length = Headers(scope=scope).get("content-length")
         if length is not None and length.isdigit() and int(length) > self.max_bytes:
-            return await _refuse(self._too_large(), scope, receive, send,
-                                 {"Connection": "close"})
+            return await _refuse(self._too_large(), scope, receive, send, {"Connection": "close"})
         chunks: list[bytes] = []
         size = 0
         deadline = asyncio.get_running_loop().time() + self.timeout_s
         while True:
             try:
                 message = await asyncio.wait_for(
-                    receive(), deadline - asyncio.get_running_loop().time())
-            except asyncio.TimeoutError:
+                    receive(), deadline - asyncio.get_running_loop().time()
+                )
+            except TimeoutError:
                 return await _refuse_envelope(
-                    408, f"The request body did not arrive within {self.timeout_s:g} s.",
-                    "request_timeout", scope, receive, send)
+                    408,
+                    f"The request body did not arrive within {self.timeout_s:g} s.",
+                    "request_timeout",
+                    scope,
+                    receive,
+                    send,
+                )
             if message["type"] != "http.request":  # the client left before the body ended
                 return
             body = message.get("body", b"")
             size += len(body)
             if size > self.max_bytes:
-                return await _refuse(self._too_large(), scope, receive, send,
-                                     {"Connection": "close"})
+                return await _refuse(
+                    self._too_large(), scope, receive, send, {"Connection": "close"}
+                )
             chunks.append(body)
             if not message.get("more_body", False):
                 break
         encoding = json.detect_encoding(b"".join(chunks[:4])[:4]) if size else "utf-8"
         if encoding not in ("utf-8", "utf-8-sig"):
-            return await _refuse(InvalidRequest(
-                f"The request body is encoded as {encoding.upper()}; send JSON encoded as "
-                "UTF-8.", code="invalid_request"), scope, receive, send)
+            return await _refuse(
+                InvalidRequest(
+                    f"The request body is encoded as {encoding.upper()}; send JSON encoded as "
+                    "UTF-8.",
+                    code="invalid_request",
+                ),
+                scope,
+                receive,
+                send,
+            )
         replayed = False
 
         async def replay() -> Message:

@@ -17,8 +17,9 @@ DONE = b"data: [DONE]\n\n"
 
 
 def frame(body: dict[str, Any]) -> bytes:
-    return b"data: " + json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode() + \
-        b"\n\n"
+    return (
+        b"data: " + json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode() + b"\n\n"
+    )
 
 
 async def _frames(chunks: AsyncIterator[dict[str, Any]]) -> AsyncIterator[bytes]:
@@ -51,9 +52,9 @@ def named_frame(body: dict[str, Any]) -> bytes:
     return f"event: {body['type']}\n".encode() + frame(body)
 
 
-async def _named_frames(events: AsyncIterator[dict[str, Any]],
-                        on_error: Callable[[BridgeError], dict[str, Any]]
-                        ) -> AsyncIterator[bytes]:
+async def _named_frames(
+    events: AsyncIterator[dict[str, Any]], on_error: Callable[[BridgeError], dict[str, Any]]
+) -> AsyncIterator[bytes]:
     try:
         async for event in events:
             yield named_frame(event)
@@ -68,9 +69,12 @@ async def _named_frames(events: AsyncIterator[dict[str, Any]],
             await aclose()
 
 
-def event_response(events: AsyncIterator[dict[str, Any]],
-                   on_error: Callable[[BridgeError], dict[str, Any]]) -> StreamingResponse:
+def event_response(
+    events: AsyncIterator[dict[str, Any]], on_error: Callable[[BridgeError], dict[str, Any]]
+) -> StreamingResponse:
     """Named events, no ``[DONE]``; a failure is the event ``on_error`` makes of it."""
     return StreamingResponse(
-        _named_frames(events, on_error), media_type="text/event-stream",
-        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        _named_frames(events, on_error),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )

@@ -17,8 +17,19 @@ from __future__ import annotations
 from typing import Any
 
 _MAPS = ("properties", "patternProperties", "$defs", "definitions", "dependentSchemas")
-_ONE = ("items", "additionalProperties", "not", "if", "then", "else", "contains",
-        "propertyNames", "unevaluatedItems", "unevaluatedProperties", "additionalItems")
+_ONE = (
+    "items",
+    "additionalProperties",
+    "not",
+    "if",
+    "then",
+    "else",
+    "contains",
+    "propertyNames",
+    "unevaluatedItems",
+    "unevaluatedProperties",
+    "additionalItems",
+)
 _LISTS = ("anyOf", "oneOf", "allOf", "prefixItems", "items")
 
 
@@ -41,8 +52,9 @@ def rebased(schema: Any, pointer: str) -> Any:
 
 def _is_object(schema: dict[str, Any]) -> bool:
     kind = schema.get("type")
-    return kind == "object" or (isinstance(kind, list) and "object" in kind) \
-        or "properties" in schema
+    return (
+        kind == "object" or (isinstance(kind, list) and "object" in kind) or "properties" in schema
+    )
 
 
 def closed(schema: Any, *, in_all_of: bool = False) -> Any:
@@ -59,8 +71,17 @@ def closed(schema: Any, *, in_all_of: bool = False) -> Any:
     for key in _LISTS:
         if isinstance(out.get(key), list):
             out[key] = [closed(v, in_all_of=key == "allOf") for v in out[key]]
-    if _is_object(out) and not in_all_of and not {
-            "additionalProperties", "patternProperties", "unevaluatedProperties",
-            "allOf", "$ref"} & out.keys():
+    if (
+        _is_object(out)
+        and not in_all_of
+        and not {
+            "additionalProperties",
+            "patternProperties",
+            "unevaluatedProperties",
+            "allOf",
+            "$ref",
+        }
+        & out.keys()
+    ):
         out["additionalProperties"] = False
     return out

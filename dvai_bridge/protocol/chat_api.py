@@ -21,8 +21,9 @@ class ChatAPI(Protocol):
 
     async def chat_stream(self, req: ChatCompletionRequest) -> AsyncIterator[dict[str, Any]]: ...
 
-    async def open_chat_stream(self, req: ChatCompletionRequest
-                               ) -> tuple[int, AsyncIterator[dict[str, Any]]]: ...
+    async def open_chat_stream(
+        self, req: ChatCompletionRequest
+    ) -> tuple[int, AsyncIterator[dict[str, Any]]]: ...
 
     async def chat_prompt(self, req: ChatCompletionRequest) -> tuple[int, ...]: ...
 
@@ -30,7 +31,6 @@ class ChatAPI(Protocol):
         """The name answers carry for a request naming ``name``."""
         ...
 
-    async def run_on(self, name: str | None,
-                     call: Callable[[OpenAIService], Awaitable[T]]) -> T:
+    async def run_on(self, name: str | None, call: Callable[[OpenAIService], Awaitable[T]]) -> T:
         """``call`` with the one-model service that serves ``name`` (kept loaded meanwhile)."""
         ...

@@ -33,7 +33,9 @@ def unavailable(backend: Backend) -> BridgeError:
         f"The model {backend.model_id!r} on the {backend.name} backend is a chat model and "
         "serves no embeddings. Start the bridge with backend='llama' and embedding_mode=True, "
         "or on the mlx backend set embedding_model (for example all-MiniLM-L6-v2), to use "
-        "/v1/embeddings.", param="model")
+        "/v1/embeddings.",
+        param="model",
+    )
 
 
 def split_inputs(req: EmbeddingRequest) -> list[str | list[int]]:
@@ -48,13 +50,16 @@ def split_inputs(req: EmbeddingRequest) -> list[str | list[int]]:
     else:
         items = list(raw)
     if len(items) > MAX_INPUTS:
-        raise InvalidRequest(f"input holds {len(items)} items; at most {MAX_INPUTS} are "
-                             "accepted per request.", param="input")
+        raise InvalidRequest(
+            f"input holds {len(items)} items; at most {MAX_INPUTS} are accepted per request.",
+            param="input",
+        )
     for i, item in enumerate(items):
         if not item:
             where = "input" if len(items) == 1 else f"input[{i}]"
-            raise InvalidRequest(f"{where} is empty; every input needs at least one token.",
-                                 param="input")
+            raise InvalidRequest(
+                f"{where} is empty; every input needs at least one token.", param="input"
+            )
     return items
 
 
@@ -63,13 +68,17 @@ def _dimensions(req: EmbeddingRequest, embedder: Embedder) -> int:
     if want is None or want == embedder.dimensions:
         return embedder.dimensions
     if want > embedder.dimensions:
-        raise InvalidRequest(f"dimensions {want} is more than this model's "
-                             f"{embedder.dimensions}.", param="dimensions")
+        raise InvalidRequest(
+            f"dimensions {want} is more than this model's {embedder.dimensions}.",
+            param="dimensions",
+        )
     if not embedder.truncatable:
         raise InvalidRequest(
             f"{embedder.model_id} makes {embedder.dimensions}-dimensional vectors and was not "
             "trained to be shortened (Matryoshka), so dimensions must be "
-            f"{embedder.dimensions} or left out.", param="dimensions")
+            f"{embedder.dimensions} or left out.",
+            param="dimensions",
+        )
     return want
 
 
@@ -80,14 +89,19 @@ def _tokens(embedder: Embedder, items: list[str | list[int]]) -> list[list[int]]
             tokens = embedder.tokenize(item)
         else:
             if any(not 0 <= t < embedder.vocab_size for t in item):
-                raise InvalidRequest(f"input[{i}] holds token ids outside the vocabulary "
-                                     f"(0..{embedder.vocab_size - 1}).", param="input")
+                raise InvalidRequest(
+                    f"input[{i}] holds token ids outside the vocabulary "
+                    f"(0..{embedder.vocab_size - 1}).",
+                    param="input",
+                )
             tokens = embedder.frame(item)
         if len(tokens) > embedder.max_tokens:
             where = "input" if len(items) == 1 else f"input[{i}]"
             raise ContextLengthExceeded(
                 f"{where} is {len(tokens)} tokens; {embedder.model_id} embeds at most "
-                f"{embedder.max_tokens}. Split the text.", param="input")
+                f"{embedder.max_tokens}. Split the text.",
+                param="input",
+            )
         out.append(tokens)
     return out
 
@@ -98,9 +112,11 @@ def _encode(vector: np.ndarray, fmt: str) -> list[float] | str:
     return vector.tolist()
 
 
-async def create_embeddings(embedder: Embedder, req: EmbeddingRequest,
-                            on_device: Callable[[Callable[[], Any]], Awaitable[Any]]
-                            ) -> dict[str, Any]:
+async def create_embeddings(
+    embedder: Embedder,
+    req: EmbeddingRequest,
+    on_device: Callable[[Callable[[], Any]], Awaitable[Any]],
+) -> dict[str, Any]:
     """``on_device`` runs the model on the thread that owns the device (the engine's)."""
     items = split_inputs(req)
     dims = _dimensions(req, embedder)
@@ -111,8 +127,10 @@ async def create_embeddings(embedder: Embedder, req: EmbeddingRequest,
     used = sum(len(t) for t in batch)
     return {
         "object": "list",
-        "data": [{"object": "embedding", "index": i, "embedding": _encode(v, req.encoding_format)}
-                 for i, v in enumerate(vectors)],
+        "data": [
+            {"object": "embedding", "index": i, "embedding": _encode(v, req.encoding_format)}
+            for i, v in enumerate(vectors)
+        ],
         "model": embedder.model_id,
         "usage": {"prompt_tokens": used, "total_tokens": used},
     }

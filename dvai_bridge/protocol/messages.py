@@ -8,7 +8,9 @@ from ..errors import InvalidRequest
 from .schema import ChatMessage, TextPart
 
 
-def normalize_messages(messages: list[ChatMessage], *, vision: bool = False) -> list[dict[str, Any]]:
+def normalize_messages(
+    messages: list[ChatMessage], *, vision: bool = False
+) -> list[dict[str, Any]]:
     """Plain ``{"role", "content"}`` dicts: text parts joined, ``developer`` read as ``system``.
 
     A non-text part on a text-only model is refused, naming the part.
@@ -30,8 +32,9 @@ def normalize_messages(messages: list[ChatMessage], *, vision: bool = False) -> 
             content = "\n".join(texts)
         if content is None and not msg.tool_calls:
             if msg.role != "assistant":
-                raise InvalidRequest(f"messages[{i}] ({msg.role}) has no content.",
-                                     param=f"messages[{i}].content")
+                raise InvalidRequest(
+                    f"messages[{i}] ({msg.role}) has no content.", param=f"messages[{i}].content"
+                )
             content = ""
         role = "system" if msg.role == "developer" else msg.role
         item: dict[str, Any] = {"role": role, "content": content or ""}

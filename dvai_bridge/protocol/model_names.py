@@ -20,8 +20,14 @@ DEFAULT = "default"  # always means "the served model", strict or not
 
 
 class ModelNames:
-    def __init__(self, chat_id: str, *, aliases: Sequence[str] = (),
-                 embedder_id: str | None = None, strict: bool = False) -> None:
+    def __init__(
+        self,
+        chat_id: str,
+        *,
+        aliases: Sequence[str] = (),
+        embedder_id: str | None = None,
+        strict: bool = False,
+    ) -> None:
         self.chat_id = chat_id
         self.aliases = [a for a in dict.fromkeys(aliases) if a and a != chat_id]
         self.embedder_id = embedder_id
@@ -41,7 +47,9 @@ class ModelNames:
             raise ModelNotFound(
                 f"The model {name!r} does not exist here; this server serves "
                 f"{self._names(self.chat_id, *self.aliases)} (started with "
-                "--strict-model-names).", param="model")
+                "--strict-model-names).",
+                param="model",
+            )
 
     def check_embedding(self, name: str | None) -> None:
         """Raise ``ModelNotFound`` unless ``name`` may select the embedding model (on a server
@@ -50,7 +58,9 @@ class ModelNames:
         if self.strict and name and name not in known:
             raise ModelNotFound(
                 f"The model {name!r} does not exist here; this server embeds with "
-                f"{self.embedder_id!r}.", param="model")
+                f"{self.embedder_id!r}.",
+                param="model",
+            )
 
     def entry(self, model_id: str) -> dict[str, Any]:
         """``GET /v1/models/{id}``: a listed id or ``default``; anything else is a 404 (a
@@ -59,16 +69,23 @@ class ModelNames:
         if model_id == DEFAULT:
             model_id = self.chat_id
         if model_id not in self.listed():
-            raise ModelNotFound(f"The model {model_id!r} does not exist here; this server lists "
-                                f"{self._names(*self.listed())}.", param="model")
+            raise ModelNotFound(
+                f"The model {model_id!r} does not exist here; this server lists "
+                f"{self._names(*self.listed())}.",
+                param="model",
+            )
         return self._entry(model_id)
 
     def listing(self) -> dict[str, Any]:
         return {"object": "list", "data": [self._entry(i) for i in self.listed()]}
 
     def _entry(self, model_id: str) -> dict[str, Any]:
-        return {"id": model_id, "object": "model", "created": self.created,
-                "owned_by": "dvai-bridge"}
+        return {
+            "id": model_id,
+            "object": "model",
+            "created": self.created,
+            "owned_by": "dvai-bridge",
+        }
 
     @staticmethod
     def _names(*names: str) -> str:
@@ -81,8 +98,9 @@ class ModelCatalog:
     above holds (any name is served by it unless ``strict``); with several, an unknown name is
     a 404 listing the names."""
 
-    def __init__(self, models: Sequence[tuple[str, Sequence[str]]], *,
-                 strict: bool = False) -> None:
+    def __init__(
+        self, models: Sequence[tuple[str, Sequence[str]]], *, strict: bool = False
+    ) -> None:
         self.names = {name: name for name, _ in models}
         for name, aliases in models:
             self.names.update({a: name for a in aliases if a})
@@ -98,18 +116,28 @@ class ModelCatalog:
             return self.order[0]  # the first configured model is the default one
         if len(self.order) == 1 and (not self.strict or not name or name == DEFAULT):
             return self.order[0]
-        raise ModelNotFound(f"The model {name!r} does not exist here; this server serves "
-                            f"{ModelNames._names(*self.names)}.", param=param)
+        raise ModelNotFound(
+            f"The model {name!r} does not exist here; this server serves "
+            f"{ModelNames._names(*self.names)}.",
+            param=param,
+        )
 
     def listed(self) -> list[str]:
         return list(self.names)
 
     def entry(self, model_id: str, status: dict[str, Any] | None = None) -> dict[str, Any]:
         if model_id not in self.names:
-            raise ModelNotFound(f"The model {model_id!r} does not exist here; this server lists "
-                                f"{ModelNames._names(*self.names)}.", param="model")
-        body = {"id": model_id, "object": "model", "created": self.created,
-                "owned_by": "dvai-bridge"}
+            raise ModelNotFound(
+                f"The model {model_id!r} does not exist here; this server lists "
+                f"{ModelNames._names(*self.names)}.",
+                param="model",
+            )
+        body = {
+            "id": model_id,
+            "object": "model",
+            "created": self.created,
+            "owned_by": "dvai-bridge",
+        }
         if status is not None:
             body["status"] = status
         return body

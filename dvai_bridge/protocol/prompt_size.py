@@ -28,8 +28,7 @@ class PromptBound:
         with self._lock:
             if self._longest is None:
                 vocab = int(getattr(self._backend, "vocab_size", 0) or 0)
-                longest = max((len(self._backend.token_bytes(t)) for t in range(vocab)),
-                              default=0)
+                longest = max((len(self._backend.token_bytes(t)) for t in range(vocab)), default=0)
                 # No vocabulary to measure (the fake): assume the longest tokens seen in
                 # practice, so the bound still holds for byte-level vocabularies.
                 self._longest = longest + 4 if vocab else 256  # + a decoded leading space
@@ -44,4 +43,5 @@ class PromptBound:
             raise ContextLengthExceeded(
                 f"This model's maximum context length is {context} tokens; the prompt is "
                 f"{size} bytes, which is at least {-(-size // longest)} tokens. Shorten it.",
-                param=param)
+                param=param,
+            )

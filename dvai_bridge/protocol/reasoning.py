@@ -39,26 +39,48 @@ class ReasoningFormat:
 
 
 THINK = ReasoningFormat(
-    "think", "<think>", "</think>",
-    {CONTENT: (("<think>", REASONING), ("</think>", CONTENT)),
-     REASONING: (("</think>", CONTENT), ("<think>", REASONING))},
-    close_text="</think>\n\n", off_text="<think>\n\n</think>\n\n")
+    "think",
+    "<think>",
+    "</think>",
+    {
+        CONTENT: (("<think>", REASONING), ("</think>", CONTENT)),
+        REASONING: (("</think>", CONTENT), ("<think>", REASONING)),
+    },
+    close_text="</think>\n\n",
+    off_text="<think>\n\n</think>\n\n",
+)
 
 MISTRAL = ReasoningFormat(
-    "mistral", "[THINK]", "[/THINK]",
-    {CONTENT: (("[THINK]", REASONING), ("[/THINK]", CONTENT)),
-     REASONING: (("[/THINK]", CONTENT), ("[THINK]", REASONING))},
-    close_text="[/THINK]", off_text="[THINK][/THINK]")
+    "mistral",
+    "[THINK]",
+    "[/THINK]",
+    {
+        CONTENT: (("[THINK]", REASONING), ("[/THINK]", CONTENT)),
+        REASONING: (("[/THINK]", CONTENT), ("[THINK]", REASONING)),
+    },
+    close_text="[/THINK]",
+    off_text="[THINK][/THINK]",
+)
 
 _ANALYSIS = "<|channel|>analysis<|message|>"
 _FINAL = "<|channel|>final<|message|>"
 HARMONY = ReasoningFormat(
-    "harmony", _ANALYSIS, "<|end|>",
-    {CONTENT: ((_ANALYSIS, REASONING), (_FINAL, CONTENT), ("<|start|>assistant", CONTENT),
-               ("<|return|>", CONTENT), ("<|end|>", CONTENT)),
-     REASONING: (("<|end|>", CONTENT), (_ANALYSIS, REASONING))},
+    "harmony",
+    _ANALYSIS,
+    "<|end|>",
+    {
+        CONTENT: (
+            (_ANALYSIS, REASONING),
+            (_FINAL, CONTENT),
+            ("<|start|>assistant", CONTENT),
+            ("<|return|>", CONTENT),
+            ("<|end|>", CONTENT),
+        ),
+        REASONING: (("<|end|>", CONTENT), (_ANALYSIS, REASONING)),
+    },
     close_text=f"<|end|><|start|>assistant{_FINAL}",
-    off_text=f"{_ANALYSIS}<|end|><|start|>assistant{_FINAL}")
+    off_text=f"{_ANALYSIS}<|end|><|start|>assistant{_FINAL}",
+)
 
 FORMATS = (THINK, MISTRAL, HARMONY)
 
@@ -79,9 +101,11 @@ def detect_format(template_source: str | None) -> ReasoningFormat | None:
 def detect_from_vocabulary(single_token: Callable[[str], bool]) -> ReasoningFormat | None:
     """The reasoning format whose markers the vocabulary holds as single tokens (a model whose
     template does not show them): ``single_token(text)`` says whether ``text`` is one token."""
-    for fmt, markers in ((HARMONY, ("<|channel|>", "<|message|>")),
-                         (MISTRAL, ("[THINK]", "[/THINK]")),
-                         (THINK, ("<think>", "</think>"))):
+    for fmt, markers in (
+        (HARMONY, ("<|channel|>", "<|message|>")),
+        (MISTRAL, ("[THINK]", "[/THINK]")),
+        (THINK, ("<think>", "</think>")),
+    ):
         if all(single_token(m) for m in markers):
             return fmt
     return None
@@ -114,12 +138,13 @@ class ReasoningParser:
         self._buf += text
         while self._buf:
             markers = self.fmt.markers[self.state]
-            hit = min(((self._buf.find(m), m, nxt) for m, nxt in markers
-                       if m in self._buf), default=None)
+            hit = min(
+                ((self._buf.find(m), m, nxt) for m, nxt in markers if m in self._buf), default=None
+            )
             if hit is not None:
                 pos, marker, nxt = hit
                 self._put(out, self._buf[:pos])
-                self._buf = self._buf[pos + len(marker):]
+                self._buf = self._buf[pos + len(marker) :]
                 if nxt == REASONING:
                     self.reasoned = True
                 if nxt != self.state or marker == self.fmt.close:
@@ -127,8 +152,8 @@ class ReasoningParser:
                 self.state = nxt
                 continue
             keep = _partial_suffix(self._buf, [m for m, _ in markers])
-            self._put(out, self._buf[:len(self._buf) - keep])
-            self._buf = self._buf[len(self._buf) - keep:]
+            self._put(out, self._buf[: len(self._buf) - keep])
+            self._buf = self._buf[len(self._buf) - keep :]
             break
         return out
 
@@ -164,9 +189,21 @@ def _partial_suffix(text: str, markers: list[str]) -> int:
 
 EFFORTS = ("none", "minimal", "low", "medium", "high")
 # Variables a request's chat_template_kwargs cannot set: the server sets them.
-RESERVED_TEMPLATE_KWARGS = frozenset({
-    "messages", "tools", "add_generation_prompt", "chat_template", "tokenize", "bos_token",
-    "eos_token", "continue_final_message", "return_dict", "documents", "tools_in_user_message"})
+RESERVED_TEMPLATE_KWARGS = frozenset(
+    {
+        "messages",
+        "tools",
+        "add_generation_prompt",
+        "chat_template",
+        "tokenize",
+        "bos_token",
+        "eos_token",
+        "continue_final_message",
+        "return_dict",
+        "documents",
+        "tools_in_user_message",
+    }
+)
 
 
 @dataclass(frozen=True)
@@ -178,10 +215,14 @@ class ReasoningOptions:
 
     @classmethod
     def from_config(cls, config: object) -> ReasoningOptions:
-        return cls(getattr(config, "reasoning_field", "reasoning_content"), (
-            ("minimal", getattr(config, "reasoning_budget_minimal", 64)),
-            ("low", getattr(config, "reasoning_budget_low", 256)),
-            ("medium", getattr(config, "reasoning_budget_medium", 1024))))
+        return cls(
+            getattr(config, "reasoning_field", "reasoning_content"),
+            (
+                ("minimal", getattr(config, "reasoning_budget_minimal", 64)),
+                ("low", getattr(config, "reasoning_budget_low", 256)),
+                ("medium", getattr(config, "reasoning_budget_medium", 1024)),
+            ),
+        )
 
     def budget(self, effort: str | None) -> int | None:
         """Reasoning tokens allowed at ``effort`` (None: up to max_tokens)."""
@@ -190,4 +231,4 @@ class ReasoningOptions:
     def fields(self, reasoning: str | None) -> dict[str, str | None]:
         """The message (or delta) fields that carry ``reasoning``."""
         names = ("reasoning_content", "reasoning") if self.field == "both" else (self.field,)
-        return {name: reasoning for name in names}
+        return dict.fromkeys(names, reasoning)

@@ -38,18 +38,22 @@ def reasoning_format(backend: Backend) -> ReasoningFormat | None:
     if cached is not None and cached[0] == source:
         return cached[1]
     fmt = detect_format(source) or detect_from_vocabulary(
-        lambda text: len(backend.text_tokens(text)) == 1)
+        lambda text: len(backend.text_tokens(text)) == 1
+    )
     backend.__dict__["_reasoning_format"] = (source, fmt)
     return fmt
 
 
-def template_kwargs(effort: str | None, requested: dict[str, Any] | None,
-                    source: str | None) -> dict[str, Any] | None:
+def template_kwargs(
+    effort: str | None, requested: dict[str, Any] | None, source: str | None
+) -> dict[str, Any] | None:
     kwargs = dict(requested or {})
     bad = sorted(RESERVED_TEMPLATE_KWARGS & kwargs.keys())
     if bad:
-        raise InvalidRequest(f"chat_template_kwargs cannot set {', '.join(bad)}: the server "
-                             "sets it.", param="chat_template_kwargs")
+        raise InvalidRequest(
+            f"chat_template_kwargs cannot set {', '.join(bad)}: the server sets it.",
+            param="chat_template_kwargs",
+        )
     source = source or ""
     if effort == "none" and "enable_thinking" in source:
         kwargs.setdefault("enable_thinking", False)
@@ -68,9 +72,14 @@ class ReasoningPlan:
         return ReasoningParser(self.fmt, inside=self.inside)
 
     @classmethod
-    def build(cls, backend: Backend, prompt: list[int], effort: str | None,
-              options: ReasoningOptions, constrained: bool
-              ) -> tuple[list[int], ReasoningPlan | None]:
+    def build(
+        cls,
+        backend: Backend,
+        prompt: list[int],
+        effort: str | None,
+        options: ReasoningOptions,
+        constrained: bool,
+    ) -> tuple[list[int], ReasoningPlan | None]:
         """The prompt to generate from (maybe with a block opened or closed at its end), and
         the plan; no plan for a template that writes no reasoning."""
         fmt = reasoning_format(backend)
@@ -97,14 +106,18 @@ class ReasoningPlan:
         """The request with the engine's reasoning spec, and the grammar (if any) gated to
         start after the block."""
         if not self.inside:  # only counted (the model may open a block itself)
-            spec = ReasoningSpec(self.fmt.close, (), None, inside=False,
-                                 open_text=self.fmt.open)
+            spec = ReasoningSpec(self.fmt.close, (), None, inside=False, open_text=self.fmt.open)
             return dataclasses.replace(gen, reasoning=spec)
-        spec = ReasoningSpec(self.fmt.close, tuple(backend.text_tokens(self.fmt.close_text)),
-                             self.budget, inside=True)
+        spec = ReasoningSpec(
+            self.fmt.close,
+            tuple(backend.text_tokens(self.fmt.close_text)),
+            self.budget,
+            inside=True,
+        )
         grammar = gen.grammar
         if self.budget is not None or grammar is not None:
             inner = grammar if isinstance(grammar, Grammar) else None
-            grammar = GatedGrammar(spec, inner, backend.token_bytes,
-                                   frozenset(backend.eos_token_ids))
+            grammar = GatedGrammar(
+                spec, inner, backend.token_bytes, frozenset(backend.eos_token_ids)
+            )
         return dataclasses.replace(gen, reasoning=spec, grammar=grammar)

@@ -14,8 +14,9 @@ def new_id(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:24]}"
 
 
-def usage(prompt: int, completion: int, cached: int = 0, reasoning: int | None = None
-          ) -> dict[str, Any]:
+def usage(
+    prompt: int, completion: int, cached: int = 0, reasoning: int | None = None
+) -> dict[str, Any]:
     """``reasoning``: of the completion tokens, those the model reasoned with (given for a
     reasoning model's replies)."""
     body: dict[str, Any] = {
@@ -36,8 +37,7 @@ def _lp(t: TokenLogprob) -> dict[str, Any]:
 def chat_logprobs(delta: TextDelta) -> dict[str, Any]:
     return {
         "content": [
-            {**_lp(chosen), "top_logprobs": [_lp(t) for t in top]}
-            for chosen, top in delta.logprobs
+            {**_lp(chosen), "top_logprobs": [_lp(t) for t in top]} for chosen, top in delta.logprobs
         ]
     }
 
@@ -96,8 +96,9 @@ class ChunkFactory:
             body["usage"] = None
         return body
 
-    def usage_chunk(self, prompt: int, completion: int, cached: int = 0,
-                    reasoning: int | None = None) -> dict[str, Any]:
+    def usage_chunk(
+        self, prompt: int, completion: int, cached: int = 0, reasoning: int | None = None
+    ) -> dict[str, Any]:
         body = self.chunk([])
         body["usage"] = usage(prompt, completion, cached, reasoning)
         return body

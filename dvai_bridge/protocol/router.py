@@ -43,18 +43,27 @@ def keep_alive_seconds(value: Any) -> float | None:
     elif isinstance(value, str) and (m := _DURATION.match(value)):
         seconds = float(m.group(1)) * _UNIT[m.group(2)]
     else:
-        raise InvalidRequest("keep_alive is a number of seconds or a duration such as '5m', "
-                             "'30s', '1h' (negative: keep the model loaded).", param="keep_alive")
+        raise InvalidRequest(
+            "keep_alive is a number of seconds or a duration such as '5m', "
+            "'30s', '1h' (negative: keep the model loaded).",
+            param="keep_alive",
+        )
     return float("inf") if seconds < 0 else seconds
 
 
 class ModelRouter:
-    def __init__(self, models: ModelSet, *, strict_model_names: bool = False,
-                 prep: Preprocessor | None = None) -> None:
+    def __init__(
+        self,
+        models: ModelSet,
+        *,
+        strict_model_names: bool = False,
+        prep: Preprocessor | None = None,
+    ) -> None:
         self.model_set = models
         self.prep = prep or Preprocessor()
-        self.catalog = ModelCatalog([(s.name, s.entry.aliases) for s in models.slots.values()],
-                                    strict=strict_model_names)
+        self.catalog = ModelCatalog(
+            [(s.name, s.entry.aliases) for s in models.slots.values()], strict=strict_model_names
+        )
         self._services: dict[str, tuple[int, OpenAIService]] = {}
         models.on_free.append(lambda name: self._services.pop(name, None))
 
@@ -78,9 +87,9 @@ class ModelRouter:
         finally:
             lease.release()
 
-    async def _stream(self, req: Any,
-                      open_: Callable[[OpenAIService], Awaitable[AsyncIterator[dict[str, Any]]]]
-                      ) -> AsyncIterator[dict[str, Any]]:
+    async def _stream(
+        self, req: Any, open_: Callable[[OpenAIService], Awaitable[AsyncIterator[dict[str, Any]]]]
+    ) -> AsyncIterator[dict[str, Any]]:
         lease, service = await self._lease(req)
         try:
             chunks = await open_(service)
@@ -125,12 +134,15 @@ class ModelRouter:
 
     def models_listing(self) -> list[tuple[str, dict[str, Any]]]:
         states = {m["name"]: m for m in self.model_set.status()}
-        return [(n, {"value": states[self.catalog.names[n]]["state"]})
-                for n in self.catalog.listed()]
+        return [
+            (n, {"value": states[self.catalog.names[n]]["state"]}) for n in self.catalog.listed()
+        ]
 
     def models(self) -> dict[str, Any]:  # the name the routes call
-        return {"object": "list",
-                "data": [self.catalog.entry(n, status) for n, status in self.models_listing()]}
+        return {
+            "object": "list",
+            "data": [self.catalog.entry(n, status) for n, status in self.models_listing()],
+        }
 
     def model(self, model_id: str) -> dict[str, Any]:
         state = dict(self.models_listing()).get(model_id)
@@ -152,14 +164,21 @@ class ModelRouter:
         """Ready while the server runs: a model that is unloaded, loading or failed is a
         state of that model (``models``), not of the server."""
         status = self.model_set.status()
-        body = {"status": "ok", "model": self.catalog.order[0], "models": status,
-                "queued": sum(m.get("queued", 0) for m in status),
-                "running": sum(m.get("running", 0) for m in status)}
+        body = {
+            "status": "ok",
+            "model": self.catalog.order[0],
+            "models": status,
+            "queued": sum(m.get("queued", 0) for m in status),
+            "running": sum(m.get("running", 0) for m in status),
+        }
         return body, True
 
     def engine_metrics(self) -> list[tuple[dict[str, str], EngineMetrics]]:
-        return [({"model": s.name}, s.scheduler.metrics) for s in self.model_set.loaded()
-                if s.scheduler is not None]
+        return [
+            ({"model": s.name}, s.scheduler.metrics)
+            for s in self.model_set.loaded()
+            if s.scheduler is not None
+        ]
 
 
 class _Releasing:

@@ -26,8 +26,9 @@ class OpenAIBaseModel(BaseModel):
     @model_validator(mode="after")
     def _log_extra(self) -> OpenAIBaseModel:
         if self.model_extra:
-            log.info("%s: ignoring unknown fields %s", type(self).__name__,
-                     sorted(self.model_extra))
+            log.info(
+                "%s: ignoring unknown fields %s", type(self).__name__, sorted(self.model_extra)
+            )
         return self
 
 
@@ -98,8 +99,12 @@ class _SamplingFields(OpenAIBaseModel):
     seed: int | None = Field(default=None, ge=-(2**63), lt=2**64)
     presence_penalty: float = Field(default=0.0, ge=-2.0, le=2.0)
     frequency_penalty: float = Field(default=0.0, ge=-2.0, le=2.0)
-    logit_bias: Annotated[dict[str, Annotated[float, Field(ge=-100, le=100)]],
-                          Field(max_length=MAX_LOGIT_BIAS)] | None = None
+    logit_bias: (
+        Annotated[
+            dict[str, Annotated[float, Field(ge=-100, le=100)]], Field(max_length=MAX_LOGIT_BIAS)
+        ]
+        | None
+    ) = None
     user: str | None = None
     # Extensions most local servers accept.
     top_k: int = Field(default=0, ge=0, le=MAX_TOP_K)
@@ -141,8 +146,12 @@ class _SamplingFields(OpenAIBaseModel):
         )
 
     def _generation(
-        self, prompt: list[int], max_tokens: int | None, context_length: int,
-        logprobs: bool, top_logprobs: int,
+        self,
+        prompt: list[int],
+        max_tokens: int | None,
+        context_length: int,
+        logprobs: bool,
+        top_logprobs: int,
     ) -> GenerationRequest:
         from ..errors import ContextLengthExceeded
 
@@ -190,31 +199,37 @@ class ChatCompletionRequest(_SamplingFields):
                 raise InvalidRequest(
                     f"{legacy} is OpenAI's deprecated function-calling field, which this server "
                     f"does not serve; use {new} (replies carry message.tool_calls).",
-                    param=legacy)
+                    param=legacy,
+                )
         # tools, tool_choice and response_format are checked where they are used
         # (protocol/tools.py, protocol/structured.py), against the model's template.
 
     def to_generation(self, prompt: list[int], context_length: int) -> GenerationRequest:
         return self._generation(
-            prompt, self.max_completion_tokens or self.max_tokens, context_length,
-            self.logprobs, self.top_logprobs or 0,
+            prompt,
+            self.max_completion_tokens or self.max_tokens,
+            context_length,
+            self.logprobs,
+            self.top_logprobs or 0,
         )
 
 
 def _few_prompts(value: Any) -> Any:
     """A list of prompts is counted before its items are validated (3.5 M token lists took
     pydantic 19 s); a list of token ids is one prompt."""
-    if isinstance(value, list) and len(value) > MAX_SEQUENCES \
-            and not isinstance(value[0], int):
+    if isinstance(value, list) and len(value) > MAX_SEQUENCES and not isinstance(value[0], int):
         raise PydanticCustomError(
-            "too_many_prompts", "at most {limit} prompts per request, got {count}",
-            {"limit": MAX_SEQUENCES, "count": len(value)})
+            "too_many_prompts",
+            "at most {limit} prompts per request, got {count}",
+            {"limit": MAX_SEQUENCES, "count": len(value)},
+        )
     return value
 
 
 TokenId = Annotated[int, Strict()]  # true/false are not token ids (JSON booleans)
-PromptInput = Annotated[str | list[str] | list[TokenId] | list[list[TokenId]],
-                        BeforeValidator(_few_prompts)]
+PromptInput = Annotated[
+    str | list[str] | list[TokenId] | list[list[TokenId]], BeforeValidator(_few_prompts)
+]
 
 
 class CompletionRequest(_SamplingFields):
@@ -226,12 +241,17 @@ class CompletionRequest(_SamplingFields):
     best_of: int | None = Field(default=None, ge=1, le=16)
 
     def check_supported(self) -> None:
-        count = 1 if isinstance(self.prompt, str) or not self.prompt \
-            or isinstance(self.prompt[0], int) else len(self.prompt)
+        count = (
+            1
+            if isinstance(self.prompt, str) or not self.prompt or isinstance(self.prompt[0], int)
+            else len(self.prompt)
+        )
         if count * self.n > MAX_SEQUENCES:
             raise InvalidRequest(
                 f"This request asks for {count} prompts x n={self.n} = {count * self.n} "
-                f"completions; at most {MAX_SEQUENCES} are served per request.", param="n")
+                f"completions; at most {MAX_SEQUENCES} are served per request.",
+                param="n",
+            )
         if self.suffix:
             raise InvalidRequest("suffix (fill-in-the-middle) is not supported.", param="suffix")
         if self.best_of is not None and self.best_of != self.n:
@@ -241,7 +261,9 @@ class CompletionRequest(_SamplingFields):
         if self.echo and self.logprobs is not None:
             raise InvalidRequest(
                 "echo with logprobs is not supported: logprobs are computed for generated "
-                "tokens only. Drop echo or logprobs.", param="echo")
+                "tokens only. Drop echo or logprobs.",
+                param="echo",
+            )
 
     def prompts(self) -> list[str | list[int]]:
         """The prompt as a list of prompts, each text or token ids."""
@@ -254,14 +276,12 @@ class CompletionRequest(_SamplingFields):
         for i, one in enumerate(prompts):
             if not one:
                 where = "prompt" if isinstance(self.prompt, str) else f"prompt[{i}]"
-                raise InvalidRequest(f"{where} is empty: give text or token ids.",
-                                     param="prompt")
+                raise InvalidRequest(f"{where} is empty: give text or token ids.", param="prompt")
         return prompts  # type: ignore[return-value]
 
     def to_generation(self, prompt: list[int], context_length: int) -> GenerationRequest:
         want = self.logprobs is not None
-        return self._generation(prompt, self.max_tokens, context_length, want,
-                                self.logprobs or 0)
+        return self._generation(prompt, self.max_tokens, context_length, want, self.logprobs or 0)
 
 
 class EmbeddingRequest(OpenAIBaseModel):

@@ -83,20 +83,32 @@ async def _merge(streams: Sequence[EventStream]) -> AsyncIterator[tuple[int, Any
 
 
 T = TypeVar("T")
+# Streams being closed in the background: the loop keeps only weak references to tasks.
+_closing: set[asyncio.Task[None]] = set()
+
 
 class OpenAIService:
-    def __init__(self, engine: AsyncEngine, prep: Preprocessor | None = None,
-                 reasoning: ReasoningOptions | None = None, *,
-                 aliases: Sequence[str] = (), strict_model_names: bool = False,
-                 served_name: str | None = None) -> None:
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        prep: Preprocessor | None = None,
+        reasoning: ReasoningOptions | None = None,
+        *,
+        aliases: Sequence[str] = (),
+        strict_model_names: bool = False,
+        served_name: str | None = None,
+    ) -> None:
         self.engine = engine
         self.prep = prep or Preprocessor()
         self.reasoning = reasoning or ReasoningOptions()
         self._prompt_bound: PromptBound | None = None
         embedder = self.backend.embedder
-        self.names = ModelNames(self.backend.model_id, aliases=aliases,
-                                embedder_id=embedder.model_id if embedder else None,
-                                strict=strict_model_names)
+        self.names = ModelNames(
+            self.backend.model_id,
+            aliases=aliases,
+            embedder_id=embedder.model_id if embedder else None,
+            strict=strict_model_names,
+        )
         self.served_name = served_name or self.backend.model_id  # the answers' ``model``
 
     @property
@@ -117,9 +129,13 @@ class OpenAIService:
     def health(self) -> tuple[dict[str, Any], bool]:
         """``GET /health``'s body, and whether the server is ready."""
         m = self.engine.scheduler.metrics
-        body: dict[str, Any] = {"status": "ok", "backend": self.backend.name,
-                                "model": self.backend.model_id, "queued": m.queue_depth,
-                                "running": m.running}
+        body: dict[str, Any] = {
+            "status": "ok",
+            "backend": self.backend.name,
+            "model": self.backend.model_id,
+            "queued": m.queue_depth,
+            "running": m.running,
+        }
         group = getattr(self.backend, "group_info", None)  # served by an MLX distributed group
         if group is not None:
             body["group"] = group.as_dict()
@@ -137,9 +153,11 @@ class OpenAIService:
         return {"success": True}  # the one model is loaded for the server's whole life
 
     async def unload_model(self, name: str | None) -> dict[str, Any]:
-        raise NotSupported("This server serves one model for its whole life; configure "
-                           "several (--model NAME=REF ...) to load and unload them.",
-                           param="model")
+        raise NotSupported(
+            "This server serves one model for its whole life; configure "
+            "several (--model NAME=REF ...) to load and unload them.",
+            param="model",
+        )
 
     # -- prompts -----------------------------------------------------------------------
     # Everything from here to the engine runs on the pre-processing pool (preprocess.py):
@@ -149,13 +167,14 @@ class OpenAIService:
             self._prompt_bound = PromptBound(self.backend)
         return self._prompt_bound
 
-    async def _chat_generation(self, req: ChatCompletionRequest
-                               ) -> tuple[GenerationRequest, ToolPlan | None,
-                                          ReasoningPlan | None]:
+    async def _chat_generation(
+        self, req: ChatCompletionRequest
+    ) -> tuple[GenerationRequest, ToolPlan | None, ReasoningPlan | None]:
         return await self.prep.run(self._prepare_chat, req)
 
-    def _prepare_chat(self, req: ChatCompletionRequest
-                      ) -> tuple[GenerationRequest, ToolPlan | None, ReasoningPlan | None]:
+    def _prepare_chat(
+        self, req: ChatCompletionRequest
+    ) -> tuple[GenerationRequest, ToolPlan | None, ReasoningPlan | None]:
         self.check_model(req.model)
         require_text(req)
         req.check_supported()
@@ -169,9 +188,13 @@ class OpenAIService:
         choice = req.tool_choice
         if choice is not None and not isinstance(choice, str):
             choice = choice.model_dump()
-        plan = ToolPlan.build(req.tools, choice, req.parallel_tool_calls,
-                              self.backend.chat_template_source,
-                              any(m["role"] == "tool" or m.get("tool_calls") for m in messages))
+        plan = ToolPlan.build(
+            req.tools,
+            choice,
+            req.parallel_tool_calls,
+            self.backend.chat_template_source,
+            any(m["role"] == "tool" or m.get("tool_calls") for m in messages),
+        )
         schema = response_schema(req.response_format)
         tools = None
         if plan is not None:
@@ -184,12 +207,14 @@ class OpenAIService:
         if req.chat_template_kwargs:
             rendered.append(json.dumps(req.chat_template_kwargs))
         self._bound().check(rendered, "messages")
-        kwargs = template_kwargs(req.reasoning_effort, req.chat_template_kwargs,
-                                 self.backend.chat_template_source)
+        kwargs = template_kwargs(
+            req.reasoning_effort, req.chat_template_kwargs, self.backend.chat_template_source
+        )
         prompt = self.backend.chat_tokens(messages, tools, kwargs)
         constrained = schema is not None or (plan is not None and plan.forced)
-        prompt, thinking = ReasoningPlan.build(self.backend, prompt, req.reasoning_effort,
-                                               self.reasoning, constrained)
+        prompt, thinking = ReasoningPlan.build(
+            self.backend, prompt, req.reasoning_effort, self.reasoning, constrained
+        )
         gen = req.to_generation(prompt, self.backend.context_length)
         calls = None  # auto with a response_format: the reply is calls or the JSON answer
         if plan is not None and plan.active and (plan.forced or schema is not None):
@@ -219,12 +244,16 @@ class OpenAIService:
             if sampling.top_k > vocab:
                 raise InvalidRequest(
                     f"top_k must be between 0 (off) and the vocabulary size, {vocab}; got "
-                    f"{sampling.top_k}.", param="top_k")
+                    f"{sampling.top_k}.",
+                    param="top_k",
+                )
             bad = [t for t, _ in sampling.logit_bias if not 0 <= t < vocab]
             if bad:
                 raise InvalidRequest(
                     f"logit_bias names token ids outside the vocabulary (0-{vocab - 1}): "
-                    f"{bad[:5]}.", param="logit_bias")
+                    f"{bad[:5]}.",
+                    param="logit_bias",
+                )
 
     async def _completion_generations(self, req: CompletionRequest) -> list[GenerationRequest]:
         return await self.prep.run(self._prepare_completion, req)
@@ -245,16 +274,18 @@ class OpenAIService:
             if isinstance(prompt, str):
                 tokens = self.backend.tokenize(prompt)
                 if not tokens:
-                    raise InvalidRequest("prompt has no tokens: give some text.",
-                                         param="prompt")
+                    raise InvalidRequest("prompt has no tokens: give some text.", param="prompt")
             else:
                 if len(prompt) >= context:  # before looking at each id
                     raise ContextLengthExceeded(
                         f"This model's maximum context length is {context} tokens; the "
-                        f"prompt has {len(prompt)} tokens.", param="prompt")
+                        f"prompt has {len(prompt)} tokens.",
+                        param="prompt",
+                    )
                 if vocab and any(not 0 <= t < vocab for t in prompt):
-                    raise InvalidRequest("prompt holds token ids outside the vocabulary.",
-                                         param="prompt")
+                    raise InvalidRequest(
+                        "prompt holds token ids outside the vocabulary.", param="prompt"
+                    )
                 tokens = list(prompt)
             gens.append(req.to_generation(tokens, context))
         return gens
@@ -266,7 +297,8 @@ class OpenAIService:
                 streams.append(self.engine.open(gen))
         except BaseException:
             for s in streams:
-                asyncio.ensure_future(s.aclose())
+                _closing.add(task := asyncio.ensure_future(s.aclose()))
+                task.add_done_callback(_closing.discard)
             raise
         return streams
 
@@ -313,35 +345,46 @@ class OpenAIService:
                 if calls:
                     message["tool_calls"] = [openai_call(c) for c in calls]
                     reason = "tool_calls" if reason == "stop" else reason
-            choices.append({
-                "index": i,
-                "message": message,
-                "logprobs": lp,
-                "finish_reason": reason,
-                **_stop_reason(r.finish),
-            })
+            choices.append(
+                {
+                    "index": i,
+                    "message": message,
+                    "logprobs": lp,
+                    "finish_reason": reason,
+                    **_stop_reason(r.finish),
+                }
+            )
         first = results[0].finish
         return {
-            "id": new_id("chatcmpl"), "object": "chat.completion", "created": int(time.time()), "model": self.served_name, "choices": choices,
-            "usage": usage(first.prompt_tokens, sum(r.finish.completion_tokens for r in results),
-                           first.cached_tokens,
-                           sum(r.finish.reasoning_tokens for r in results)
-                           if thinking is not None else None),
+            "id": new_id("chatcmpl"),
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": self.served_name,
+            "choices": choices,
+            "usage": usage(
+                first.prompt_tokens,
+                sum(r.finish.completion_tokens for r in results),
+                first.cached_tokens,
+                sum(r.finish.reasoning_tokens for r in results) if thinking is not None else None,
+            ),
         }
 
     async def chat_stream(self, req: ChatCompletionRequest) -> AsyncIterator[dict[str, Any]]:
         """Validate and submit now (errors raise before any byte is sent); stream later."""
         return (await self.open_chat_stream(req))[1]
 
-    async def open_chat_stream(self, req: ChatCompletionRequest
-                               ) -> tuple[int, AsyncIterator[dict[str, Any]]]:
+    async def open_chat_stream(
+        self, req: ChatCompletionRequest
+    ) -> tuple[int, AsyncIterator[dict[str, Any]]]:
         """``chat_stream`` with the prompt's token count (the Messages API sends it first)."""
         gen, plan, thinking = await self._chat_generation(req)
         streams = self._open(_fan_out(gen, req.n))
-        factory = ChunkFactory("chat.completion.chunk", self.served_name,
-                               new_id("chatcmpl"), req.include_usage)
-        return len(gen.prompt_tokens), self._chat_chunks(streams, factory, req.logprobs, plan,
-                                                         thinking)
+        factory = ChunkFactory(
+            "chat.completion.chunk", self.served_name, new_id("chatcmpl"), req.include_usage
+        )
+        return len(gen.prompt_tokens), self._chat_chunks(
+            streams, factory, req.logprobs, plan, thinking
+        )
 
     def model_name(self, name: str | None) -> str:
         self.check_model(name)
@@ -355,10 +398,14 @@ class OpenAIService:
         """The prompt tokens ``req`` would prefill (template, tools and all); runs nothing."""
         return (await self._chat_generation(req))[0].prompt_tokens
 
-    async def _chat_chunks(self, streams: list[EventStream], f: ChunkFactory,
-                           want_logprobs: bool, plan: ToolPlan | None,
-                           thinking: ReasoningPlan | None = None
-                           ) -> AsyncIterator[dict[str, Any]]:
+    async def _chat_chunks(
+        self,
+        streams: list[EventStream],
+        f: ChunkFactory,
+        want_logprobs: bool,
+        plan: ToolPlan | None,
+        thinking: ReasoningPlan | None = None,
+    ) -> AsyncIterator[dict[str, Any]]:
         splitters = [plan.splitter(stream=True) if plan is not None else None for _ in streams]
         parsers = [thinking.parser() if thinking is not None else None for _ in streams]
         called = [0] * len(streams)
@@ -373,9 +420,16 @@ class OpenAIService:
                 parsed = parser.finish() if last else parser.feed(text)
                 answer = parsed.content
                 if parsed.reasoning:
-                    yield f.chunk([{"index": i,
-                                    "delta": self.reasoning.fields(parsed.reasoning),
-                                    "logprobs": None if answer else lp, "finish_reason": None}])
+                    yield f.chunk(
+                        [
+                            {
+                                "index": i,
+                                "delta": self.reasoning.fields(parsed.reasoning),
+                                "logprobs": None if answer else lp,
+                                "finish_reason": None,
+                            }
+                        ]
+                    )
                     if not answer:
                         lp = None
             splitter = splitters[i]
@@ -387,23 +441,51 @@ class OpenAIService:
             """Chunks for one piece of a split reply: its content, then its tool-call deltas
             (a call's first carries index, id, type and name; the rest, argument text)."""
             if split.content or lp is not None:
-                yield f.chunk([{"index": i, "delta": {"content": split.content},
-                                "logprobs": lp, "finish_reason": None}])
+                yield f.chunk(
+                    [
+                        {
+                            "index": i,
+                            "delta": {"content": split.content},
+                            "logprobs": lp,
+                            "finish_reason": None,
+                        }
+                    ]
+                )
             for d in split.deltas:
                 call: dict[str, Any] = {"index": d.index, "function": {"arguments": d.arguments}}
                 if d.name is not None:
-                    call = {"index": d.index, "id": new_call_id(), "type": "function",
-                            "function": {"name": d.name, "arguments": d.arguments}}
+                    call = {
+                        "index": d.index,
+                        "id": new_call_id(),
+                        "type": "function",
+                        "function": {"name": d.name, "arguments": d.arguments},
+                    }
                     called[i] += 1
-                yield f.chunk([{"index": i, "delta": {"tool_calls": [call]},
-                                "logprobs": None, "finish_reason": None}])
+                yield f.chunk(
+                    [
+                        {
+                            "index": i,
+                            "delta": {"tool_calls": [call]},
+                            "logprobs": None,
+                            "finish_reason": None,
+                        }
+                    ]
+                )
 
         async with AsyncExitStack() as stack:
             for s in streams:
                 stack.push_async_callback(s.aclose)
             for i in range(len(streams)):
-                yield f.chunk([{"index": i, "delta": {"role": "assistant", "content": ""},
-                                "logprobs": None, "finish_reason": None}])
+                yield f.chunk(
+                    [
+                        {
+                            "index": i,
+                            "delta": {"role": "assistant", "content": ""},
+                            "logprobs": None,
+                            "finish_reason": None,
+                        }
+                    ]
+                )
             prompt = completion = cached = 0
             async for i, event in _merge(streams):
                 if isinstance(event, TextDelta):
@@ -421,11 +503,21 @@ class OpenAIService:
                 completion += event.completion_tokens
                 reasoned += event.reasoning_tokens
                 reason = "tool_calls" if called[i] and event.reason == "stop" else event.reason
-                yield f.chunk([{"index": i, "delta": {}, "logprobs": None,
-                                "finish_reason": reason, **_stop_reason(event)}])
+                yield f.chunk(
+                    [
+                        {
+                            "index": i,
+                            "delta": {},
+                            "logprobs": None,
+                            "finish_reason": reason,
+                            **_stop_reason(event),
+                        }
+                    ]
+                )
             if f.include_usage:
-                yield f.usage_chunk(prompt, completion, cached,
-                                    reasoned if thinking is not None else None)
+                yield f.usage_chunk(
+                    prompt, completion, cached, reasoned if thinking is not None else None
+                )
 
     # -- completions -------------------------------------------------------------------
     async def completion(self, req: CompletionRequest) -> dict[str, Any]:
@@ -442,12 +534,15 @@ class OpenAIService:
                 lp = acc.whole()
             if req.echo:
                 text = self.backend.decode(gens[i].prompt_tokens) + text
-            choices.append({"index": i, "text": text, "logprobs": lp,
-                            "finish_reason": r.finish.reason})
+            choices.append(
+                {"index": i, "text": text, "logprobs": lp, "finish_reason": r.finish.reason}
+            )
         prompt_total = sum(len(g.prompt_tokens) for g in gens[:: req.n])
         return {
-            "id": new_id("cmpl"), "object": "text_completion",
-            "created": int(time.time()), "model": self.served_name,
+            "id": new_id("cmpl"),
+            "object": "text_completion",
+            "created": int(time.time()),
+            "model": self.served_name,
             "choices": choices,
             "usage": usage(prompt_total, sum(r.finish.completion_tokens for r in results)),
         }
@@ -455,14 +550,14 @@ class OpenAIService:
     async def completion_stream(self, req: CompletionRequest) -> AsyncIterator[dict[str, Any]]:
         gens = [g for gen in await self._completion_generations(req) for g in _fan_out(gen, req.n)]
         streams = self._open(gens)
-        f = ChunkFactory("text_completion", self.served_name, new_id("cmpl"),
-                         req.include_usage)
-        return self._completion_chunks(streams, f, req.logprobs is not None,
-                                       sum(len(g.prompt_tokens) for g in gens[:: req.n]))
+        f = ChunkFactory("text_completion", self.served_name, new_id("cmpl"), req.include_usage)
+        return self._completion_chunks(
+            streams, f, req.logprobs is not None, sum(len(g.prompt_tokens) for g in gens[:: req.n])
+        )
 
-    async def _completion_chunks(self, streams: list[EventStream], f: ChunkFactory,
-                                 want_logprobs: bool, prompt_total: int
-                                 ) -> AsyncIterator[dict[str, Any]]:
+    async def _completion_chunks(
+        self, streams: list[EventStream], f: ChunkFactory, want_logprobs: bool, prompt_total: int
+    ) -> AsyncIterator[dict[str, Any]]:
         async with AsyncExitStack() as stack:
             for s in streams:
                 stack.push_async_callback(s.aclose)
@@ -471,15 +566,17 @@ class OpenAIService:
             async for i, event in _merge(streams):
                 if isinstance(event, TextDelta):
                     lp = lps[i].add(event) if want_logprobs else None
-                    yield f.chunk([{"index": i, "text": event.text, "logprobs": lp,
-                                    "finish_reason": None}])
+                    yield f.chunk(
+                        [{"index": i, "text": event.text, "logprobs": lp, "finish_reason": None}]
+                    )
                     continue
                 if event.reason == "error":
                     yield _error_frame(event)
                     return
                 completion += event.completion_tokens
-                yield f.chunk([{"index": i, "text": "", "logprobs": None,
-                                "finish_reason": event.reason}])
+                yield f.chunk(
+                    [{"index": i, "text": "", "logprobs": None, "finish_reason": event.reason}]
+                )
             if f.include_usage:
                 yield f.usage_chunk(prompt_total, completion)
 

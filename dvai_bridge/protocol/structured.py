@@ -33,15 +33,22 @@ def response_schema(response_format: dict[str, Any] | None) -> dict[str, Any] | 
     if kind == "json_schema":
         spec = response_format.get("json_schema")
         if not isinstance(spec, dict):
-            raise InvalidRequest("response_format.json_schema must be an object with a 'schema'.",
-                                 param="response_format.json_schema")
+            raise InvalidRequest(
+                "response_format.json_schema must be an object with a 'schema'.",
+                param="response_format.json_schema",
+            )
         schema = spec.get("schema", {})
         if not isinstance(schema, dict):
-            raise InvalidRequest("response_format.json_schema.schema must be a JSON schema "
-                                 "object.", param="response_format.json_schema.schema")
+            raise InvalidRequest(
+                "response_format.json_schema.schema must be a JSON schema object.",
+                param="response_format.json_schema.schema",
+            )
         return schema
-    raise InvalidRequest(f"response_format type {kind!r} is not supported; use 'text', "
-                         "'json_object' or 'json_schema'.", param="response_format.type")
+    raise InvalidRequest(
+        f"response_format type {kind!r} is not supported; use 'text', "
+        "'json_object' or 'json_schema'.",
+        param="response_format.type",
+    )
 
 
 def grammar_text(schema: dict[str, Any] | None, calls_lark: str | None) -> tuple[str, str] | None:
@@ -53,16 +60,19 @@ def grammar_text(schema: dict[str, Any] | None, calls_lark: str | None) -> tuple
     if calls_lark and schema is not None:
         rules = calls_lark.replace("start:", "calls:", 1)
         schema = {**schema, "x-guidance": JSON_OPTIONS}
-        return lark_grammar(f"start: calls | answer\n{rules}answer: %json {json.dumps(schema)}\n"), \
-            "response_format"
+        return lark_grammar(
+            f"start: calls | answer\n{rules}answer: %json {json.dumps(schema)}\n"
+        ), "response_format"
     if calls_lark:
         return lark_grammar(calls_lark), "tools"
     if schema is not None:
         try:  # validated once, for the backend's tokenizer, by compile_grammar
             return json_schema_grammar(schema), "response_format"
         except GrammarError as exc:
-            raise InvalidRequest(f"response_format schema cannot be enforced: {exc}",
-                                 param="response_format.json_schema.schema") from None
+            raise InvalidRequest(
+                f"response_format schema cannot be enforced: {exc}",
+                param="response_format.json_schema.schema",
+            ) from None
     return None
 
 
@@ -84,6 +94,7 @@ def check_grammar_text(text: str, param: str) -> None:
 
 def _unenforceable(param: str, exc: GrammarError) -> InvalidRequest:
     what = "tool parameters" if param == "tools" else "response_format schema"
-    return InvalidRequest(f"The {what} cannot be enforced: {exc}",
-                          param="response_format.json_schema.schema"
-                          if param == "response_format" else param)
+    return InvalidRequest(
+        f"The {what} cannot be enforced: {exc}",
+        param="response_format.json_schema.schema" if param == "response_format" else param,
+    )

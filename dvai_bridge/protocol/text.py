@@ -16,7 +16,9 @@ def require_encodable(text: str, param: str) -> None:
     except UnicodeEncodeError as exc:
         raise InvalidRequest(
             f"{param} contains a lone UTF-16 surrogate at position {exc.start}; send valid "
-            "Unicode text.", param=param) from None
+            "Unicode text.",
+            param=param,
+        ) from None
 
 
 def require_text(value: Any, param: str = "") -> None:

@@ -46,8 +46,8 @@ class TokenService:
         tokens = backend.tokenize(req.content)
         if not req.add_special:  # what the model puts before any prompt (BOS), if anything
             prefix = backend.tokenize("")
-            if prefix and tokens[:len(prefix)] == prefix and len(prefix) <= 2:
-                tokens = tokens[len(prefix):]
+            if prefix and tokens[: len(prefix)] == prefix and len(prefix) <= 2:
+                tokens = tokens[len(prefix) :]
         if not req.with_pieces:
             return {"tokens": tokens}
         out = []
@@ -61,20 +61,19 @@ class TokenService:
         return {"tokens": out}
 
     async def tokenize(self, req: TokenizeRequest) -> dict[str, Any]:
-        return await self.chat.run_on(req.model,
-                                      lambda s: s.prep.run(self._tokenize, s, req))
+        return await self.chat.run_on(req.model, lambda s: s.prep.run(self._tokenize, s, req))
 
     @staticmethod
     def _detokenize(service: OpenAIService, req: DetokenizeRequest) -> dict[str, Any]:
         vocab = getattr(service.backend, "vocab_size", None)
         if vocab and any(not 0 <= t < vocab for t in req.tokens):
-            raise InvalidRequest(f"tokens holds ids outside the vocabulary (0-{vocab - 1}).",
-                                 param="tokens")
+            raise InvalidRequest(
+                f"tokens holds ids outside the vocabulary (0-{vocab - 1}).", param="tokens"
+            )
         return {"content": service.backend.decode(req.tokens)}
 
     async def detokenize(self, req: DetokenizeRequest) -> dict[str, Any]:
-        return await self.chat.run_on(req.model,
-                                      lambda s: s.prep.run(self._detokenize, s, req))
+        return await self.chat.run_on(req.model, lambda s: s.prep.run(self._detokenize, s, req))
 
     async def apply_template(self, req: ChatCompletionRequest) -> dict[str, Any]:
         async def render(service: OpenAIService) -> dict[str, Any]:

@@ -62,14 +62,21 @@ class ToolFormat:
         """JSON schema of one ``{"name": ..., <args_key>: {...}}`` object, name first; ``at``
         is where it sits in the grammar's JSON value (its ``$ref``s are rebased to there)."""
         one = len(functions) == 1
-        schemas = [{"type": "object",
-                    "properties": {"name": {"const": f["name"]},
-                                   self.args_key: rebased(
-                                       f["parameters"],
-                                       f"{at}{'' if one else f'/anyOf/{i}'}"
-                                       f"/properties/{self.args_key}")},
-                    "required": ["name", self.args_key], "additionalProperties": False}
-                   for i, f in enumerate(functions)]
+        schemas = [
+            {
+                "type": "object",
+                "properties": {
+                    "name": {"const": f["name"]},
+                    self.args_key: rebased(
+                        f["parameters"],
+                        f"{at}{'' if one else f'/anyOf/{i}'}/properties/{self.args_key}",
+                    ),
+                },
+                "required": ["name", self.args_key],
+                "additionalProperties": False,
+            }
+            for i, f in enumerate(functions)
+        ]
         call = schemas[0] if one else {"anyOf": schemas}
         return {**call, "x-guidance": JSON_OPTIONS}
 
@@ -158,7 +165,7 @@ class Hermes(ToolFormat):
         calls, used = self.complete_calls(region)
         rest = region[used:].strip()
         if rest.startswith(self.start):  # an unclosed last block (the model stopped early)
-            calls.append(_call(json.loads(rest[len(self.start):])))
+            calls.append(_call(json.loads(rest[len(self.start) :])))
         elif rest:
             raise ValueError("text after the tool calls")
         if not calls:
@@ -167,9 +174,11 @@ class Hermes(ToolFormat):
 
     def forced_lark(self, functions: list[dict[str, Any]], parallel: bool) -> str:
         calls = _up_to(len(functions) if parallel else 1, "call", '"\\n"')
-        return (f"start: {calls}\n"
-                f'call: "<tool_call>\\n" {_json_rule(self.call_schema(functions))} '
-                '"\\n</tool_call>"\n')
+        return (
+            f"start: {calls}\n"
+            f'call: "<tool_call>\\n" {_json_rule(self.call_schema(functions))} '
+            '"\\n</tool_call>"\n'
+        )
 
 
 _MISTRAL_HEADER = re.compile(r"([\w.-]+)\s*\[ARGS\]\s*")
@@ -180,7 +189,7 @@ class Mistral(ToolFormat):
     start = "[TOOL_CALLS]"
 
     def parse(self, region: str) -> list[ParsedCall]:
-        body = region[len(self.start):].strip() if region.startswith(self.start) else region
+        body = region[len(self.start) :].strip() if region.startswith(self.start) else region
         if body.startswith("["):
             payload = json.loads(body)
             if not isinstance(payload, list) or not payload:
@@ -191,28 +200,34 @@ class Mistral(ToolFormat):
             args, pos = _DECODER.raw_decode(body, m.end())
             calls.append(_call({"name": m.group(1), "arguments": args}))
             pos = len(body) - len(body[pos:].lstrip()) if body[pos:].strip() else len(body)
-            if body[pos:pos + len(self.start)] == self.start:
+            if body[pos : pos + len(self.start)] == self.start:
                 pos += len(self.start)
         if not calls or body[pos:].strip():
             raise ValueError("not a [TOOL_CALLS] list")
         return calls
 
     def forced_lark(self, functions: list[dict[str, Any]], parallel: bool) -> str:
-        items: dict[str, Any] = {"type": "array", "items": self.call_schema(functions, "#/items"),
-                                 "minItems": 1, "maxItems": len(functions) if parallel else 1,
-                                 "x-guidance": JSON_OPTIONS}
+        items: dict[str, Any] = {
+            "type": "array",
+            "items": self.call_schema(functions, "#/items"),
+            "minItems": 1,
+            "maxItems": len(functions) if parallel else 1,
+            "x-guidance": JSON_OPTIONS,
+        }
         return f'start: "[TOOL_CALLS]" {_json_rule(items)}\n'
 
 
 class MistralArgs(Mistral):
-    """Newer Mistral templates (Small 3.1+, Devstral, Magistral): ``[TOOL_CALLS]name[ARGS]{...}``."""
+    """Newer Mistral templates (Small 3.1+, Devstral, Magistral):
+    ``[TOOL_CALLS]name[ARGS]{...}``."""
 
     name = "mistral_args"
 
     def forced_lark(self, functions: list[dict[str, Any]], parallel: bool) -> str:
         options = " | ".join(
             f'"{f["name"]}[ARGS]" {_json_rule({**f["parameters"], "x-guidance": JSON_OPTIONS})}'
-            for f in functions)
+            for f in functions
+        )
         calls = _up_to(len(functions) if parallel else 1, "call", "")
         return f'start: {calls}\ncall: "[TOOL_CALLS]" ({options})\n'
 
@@ -248,8 +263,7 @@ class Llama3(ToolFormat):
         return f"start: {calls}\ncall: {_json_rule(self.call_schema(functions))}\n"
 
 
-FORMATS: dict[str, ToolFormat] = {f.name: f for f in (Hermes(), Mistral(), MistralArgs(),
-                                                     Llama3())}
+FORMATS: dict[str, ToolFormat] = {f.name: f for f in (Hermes(), Mistral(), MistralArgs(), Llama3())}
 
 
 def detect_format(template: str | None) -> tuple[ToolFormat, bool] | None:

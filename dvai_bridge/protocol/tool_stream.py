@@ -32,7 +32,8 @@ log = logging.getLogger(__name__)
 
 # A call whose name comes first and whose arguments are an object: streamable.
 _JSON_HEADER = re.compile(
-    r'\{\s*"name"\s*:\s*"((?:[^"\\]|\\.)*)"\s*,\s*"(?:arguments|parameters)"\s*:\s*(?=\{)')
+    r'\{\s*"name"\s*:\s*"((?:[^"\\]|\\.)*)"\s*,\s*"(?:arguments|parameters)"\s*:\s*(?=\{)'
+)
 _MISTRAL_HEADER = re.compile(r"([\w.-]+)\[ARGS\]\s*(?=\{)")
 
 
@@ -81,13 +82,20 @@ class _ObjectScanner:
                 self.depth -= 1
                 if self.depth == 0:
                     self.end = self.pos
-        piece, self.sent = text[self.sent:self.pos], self.pos
+        piece, self.sent = text[self.sent : self.pos], self.pos
         return piece
 
 
 class ToolCallSplitter:
-    def __init__(self, fmt: ToolFormat, known: frozenset[str], parallel: bool = True, *,
-                 stream: bool = True, forced: bool = False) -> None:
+    def __init__(
+        self,
+        fmt: ToolFormat,
+        known: frozenset[str],
+        parallel: bool = True,
+        *,
+        stream: bool = True,
+        forced: bool = False,
+    ) -> None:
         self.fmt = fmt
         self.forced = forced  # the reply is calls only: never returned as content
         self.stream = stream  # False: a whole reply; no deltas, calls only
@@ -111,7 +119,7 @@ class ToolCallSplitter:
             if at < 0 or (self.fmt.at_start_only and self._seen_text):
                 keep = self._hold_back(held)
                 out.content = held[: len(held) - keep]
-                self._held = held[len(held) - keep:]
+                self._held = held[len(held) - keep :]
                 if out.content.strip():
                     self._seen_text = True
                 return out
@@ -138,13 +146,16 @@ class ToolCallSplitter:
             if self.calls or self._opened or self.forced:
                 out.calls = self._cut_call(region)
                 self.calls += out.calls
-                log.info("an unfinished tool call after %d complete ones: %r",
-                         len(self.calls), region[self._used:][:200])
+                log.info(
+                    "an unfinished tool call after %d complete ones: %r",
+                    len(self.calls),
+                    region[self._used :][:200],
+                )
             else:  # nothing parsed: the text is the reply
                 log.info("reply's tool-call part does not parse (%s); returned as content", exc)
                 out.content += region
             return out
-        out.calls = self._limit(calls[len(self.calls):])
+        out.calls = self._limit(calls[len(self.calls) :])
         self.calls += out.calls
         out.deltas = self._whole(out.calls) if self.stream else []
         return out
@@ -160,7 +171,7 @@ class ToolCallSplitter:
         name = json.loads(f'"{m.group(1)}"') if self._header is _JSON_HEADER else m.group(1)
         if name not in self.known:
             return []
-        return [ParsedCall(name, {}, cut_arguments=region[m.end():])]
+        return [ParsedCall(name, {}, cut_arguments=region[m.end() :])]
 
     # -- streaming ------------------------------------------------------------------------
     def _stream(self) -> list[ToolDelta]:

@@ -52,10 +52,12 @@ def new_call_id() -> str:
 
 def openai_call(call: ParsedCall) -> dict[str, Any]:
     """A complete call as ``message.tool_calls`` holds it."""
-    arguments = call.cut_arguments if call.cut_arguments is not None \
-        else json.dumps(call.arguments)
-    return {"id": new_call_id(), "type": "function",
-            "function": {"name": call.name, "arguments": arguments}}
+    arguments = call.cut_arguments if call.cut_arguments is not None else json.dumps(call.arguments)
+    return {
+        "id": new_call_id(),
+        "type": "function",
+        "function": {"name": call.name, "arguments": arguments},
+    }
 
 
 def _functions(tools: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -69,26 +71,30 @@ def _functions(tools: list[dict[str, Any]]) -> list[dict[str, Any]]:
         if not isinstance(fn, dict):
             raise InvalidRequest(f"{where}.function is missing.", param=f"{where}.function")
         name = fn.get("name")
-        if not isinstance(name, str) or not name or not set(name) <= _NAME_CHARS \
-                or len(name) > 64:
+        if not isinstance(name, str) or not name or not set(name) <= _NAME_CHARS or len(name) > 64:
             raise InvalidRequest(
                 f"{where}.function.name must be 1-64 letters, digits, '_', '-' or '.'.",
-                param=f"{where}.function.name")
+                param=f"{where}.function.name",
+            )
         if name in seen:
-            raise InvalidRequest(f"{where}: function {name!r} is declared twice.",
-                                 param=f"{where}.function.name")
+            raise InvalidRequest(
+                f"{where}: function {name!r} is declared twice.", param=f"{where}.function.name"
+            )
         seen.add(name)
         params = fn.get("parameters", {"type": "object", "properties": {}})
         if not isinstance(params, dict):
-            raise InvalidRequest(f"{where}.function.parameters must be a JSON schema object.",
-                                 param=f"{where}.function.parameters")
+            raise InvalidRequest(
+                f"{where}.function.parameters must be a JSON schema object.",
+                param=f"{where}.function.parameters",
+            )
         try:
             check_json_schema(params)
         except GrammarError as exc:
-            raise InvalidRequest(f"{where}.function.parameters is not a valid JSON schema: "
-                                 f"{exc}", param=f"{where}.function.parameters") from None
-        out.append({"name": name, "description": fn.get("description", ""),
-                    "parameters": params})
+            raise InvalidRequest(
+                f"{where}.function.parameters is not a valid JSON schema: {exc}",
+                param=f"{where}.function.parameters",
+            ) from None
+        out.append({"name": name, "description": fn.get("description", ""), "parameters": params})
     return out
 
 
@@ -98,20 +104,26 @@ def _choice(tool_choice: Any, names: set[str], has_tools: bool) -> str:
         return "auto" if has_tools else "none"
     if isinstance(tool_choice, str):
         if tool_choice not in ("none", "auto", "required"):
-            raise InvalidRequest("tool_choice must be 'none', 'auto', 'required' or "
-                                 "{'type': 'function', 'function': {'name': ...}}.",
-                                 param="tool_choice")
+            raise InvalidRequest(
+                "tool_choice must be 'none', 'auto', 'required' or "
+                "{'type': 'function', 'function': {'name': ...}}.",
+                param="tool_choice",
+            )
         if tool_choice == "required" and not has_tools:
             raise InvalidRequest("tool_choice 'required' needs tools.", param="tool_choice")
         return tool_choice if has_tools else "none"
     if isinstance(tool_choice, dict) and tool_choice.get("type") == "function":
         name = (tool_choice.get("function") or {}).get("name")
         if name not in names:
-            raise InvalidRequest(f"tool_choice names function {name!r}, which is not in tools.",
-                                 param="tool_choice")
+            raise InvalidRequest(
+                f"tool_choice names function {name!r}, which is not in tools.", param="tool_choice"
+            )
         return f"function:{name}"
-    raise InvalidRequest("tool_choice must be 'none', 'auto', 'required' or "
-                         "{'type': 'function', 'function': {'name': ...}}.", param="tool_choice")
+    raise InvalidRequest(
+        "tool_choice must be 'none', 'auto', 'required' or "
+        "{'type': 'function', 'function': {'name': ...}}.",
+        param="tool_choice",
+    )
 
 
 def _arguments_object(arguments: Any) -> Any:
@@ -132,9 +144,14 @@ class ToolPlan:
     native: bool
 
     @classmethod
-    def build(cls, tools: list[dict[str, Any]] | None, tool_choice: Any,
-              parallel: bool | None, template: str | None,
-              history_has_tools: bool) -> ToolPlan | None:
+    def build(
+        cls,
+        tools: list[dict[str, Any]] | None,
+        tool_choice: Any,
+        parallel: bool | None,
+        template: str | None,
+        history_has_tools: bool,
+    ) -> ToolPlan | None:
         """None when the request involves no tools at all."""
         if not tools and tool_choice in (None, "none") and not history_has_tools:
             return None
@@ -147,7 +164,8 @@ class ToolPlan:
             raise InvalidRequest(
                 "This model's chat template declares tools in a format dvai-bridge cannot "
                 "parse (known: Hermes <tool_call>, Mistral [TOOL_CALLS], Llama 3 JSON).",
-                param="tools")
+                param="tools",
+            )
         fmt, native = detected
         return cls(functions, choice, parallel is not False, fmt, native)
 
@@ -196,13 +214,21 @@ class ToolPlan:
         for m in messages:
             role, content = m["role"], m.get("content") or ""
             if role == "assistant" and m.get("tool_calls"):
-                blocks = [json.dumps({"name": (c.get("function") or {}).get("name"),
-                                      "arguments": _arguments_object(
-                                          (c.get("function") or {}).get("arguments"))})
-                          for c in m["tool_calls"]]
+                blocks = [
+                    json.dumps(
+                        {
+                            "name": (c.get("function") or {}).get("name"),
+                            "arguments": _arguments_object(
+                                (c.get("function") or {}).get("arguments")
+                            ),
+                        }
+                    )
+                    for c in m["tool_calls"]
+                ]
                 text = "\n".join(f"<tool_call>\n{b}\n</tool_call>" for b in blocks)
-                out.append({"role": "assistant",
-                            "content": f"{content}\n{text}" if content else text})
+                out.append(
+                    {"role": "assistant", "content": f"{content}\n{text}" if content else text}
+                )
             elif role == "tool":
                 response = f"<tool_response>\n{content}\n</tool_response>"
                 if out and out[-1]["role"] == "user" and out[-1].get("_tool"):
@@ -214,8 +240,9 @@ class ToolPlan:
         for m in out:
             m.pop("_tool", None)
         if self.active:
-            tools = "\n".join(json.dumps({"type": "function", "function": f})
-                              for f in self.offered())
+            tools = "\n".join(
+                json.dumps({"type": "function", "function": f}) for f in self.offered()
+            )
             system = HERMES_SYSTEM.format(tools=tools)
             if out and out[0]["role"] == "system":
                 out[0] = {"role": "system", "content": f"{out[0]['content']}\n\n{system}"}
@@ -241,5 +268,4 @@ class ToolPlan:
         if not self.active:
             return None
         names = frozenset(f["name"] for f in self.offered())
-        return ToolCallSplitter(self.fmt, names, self.parallel, stream=stream,
-                                forced=self.forced)
+        return ToolCallSplitter(self.fmt, names, self.parallel, stream=stream, forced=self.forced)

@@ -20,7 +20,7 @@ import os
 import shutil
 from collections import defaultdict
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
@@ -54,19 +54,26 @@ class CachedModel:
     damaged: str = ""  # an MLX import whose files differ from what was written: how
 
     def to_json(self) -> dict[str, Any]:
-        return {"ref": self.ref, "kind": self.kind, "backend": self.backend,
-                "bytes": self.bytes, "path": str(self.path),
-                "last_used": self.last_used.isoformat() if self.last_used else None,
-                "cache": self.cache, "complete": self.complete, "in_use": self.in_use,
-                "revisions": list(self.revisions),
-                "source": str(self.source) if self.source else None,
-                "stale": self.stale or None, "damaged": self.damaged or None}
+        return {
+            "ref": self.ref,
+            "kind": self.kind,
+            "backend": self.backend,
+            "bytes": self.bytes,
+            "path": str(self.path),
+            "last_used": self.last_used.isoformat() if self.last_used else None,
+            "cache": self.cache,
+            "complete": self.complete,
+            "in_use": self.in_use,
+            "revisions": list(self.revisions),
+            "source": str(self.source) if self.source else None,
+            "stale": self.stale or None,
+            "damaged": self.damaged or None,
+        }
 
     @property
     def prunable(self) -> bool:
         """An MLX import ``models prune`` deletes: stale, damaged or unfinished, not in use."""
-        return self.cache == "mlx-imports" and bool(self.stale or self.damaged) \
-            and not self.in_use
+        return self.cache == "mlx-imports" and bool(self.stale or self.damaged) and not self.in_use
 
 
 @dataclass(frozen=True)
@@ -83,7 +90,7 @@ class DeletePlan:
 
 
 def _when(timestamp: float | None) -> datetime | None:
-    return datetime.fromtimestamp(timestamp, timezone.utc) if timestamp else None
+    return datetime.fromtimestamp(timestamp, UTC) if timestamp else None
 
 
 def _scan() -> Any:
@@ -110,8 +117,7 @@ def _hf_models(info: Any, served: list[Path]) -> list[CachedModel]:
     for repo in sorted(info.repos, key=lambda r: r.repo_id):
         if repo.repo_type != "model":
             continue
-        revisions = sorted(repo.revisions, key=lambda r: ("main" not in r.refs,
-                                                          -r.last_modified))
+        revisions = sorted(repo.revisions, key=lambda r: ("main" not in r.refs, -r.last_modified))
         ggufs: dict[str, list[tuple[Any, Any]]] = defaultdict(list)
         rest: list[tuple[Any, Any]] = []
         for revision in revisions:
@@ -124,31 +130,77 @@ def _hf_models(info: Any, served: list[Path]) -> list[CachedModel]:
         if "config.json" in names and any(n.endswith(".safetensors") for n in names):
             blobs = {f.blob_path: f for _, f in rest}
             with_files = [r for r in revisions if any(rv is r for rv, _ in rest)]
-            models.append(_hf_entry(repo.repo_id, "mlx", with_files[0].snapshot_path,
-                                    sum(f.size_on_disk for f in blobs.values()) + partial,
-                                    blobs.values(), with_files, served))
+            models.append(
+                _hf_entry(
+                    repo.repo_id,
+                    "mlx",
+                    with_files[0].snapshot_path,
+                    sum(f.size_on_disk for f in blobs.values()) + partial,
+                    blobs.values(),
+                    with_files,
+                    served,
+                )
+            )
         for rel, found in sorted(ggufs.items()):
             revision, f = found[0]
-            ref = repo.repo_id if "main" in revision.refs else \
-                f"{repo.repo_id}@{_revision_names(revision)[0]}"
-            models.append(_hf_entry(f"{ref}/{rel}", "gguf", f.file_path, f.size_on_disk,
-                                    [f], [r for r, _ in found], served))
+            ref = (
+                repo.repo_id
+                if "main" in revision.refs
+                else f"{repo.repo_id}@{_revision_names(revision)[0]}"
+            )
+            models.append(
+                _hf_entry(
+                    f"{ref}/{rel}",
+                    "gguf",
+                    f.file_path,
+                    f.size_on_disk,
+                    [f],
+                    [r for r, _ in found],
+                    served,
+                )
+            )
         if partial and len(models) == listed:  # only a partial download of this repo
-            models.append(CachedModel(repo.repo_id, "mlx", "mlx", partial, repo.repo_path,
-                                      _when(repo.last_accessed), "hf", complete=False))
+            models.append(
+                CachedModel(
+                    repo.repo_id,
+                    "mlx",
+                    "mlx",
+                    partial,
+                    repo.repo_path,
+                    _when(repo.last_accessed),
+                    "hf",
+                    complete=False,
+                )
+            )
     return models
 
 
-def _hf_entry(ref: str, kind: Literal["mlx", "gguf"], path: Path, size: int, files: Any,
-              revisions: list[Any], served: list[Path]) -> CachedModel:
+def _hf_entry(
+    ref: str,
+    kind: Literal["mlx", "gguf"],
+    path: Path,
+    size: int,
+    files: Any,
+    revisions: list[Any],
+    served: list[Path],
+) -> CachedModel:
     last = max((f.blob_last_accessed for f in files), default=None)
     names: list[str] = []
     for revision in revisions:
         for name in _revision_names(revision):
             if name not in names:
                 names.append(name)
-    return CachedModel(ref, kind, BACKEND_FOR[kind], size, path, _when(last), "hf",
-                       in_use=_served(path, served), revisions=tuple(names))
+    return CachedModel(
+        ref,
+        kind,
+        BACKEND_FOR[kind],
+        size,
+        path,
+        _when(last),
+        "hf",
+        in_use=_served(path, served),
+        revisions=tuple(names),
+    )
 
 
 def _served(path: Path, served: list[Path]) -> bool:
@@ -169,9 +221,19 @@ def _gguf_models(served: list[Path]) -> list[CachedModel]:
             continue
         path = complete[0] if complete else files[0]
         size = sum(p.stat().st_size for p in folder.iterdir() if p.is_file())
-        models.append(CachedModel(str(source.get("url") or path.name), "gguf", "llama", size,
-                                  path, _when(path.stat().st_atime), "gguf",
-                                  complete=bool(complete), in_use=_served(path, served)))
+        models.append(
+            CachedModel(
+                str(source.get("url") or path.name),
+                "gguf",
+                "llama",
+                size,
+                path,
+                _when(path.stat().st_atime),
+                "gguf",
+                complete=bool(complete),
+                in_use=_served(path, served),
+            )
+        )
     return models
 
 
@@ -187,13 +249,28 @@ def _import_models(served: list[Path]) -> list[CachedModel]:
     runs (an import in progress is usually a bridge starting)."""
     models = []
     for found in imports.scan_imports():
-        in_use = found.importing or _served(found.folder, served) or (
-            found.source is not None and _served(found.source, served))
+        in_use = (
+            found.importing
+            or _served(found.folder, served)
+            or (found.source is not None and _served(found.source, served))
+        )
         last = _atime(found.folder / "config.json") or _atime(found.folder)
-        models.append(CachedModel(str(found.folder), "mlx", "mlx", found.bytes, found.folder,
-                                  _when(last), "mlx-imports", complete=found.complete,
-                                  in_use=in_use, source=found.source, stale=found.why,
-                                  damaged=found.damaged))
+        models.append(
+            CachedModel(
+                str(found.folder),
+                "mlx",
+                "mlx",
+                found.bytes,
+                found.folder,
+                _when(last),
+                "mlx-imports",
+                complete=found.complete,
+                in_use=in_use,
+                source=found.source,
+                stale=found.why,
+                damaged=found.damaged,
+            )
+        )
     return models
 
 
@@ -225,22 +302,32 @@ def _hf_target(model: ModelRef, info: Any) -> tuple[Any, Any] | None:
         model = _ref_for_cache_path(model.path, info) or model
     if model.kind not in ("hf-repo", "hf-file"):
         return None
-    repo = next((r for r in info.repos if r.repo_type == "model"
-                 and r.repo_id == model.repo_id), None)
+    repo = next(
+        (r for r in info.repos if r.repo_type == "model" and r.repo_id == model.repo_id), None
+    )
     if repo is None:
         return None
     revisions = list(repo.revisions)
     if model.revision:
-        revisions = [r for r in revisions if model.revision in r.refs
-                     or r.commit_hash.startswith(model.revision)]
+        revisions = [
+            r
+            for r in revisions
+            if model.revision in r.refs or r.commit_hash.startswith(model.revision)
+        ]
     if model.kind == "hf-repo":
         if not model.revision:
-            return (info.delete_revisions(*(r.commit_hash for r in revisions))
-                    if revisions else None), repo
-        return (info.delete_revisions(*(r.commit_hash for r in revisions))
-                if revisions else False), repo
-    files = [f for r in revisions for f in r.files
-             if f.file_path.relative_to(r.snapshot_path).as_posix() == model.filename]
+            return (
+                info.delete_revisions(*(r.commit_hash for r in revisions)) if revisions else None
+            ), repo
+        return (
+            info.delete_revisions(*(r.commit_hash for r in revisions)) if revisions else False
+        ), repo
+    files = [
+        f
+        for r in revisions
+        for f in r.files
+        if f.file_path.relative_to(r.snapshot_path).as_posix() == model.filename
+    ]
     return (info.delete_files(*files) if files else False), repo
 
 
@@ -255,8 +342,9 @@ def _ref_for_cache_path(path: Path, info: Any) -> ModelRef | None:
                 rev = revision.commit_hash
                 if rel == "." or not rel.lower().endswith(".gguf"):
                     return ModelRef("hf-repo", str(path), repo_id=repo.repo_id, revision=rev)
-                return ModelRef("hf-file", str(path), repo_id=repo.repo_id, revision=rev,
-                                filename=rel)
+                return ModelRef(
+                    "hf-file", str(path), repo_id=repo.repo_id, revision=rev, filename=rel
+                )
     return None
 
 
@@ -265,16 +353,25 @@ def plan_delete(ref: str) -> DeletePlan:
     removes; raises ``ModelNotFound``."""
     everything = list_cached_models()
     plan = _plan(ref, everything)
-    victims = [m for m in everything if m.cache == "mlx-imports" and m.source is not None
-               and m.path not in plan.paths
-               and any(m.source == p or p in m.source.parents for p in plan.paths)]
+    victims = [
+        m
+        for m in everything
+        if m.cache == "mlx-imports"
+        and m.source is not None
+        and m.path not in plan.paths
+        and any(m.source == p or p in m.source.parents for p in plan.paths)
+    ]
     if not victims:
         return plan
-    return DeletePlan(plan.ref, plan.models + tuple(victims),
-                      plan.paths + tuple(m.path for m in victims),
-                      plan.bytes_freed + sum(m.bytes for m in victims), False,
-                      _strategy=plan._strategy,
-                      _folders=plan._folders + tuple(m.path for m in victims))
+    return DeletePlan(
+        plan.ref,
+        plan.models + tuple(victims),
+        plan.paths + tuple(m.path for m in victims),
+        plan.bytes_freed + sum(m.bytes for m in victims),
+        False,
+        _strategy=plan._strategy,
+        _folders=plan._folders + tuple(m.path for m in victims),
+    )
 
 
 def _plan(ref: str, everything: list[CachedModel]) -> DeletePlan:
@@ -288,34 +385,57 @@ def _plan(ref: str, everything: list[CachedModel]) -> DeletePlan:
     if folder is not None:
         files = [p for p in folder.iterdir() if p.is_file()]
         hit = tuple(m for m in everything if m.cache == "gguf" and m.path.parent == folder)
-        return DeletePlan(ref, hit, (folder,), sum(p.stat().st_size for p in files), False,
-                          _folders=(folder,))
+        return DeletePlan(
+            ref, hit, (folder,), sum(p.stat().st_size for p in files), False, _folders=(folder,)
+        )
     info = _scan()
     target = _hf_target(model, info)
     if target is not None:
         strategy, repo = target
         if strategy is False:
-            raise ModelNotFound(f"{ref}: that revision or file is not cached. "
-                                "`dvai-bridge models ls` lists what is.", param="ref")
+            raise ModelNotFound(
+                f"{ref}: that revision or file is not cached. "
+                "`dvai-bridge models ls` lists what is.",
+                param="ref",
+            )
         if strategy is None:  # a repo with only partial downloads
             partial = sum(m.bytes for m in everything if m.path == repo.repo_path)
             hit = tuple(m for m in everything if m.path == repo.repo_path)
-            return DeletePlan(ref, hit, (repo.repo_path,), partial, False,
-                              _folders=(repo.repo_path,))
-        paths = tuple(sorted({*strategy.repos, *strategy.snapshots, *strategy.files,
-                              *strategy.refs, *strategy.blobs}))
+            return DeletePlan(
+                ref, hit, (repo.repo_path,), partial, False, _folders=(repo.repo_path,)
+            )
+        paths = tuple(
+            sorted(
+                {
+                    *strategy.repos,
+                    *strategy.snapshots,
+                    *strategy.files,
+                    *strategy.refs,
+                    *strategy.blobs,
+                }
+            )
+        )
         freed = strategy.expected_freed_size
         if repo.repo_path in strategy.repos:
-            freed += sum(p.size_on_disk for p in info.incomplete_files
-                         if p.file_path.parent.parent == repo.repo_path)
-        hit = tuple(m for m in everything if m.cache == "hf"
-                    and any(m.path == p or p in m.path.parents for p in paths))
+            freed += sum(
+                p.size_on_disk
+                for p in info.incomplete_files
+                if p.file_path.parent.parent == repo.repo_path
+            )
+        hit = tuple(
+            m
+            for m in everything
+            if m.cache == "hf" and any(m.path == p or p in m.path.parents for p in paths)
+        )
         return DeletePlan(ref, hit, paths, freed, False, _strategy=strategy)
     if model.kind in ("local-dir", "local-gguf"):
-        raise ModelNotFound(f"{model.path} is not in a model cache; dvai-bridge deletes only "
-                            "what it downloaded.", param="ref")
-    raise ModelNotFound(f"{model.canonical} is not cached. `dvai-bridge models ls` lists what "
-                        "is.", param="ref")
+        raise ModelNotFound(
+            f"{model.path} is not in a model cache; dvai-bridge deletes only what it downloaded.",
+            param="ref",
+        )
+    raise ModelNotFound(
+        f"{model.canonical} is not cached. `dvai-bridge models ls` lists what is.", param="ref"
+    )
 
 
 def delete_cached_model(ref: str, *, dry_run: bool = False) -> DeletePlan:
@@ -325,16 +445,20 @@ def delete_cached_model(ref: str, *, dry_run: bool = False) -> DeletePlan:
     plan = plan_delete(ref)
     refs = {m.ref for m in plan.models} | {parse_reference(ref).canonical}
     sources = [m.source for m in plan.models if m.cache == "mlx-imports" and m.source]
-    importing = next((m for m in plan.models if m.cache == "mlx-imports" and not m.complete
-                      and m.in_use), None)
+    importing = next(
+        (m for m in plan.models if m.cache == "mlx-imports" and not m.complete and m.in_use), None
+    )
     if importing is not None:
-        raise ModelInUse(f"{importing.path} is an MLX import in progress; let it finish.",
-                         param="ref")
+        raise ModelInUse(
+            f"{importing.path} is an MLX import in progress; let it finish.", param="ref"
+        )
     server = server_using([*plan.paths, *sources], refs)
     if server is not None:
         raise ModelInUse(
             f"{ref} is in use: the bridge at {server.base_url} (pid {server.pid}) serves it. "
-            "Stop that bridge first.", param="ref")
+            "Stop that bridge first.",
+            param="ref",
+        )
     if dry_run:
         return plan
     return _execute(plan)
@@ -358,6 +482,12 @@ def prune_stale_imports(*, dry_run: bool = False) -> DeletePlan:
     those a running bridge serves, and imports in progress."""
     victims = tuple(m for m in list_cached_models() if m.prunable)
     folders = tuple(m.path for m in victims)
-    plan = DeletePlan("stale MLX imports", victims, folders, sum(m.bytes for m in victims),
-                      False, _folders=folders)
+    plan = DeletePlan(
+        "stale MLX imports",
+        victims,
+        folders,
+        sum(m.bytes for m in victims),
+        False,
+        _folders=folders,
+    )
     return plan if dry_run else _execute(plan)

@@ -1,11 +1,11 @@
 """Disk space for downloads: checked before the first byte, and a full disk answered cleanly.
 
-    ensure_space(folder, need, label)   DownloadFailed (code ``disk_full``) naming the need and
-                                        the free space, when ``folder``'s file system lacks it
-    is_disk_full(exc)                   ENOSPC / EDQUOT
-    disk_full(folder, label, ...)       the DownloadFailed for a write that hit a full disk
-    os_errors(label)                    context manager: any other file-system failure of a
-                                        download -> DownloadFailed naming the path (no traceback)
+ensure_space(folder, need, label)   DownloadFailed (code ``disk_full``) naming the need and
+                                    the free space, when ``folder``'s file system lacks it
+is_disk_full(exc)                   ENOSPC / EDQUOT
+disk_full(folder, label, ...)       the DownloadFailed for a write that hit a full disk
+os_errors(label)                    context manager: any other file-system failure of a
+                                    download -> DownloadFailed naming the path (no traceback)
 """
 
 from __future__ import annotations
@@ -47,8 +47,10 @@ def ensure_space(folder: Path, need: int, label: str) -> None:
         raise DownloadFailed(
             f"Not enough disk space for {label}: it needs {human_bytes(need)} more and "
             f"{_existing(folder)} has {human_bytes(free)} free. Free some space (`dvai-bridge "
-            "models ls` shows what the caches hold) and run it again.", param="model",
-            code=CODE)
+            "models ls` shows what the caches hold) and run it again.",
+            param="model",
+            code=CODE,
+        )
 
 
 def is_disk_full(exc: BaseException) -> bool:
@@ -65,7 +67,9 @@ def disk_full(folder: Path, label: str, written: int, total: int | None) -> Down
         f"The disk filled up while downloading {label}: {human_bytes(written)}{of} had been "
         f"written under {_existing(folder)}, which now has {free} free. The partial file was "
         "deleted so the disk is not left full; free some space and run it again.",
-        param="model", code=CODE)
+        param="model",
+        code=CODE,
+    )
 
 
 @contextmanager
@@ -83,6 +87,9 @@ def os_errors(label: str) -> Iterator[None]:
             raise DownloadFailed(
                 f"The disk is full: cannot write{where} while fetching {label}, "
                 f"{human_bytes(free_bytes(folder))} free. Free some space and run it again.",
-                param="model", code=CODE) from None
-        raise DownloadFailed(f"File-system error while fetching {label}{where}: "
-                             f"{exc.strerror or exc}", param="model") from None
+                param="model",
+                code=CODE,
+            ) from None
+        raise DownloadFailed(
+            f"File-system error while fetching {label}{where}: {exc.strerror or exc}", param="model"
+        ) from None

@@ -87,12 +87,22 @@ def _total_size(headers: object, position: int) -> int | None:
     return position + int(length) if length is not None else None
 
 
-def fetch(url: str, dest: Path, *, headers: dict[str, str] | None = None,
-          expected_size: int | None = None, sha256: str | None = None, hash_always: bool = False,
-          if_range: str | None = None, on_bytes: Callable[[int], None] | None = None,
-          on_response: Callable[[int | None, str | None], None] | None = None,
-          cancel: threading.Event | None = None, retries: int | None = None,
-          backoff_s: float | None = None, label: str | None = None) -> Fetched:
+def fetch(
+    url: str,
+    dest: Path,
+    *,
+    headers: dict[str, str] | None = None,
+    expected_size: int | None = None,
+    sha256: str | None = None,
+    hash_always: bool = False,
+    if_range: str | None = None,
+    on_bytes: Callable[[int], None] | None = None,
+    on_response: Callable[[int | None, str | None], None] | None = None,
+    cancel: threading.Event | None = None,
+    retries: int | None = None,
+    backoff_s: float | None = None,
+    label: str | None = None,
+) -> Fetched:
     """Download ``url`` to ``dest``, resuming from ``dest.incomplete`` if it exists.
 
     ``on_bytes(position)`` is called as bytes land. ``sha256`` (hex) is checked at the end: a
@@ -120,8 +130,11 @@ def fetch(url: str, dest: Path, *, headers: dict[str, str] | None = None,
         if expected_size is not None and position > expected_size:
             part.unlink()
             position = 0
-        hasher = _hash_prefix(part, position) if want_hash and position else (
-            hashlib.sha256() if want_hash else None)
+        hasher = (
+            _hash_prefix(part, position)
+            if want_hash and position
+            else (hashlib.sha256() if want_hash else None)
+        )
         if on_bytes and position:
             on_bytes(position)
         if expected_size is not None and position == expected_size and expected_size > 0:
@@ -133,8 +146,9 @@ def fetch(url: str, dest: Path, *, headers: dict[str, str] | None = None,
                 request_headers["If-Range"] = if_range
         progressed = False
         try:
-            with get_session().stream("GET", url, headers=request_headers,
-                                      timeout=timeout) as response:
+            with get_session().stream(
+                "GET", url, headers=request_headers, timeout=timeout
+            ) as response:
                 if response.status_code == 416 and position:
                     part.unlink()  # the partial bytes do not fit the file; start over
                     continue
@@ -184,23 +198,28 @@ def fetch(url: str, dest: Path, *, headers: dict[str, str] | None = None,
                 raise DownloadFailed(
                     f"Download of {label} failed after {retries} retries: {reason}. The bytes "
                     f"received so far are kept in {part} and the next attempt resumes "
-                    "from there.") from None
-            log.warning("%s: %s; resuming in %.1fs", label,
-                        (str(exc) or type(exc).__name__).splitlines()[0],
-                        backoff_s * max(failures, 1))
+                    "from there."
+                ) from None
+            log.warning(
+                "%s: %s; resuming in %.1fs",
+                label,
+                (str(exc) or type(exc).__name__).splitlines()[0],
+                backoff_s * max(failures, 1),
+            )
             if cancel is not None and cancel.wait(backoff_s * max(failures, 1)):
                 raise Cancelled(label) from None
             if cancel is None:
                 time.sleep(backoff_s * max(failures, 1))
         except OfflineModeIsEnabled:
-            raise DownloadFailed(f"{label} is not downloaded and HF_HUB_OFFLINE is set.",
-                                 param="model") from None
+            raise DownloadFailed(
+                f"{label} is not downloaded and HF_HUB_OFFLINE is set.", param="model"
+            ) from None
 
     digest = hasher.hexdigest() if hasher is not None else None
     if sha256 and digest != sha256:
         part.unlink(missing_ok=True)
         raise ChecksumMismatch(
-            f"{label}: sha256 is {digest}, expected {sha256}. The file was deleted.",
-            param="sha256")
+            f"{label}: sha256 is {digest}, expected {sha256}. The file was deleted.", param="sha256"
+        )
     os.replace(part, dest)
     return Fetched(dest, position, digest, etag)

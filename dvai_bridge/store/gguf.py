@@ -76,15 +76,19 @@ def url_errors(url: str) -> Iterator[None]:
     except HfHubHTTPError as exc:
         status = exc.response.status_code if exc.response is not None else None
         code = {404: "file_not_found", 401: "not_authorized", 403: "not_authorized"}.get(
-            status or 0, "download_failed")
-        raise DownloadFailed(f"Could not download {url}: HTTP {status}.", param="model",
-                             code=code) from None
+            status or 0, "download_failed"
+        )
+        raise DownloadFailed(
+            f"Could not download {url}: HTTP {status}.", param="model", code=code
+        ) from None
     except OfflineModeIsEnabled:
-        raise DownloadFailed(f"{url} is not cached and HF_HUB_OFFLINE is set.", param="model",
-                             code="offline") from None
+        raise DownloadFailed(
+            f"{url} is not cached and HF_HUB_OFFLINE is set.", param="model", code="offline"
+        ) from None
     except httpx2.HTTPError as exc:
-        raise DownloadFailed(f"Cannot reach {url}: {exc}", param="model",
-                             code="network_unreachable") from None
+        raise DownloadFailed(
+            f"Cannot reach {url}: {exc}", param="model", code="network_unreachable"
+        ) from None
 
 
 def _hash_file(path: Path) -> str:
@@ -95,8 +99,13 @@ def _hash_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def ensure_url(url: str, *, sha256: str | None = None, progress: ProgressHub | None = None,
-               refresh: bool = False) -> Path:
+def ensure_url(
+    url: str,
+    *,
+    sha256: str | None = None,
+    progress: ProgressHub | None = None,
+    refresh: bool = False,
+) -> Path:
     """The cached GGUF for ``url``; downloaded (resuming a partial one) when missing."""
     folder, dest = url_folder(url), cached_path(url)
     source = read_source(folder)
@@ -109,12 +118,14 @@ def ensure_url(url: str, *, sha256: str | None = None, progress: ProgressHub | N
         _write_source(folder, sha256=digest)
         if digest == sha256:
             return dest
-        log.warning("%s: cached sha256 %s differs from %s; downloading again", url, digest,
-                    sha256)
+        log.warning("%s: cached sha256 %s differs from %s; downloading again", url, digest, sha256)
         dest.unlink()
     if offline():
-        raise DownloadFailed(f"{url} is not in the GGUF cache ({gguf_cache_dir()}) and "
-                             "HF_HUB_OFFLINE is set.", param="model", code="offline")
+        raise DownloadFailed(
+            f"{url} is not in the GGUF cache ({gguf_cache_dir()}) and HF_HUB_OFFLINE is set.",
+            param="model",
+            code="offline",
+        )
     folder.mkdir(parents=True, exist_ok=True)
     _write_source(folder, url=url, started=time.time())
     meter = DownloadMeter(dest.name, None, progress)
@@ -129,22 +140,33 @@ def ensure_url(url: str, *, sha256: str | None = None, progress: ProgressHub | N
         dest.unlink()
     try:
         with url_errors(url):
-            got = fetch(url, dest, sha256=sha256, hash_always=True,
-                        if_range=source.get("etag") if partial_path(dest).exists() else None,
-                        on_bytes=lambda pos: meter.at(dest.name, pos), on_response=on_response,
-                        label=dest.name)
+            got = fetch(
+                url,
+                dest,
+                sha256=sha256,
+                hash_always=True,
+                if_range=source.get("etag") if partial_path(dest).exists() else None,
+                on_bytes=lambda pos: meter.at(dest.name, pos),
+                on_response=on_response,
+                label=dest.name,
+            )
     except ChecksumMismatch:
         if not any(p for p in folder.iterdir() if p.name != SOURCE):
             shutil.rmtree(folder, ignore_errors=True)
         raise
     except Cancelled:
-        raise DownloadFailed(f"Download of {url} was cancelled; it resumes on the next "
-                             "attempt.", param="model", code="cancelled") from None
-    _write_source(folder, url=url, sha256=got.sha256, size=got.size, etag=got.etag,
-                  completed=time.time())
+        raise DownloadFailed(
+            f"Download of {url} was cancelled; it resumes on the next attempt.",
+            param="model",
+            code="cancelled",
+        ) from None
+    _write_source(
+        folder, url=url, sha256=got.sha256, size=got.size, etag=got.etag, completed=time.time()
+    )
     meter.set_total(got.size)
     meter.finish()
     if sha256 and progress is not None:
-        progress.emit(ProgressEvent("verify", percent=100.0,
-                                    message=f"sha256 of {dest.name} checks out"))
+        progress.emit(
+            ProgressEvent("verify", percent=100.0, message=f"sha256 of {dest.name} checks out")
+        )
     return dest

@@ -95,24 +95,35 @@ def hub_errors(ref: str) -> Iterator[None]:
     except GatedRepoError:
         raise DownloadFailed(
             f"{ref} is a gated repo: accept its terms on {endpoint}/{ref.split('@')[0]} with "
-            f"your account, then {login}.", param="model", code="gated_repo") from None
+            f"your account, then {login}.",
+            param="model",
+            code="gated_repo",
+        ) from None
     except RevisionNotFoundError:
-        raise DownloadFailed(f"{ref}: no such revision on {endpoint}.", param="model",
-                             code="revision_not_found") from None
+        raise DownloadFailed(
+            f"{ref}: no such revision on {endpoint}.", param="model", code="revision_not_found"
+        ) from None
     except RemoteEntryNotFoundError:
-        raise DownloadFailed(f"{ref}: no such file in the repo on {endpoint}.", param="model",
-                             code="file_not_found") from None
+        raise DownloadFailed(
+            f"{ref}: no such file in the repo on {endpoint}.", param="model", code="file_not_found"
+        ) from None
     except RepositoryNotFoundError:
         raise DownloadFailed(
             f"{ref}: no such model repo on {endpoint} (if it is private, {login}).",
-            param="model", code="repo_not_found") from None
+            param="model",
+            code="repo_not_found",
+        ) from None
     except HfHubHTTPError as exc:
         status = exc.response.status_code if exc.response is not None else None
         if status == 401:
-            raise DownloadFailed(f"{ref}: not authorized on {endpoint}; {login}.",
-                                 param="model", code="repo_not_found") from None
-        raise DownloadFailed(f"Could not download {ref}: HTTP {status}: {exc}",
-                             param="model") from None
+            raise DownloadFailed(
+                f"{ref}: not authorized on {endpoint}; {login}.",
+                param="model",
+                code="repo_not_found",
+            ) from None
+        raise DownloadFailed(
+            f"Could not download {ref}: HTTP {status}: {exc}", param="model"
+        ) from None
     except (httpx2.ConnectError, httpx2.TimeoutException, OfflineModeIsEnabled) as exc:
         raise _Unreachable(str(exc) or type(exc).__name__) from None
 
@@ -123,10 +134,17 @@ def local_snapshot(repo_id: str, revision: str | None, patterns: list[str] | Non
     from huggingface_hub import snapshot_download
 
     try:
-        folder = Path(snapshot_download(
-            repo_id, revision=revision, allow_patterns=patterns, local_files_only=True,
-            cache_dir=hf_cache_dir(), tqdm_class=SilentBar))
-    except Exception:  # noqa: BLE001 - LocalEntryNotFound, IncompleteSnapshot, corrupt cache
+        folder = Path(
+            snapshot_download(
+                repo_id,
+                revision=revision,
+                allow_patterns=patterns,
+                local_files_only=True,
+                cache_dir=hf_cache_dir(),
+                tqdm_class=SilentBar,
+            )
+        )
+    except Exception:
         return None
     return folder if folder.is_dir() and any(folder.iterdir()) else None
 
@@ -134,8 +152,7 @@ def local_snapshot(repo_id: str, revision: str | None, patterns: list[str] | Non
 def local_file(repo_id: str, revision: str | None, filename: str) -> Path | None:
     from huggingface_hub import try_to_load_from_cache
 
-    found = try_to_load_from_cache(repo_id, filename, revision=revision,
-                                   cache_dir=hf_cache_dir())
+    found = try_to_load_from_cache(repo_id, filename, revision=revision, cache_dir=hf_cache_dir())
     return Path(found) if isinstance(found, str) else None
 
 
@@ -155,10 +172,17 @@ def list_remote(repo_id: str, revision: str | None) -> tuple[str, list[RemoteFil
     commit = revision if _is_commit(revision) else api.repo_info(repo_id, revision=revision).sha
     if not commit:
         raise DownloadFailed(f"The Hub returned no commit for {repo_id}.", param="model")
-    files = [RemoteFile(f.path, int(f.lfs.size if f.lfs else f.size),
-                        f.lfs.sha256 if f.lfs else None, bool(f.xet_hash), f.blob_id or "")
-             for f in api.list_repo_tree(repo_id, revision=commit, recursive=True)
-             if isinstance(f, RepoFile)]
+    files = [
+        RemoteFile(
+            f.path,
+            int(f.lfs.size if f.lfs else f.size),
+            f.lfs.sha256 if f.lfs else None,
+            bool(f.xet_hash),
+            f.blob_id or "",
+        )
+        for f in api.list_repo_tree(repo_id, revision=commit, recursive=True)
+        if isinstance(f, RepoFile)
+    ]
     return commit, files
 
 
@@ -172,10 +196,16 @@ def _write_ref(storage: Path, revision: str, commit: str) -> None:
     os.replace(tmp, ref)
 
 
-def download_snapshot(repo_id: str, revision: str | None, patterns: list[str] | None, *,
-                      progress: ProgressHub | None = None, label: str | None = None,
-                      check: Callable[[list[RemoteFile]], str | None] | None = None,
-                      use_hf_download: Callable[[RemoteFile], bool] | None = None) -> Path:
+def download_snapshot(
+    repo_id: str,
+    revision: str | None,
+    patterns: list[str] | None,
+    *,
+    progress: ProgressHub | None = None,
+    label: str | None = None,
+    check: Callable[[list[RemoteFile]], str | None] | None = None,
+    use_hf_download: Callable[[RemoteFile], bool] | None = None,
+) -> Path:
     """Fetch the files of ``repo_id@revision`` that match ``patterns``; the snapshot folder.
 
     ``check(files)`` (every file of the revision) may veto the download with a message (e.g.
@@ -220,8 +250,14 @@ def download_snapshot(repo_id: str, revision: str | None, patterns: list[str] | 
     def fetch_one(f: RemoteFile) -> None:
         with hub_errors(f"{ref}/{f.path}"):
             if hf_download(f):
-                hf_hub_download(repo_id, f.path, revision=commit, cache_dir=cache,
-                                endpoint=endpoint, tqdm_class=meter.tqdm_class(f.path))
+                hf_hub_download(
+                    repo_id,
+                    f.path,
+                    revision=commit,
+                    cache_dir=cache,
+                    endpoint=endpoint,
+                    tqdm_class=meter.tqdm_class(f.path),
+                )
                 meter.done(f.path, f.size)
                 return
             url = hf_hub_url(repo_id, f.path, revision=commit, endpoint=endpoint)
@@ -237,15 +273,22 @@ def download_snapshot(repo_id: str, revision: str | None, patterns: list[str] | 
             lock.parent.mkdir(parents=True, exist_ok=True)
             with WeakFileLock(lock):
                 if not blob.exists():
-                    fetch(location, blob, headers=headers, expected_size=meta.size or f.size,
-                          on_bytes=lambda pos: meter.at(f.path, pos), cancel=cancel,
-                          label=f"{ref}/{f.path}")
+                    fetch(
+                        location,
+                        blob,
+                        headers=headers,
+                        expected_size=meta.size or f.size,
+                        on_bytes=lambda pos: meter.at(f.path, pos),
+                        cancel=cancel,
+                        label=f"{ref}/{f.path}",
+                    )
             meter.done(f.path, f.size)
 
     try:
         if todo:
-            with ThreadPoolExecutor(max_workers=min(MAX_WORKERS, len(todo)),
-                                    thread_name_prefix="dvai-download") as pool:
+            with ThreadPoolExecutor(
+                max_workers=min(MAX_WORKERS, len(todo)), thread_name_prefix="dvai-download"
+            ) as pool:
                 futures = [pool.submit(fetch_one, f) for f in todo]
                 try:
                     for future in as_completed(futures):
@@ -256,25 +299,45 @@ def download_snapshot(repo_id: str, revision: str | None, patterns: list[str] | 
                         future.cancel()
                     raise
         with hub_errors(ref):
-            folder = Path(snapshot_download(
-                repo_id, revision=commit, allow_patterns=patterns, cache_dir=cache,
-                endpoint=endpoint, tqdm_class=SilentBar, max_workers=MAX_WORKERS))
+            folder = Path(
+                snapshot_download(
+                    repo_id,
+                    revision=commit,
+                    allow_patterns=patterns,
+                    cache_dir=cache,
+                    endpoint=endpoint,
+                    tqdm_class=SilentBar,
+                    max_workers=MAX_WORKERS,
+                )
+            )
     except _Unreachable as exc:
         raise DownloadFailed(
             f"Lost the connection to the Hub while downloading {ref} ({exc}); run the same "
-            "command again to resume.", param="model", code="network_unreachable") from None
+            "command again to resume.",
+            param="model",
+            code="network_unreachable",
+        ) from None
     except Cancelled:
-        raise DownloadFailed(f"Download of {ref} was cancelled; it resumes on the next "
-                             "attempt.", param="model", code="cancelled") from None
+        raise DownloadFailed(
+            f"Download of {ref} was cancelled; it resumes on the next attempt.",
+            param="model",
+            code="cancelled",
+        ) from None
     if not _is_commit(revision):
         _write_ref(storage, revision or "main", commit)
     meter.finish()
     return folder
 
 
-def ensure_snapshot(repo_id: str, revision: str | None, patterns: list[str] | None, *,
-                    progress: ProgressHub | None = None, refresh: bool = False,
-                    check: Callable[[list[RemoteFile]], str | None] | None = None) -> Path:
+def ensure_snapshot(
+    repo_id: str,
+    revision: str | None,
+    patterns: list[str] | None,
+    *,
+    progress: ProgressHub | None = None,
+    refresh: bool = False,
+    check: Callable[[list[RemoteFile]], str | None] | None = None,
+) -> Path:
     """The snapshot folder, from the cache when it is there (and ``refresh`` is off), else
     downloaded; offline or unreachable, the cache alone answers."""
     ref = f"{repo_id}@{revision}" if revision else repo_id
@@ -286,7 +349,9 @@ def ensure_snapshot(repo_id: str, revision: str | None, patterns: list[str] | No
             raise DownloadFailed(
                 f"{ref} is not in the Hugging Face cache ({hf_cache_dir()}) and HF_HUB_OFFLINE "
                 "is set; unset it to download, or pull the model on a connected machine.",
-                param="model", code="offline")
+                param="model",
+                code="offline",
+            )
     try:
         return download_snapshot(repo_id, revision, patterns, progress=progress, check=check)
     except _Unreachable as exc:
@@ -296,38 +361,60 @@ def ensure_snapshot(repo_id: str, revision: str | None, patterns: list[str] | No
             return folder
         raise DownloadFailed(
             f"Cannot reach the Hub ({hf_endpoint() or 'https://huggingface.co'}: {exc}) and "
-            f"{ref} is not in the cache.", param="model", code="network_unreachable") from None
+            f"{ref} is not in the cache.",
+            param="model",
+            code="network_unreachable",
+        ) from None
 
 
-def ensure_file(repo_id: str, revision: str | None, filename: str, *,
-                sha256: str | None = None, progress: ProgressHub | None = None,
-                refresh: bool = False) -> Path:
+def ensure_file(
+    repo_id: str,
+    revision: str | None,
+    filename: str,
+    *,
+    sha256: str | None = None,
+    progress: ProgressHub | None = None,
+    refresh: bool = False,
+) -> Path:
     """One file of a repo (a GGUF), through the same steps as a snapshot."""
     ref = f"{repo_id}@{revision}/{filename}" if revision else f"{repo_id}/{filename}"
     path = None if refresh and not offline() else local_file(repo_id, revision, filename)
     if path is None:
         if offline():
-            raise DownloadFailed(f"{ref} is not in the Hugging Face cache and HF_HUB_OFFLINE "
-                                 "is set.", param="model", code="offline")
+            raise DownloadFailed(
+                f"{ref} is not in the Hugging Face cache and HF_HUB_OFFLINE is set.",
+                param="model",
+                code="offline",
+            )
 
         def check(files: list[RemoteFile]) -> str | None:
             found = next((f for f in files if f.path == filename), None)
             if found is None:
                 return f"{ref}: no such file in the repo."
             if sha256 and found.sha256 and found.sha256 != sha256:
-                raise ChecksumMismatch(f"{ref}: the Hub lists sha256 {found.sha256}, "
-                                       f"expected {sha256}.", param="sha256")
+                raise ChecksumMismatch(
+                    f"{ref}: the Hub lists sha256 {found.sha256}, expected {sha256}.",
+                    param="sha256",
+                )
             return None
 
         try:
-            folder = download_snapshot(repo_id, revision, [glob.escape(filename)],
-                                       progress=progress, label=ref, check=check)
+            folder = download_snapshot(
+                repo_id,
+                revision,
+                [glob.escape(filename)],
+                progress=progress,
+                label=ref,
+                check=check,
+            )
         except _Unreachable as exc:
             path = local_file(repo_id, revision, filename)
             if path is None:
-                raise DownloadFailed(f"Cannot reach the Hub ({exc}) and {ref} is not in the "
-                                     "cache.", param="model", code="network_unreachable") \
-                    from None
+                raise DownloadFailed(
+                    f"Cannot reach the Hub ({exc}) and {ref} is not in the cache.",
+                    param="model",
+                    code="network_unreachable",
+                ) from None
         else:
             path = folder / filename
     if sha256:
@@ -335,8 +422,9 @@ def ensure_file(repo_id: str, revision: str | None, filename: str, *,
     return path
 
 
-def verify_sha256(path: Path, sha256: str, *, progress: ProgressHub | None = None,
-                  label: str | None = None) -> None:
+def verify_sha256(
+    path: Path, sha256: str, *, progress: ProgressHub | None = None, label: str | None = None
+) -> None:
     """Check a cached file's sha256. A blob named by its sha256 (an LFS file in the HF cache)
     checks by name; other files are hashed."""
     real = Path(os.path.realpath(path))
@@ -351,5 +439,6 @@ def verify_sha256(path: Path, sha256: str, *, progress: ProgressHub | None = Non
         while chunk := f.read(8 << 20):
             h.update(chunk)
     if h.hexdigest() != sha256:
-        raise ChecksumMismatch(f"{label or path}: sha256 is {h.hexdigest()}, expected {sha256}.",
-                               param="sha256")
+        raise ChecksumMismatch(
+            f"{label or path}: sha256 is {h.hexdigest()}, expected {sha256}.", param="sha256"
+        )

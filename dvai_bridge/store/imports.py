@@ -72,7 +72,7 @@ def _read(folder: Path) -> dict:
 
 
 def _source_matches(meta: dict) -> str:
-    """"" if the recorded source is still the file that was imported; else why not."""
+    """ "" if the recorded source is still the file that was imported; else why not."""
     source = meta.get("source")
     if not source:
         return "no record of its source"
@@ -102,7 +102,7 @@ def record_files(folder: Path) -> dict[str, dict[str, Any]]:
 
 
 def check_import(folder: Path, *, full: bool | None = False) -> str:
-    """"" if the import's files match its record; else why not. ``full``: hash every byte
+    """ "" if the import's files match its record; else why not. ``full``: hash every byte
     (None: when the import is at most ``integrity.FULL_CHECK_MAX_BYTES``); else sizes and a
     sampled hash. An import without a files record (importer version 1) is not checked."""
     if not (folder / "config.json").is_file():
@@ -232,12 +232,29 @@ def scan_imports() -> list[MLXImport]:
         if not why and newest[_ident(meta)] > _version(meta):
             why = f"importer version {newest[_ident(meta)]} imported its source again"
         source = meta.get("source")
-        found.append(MLXImport(folder, Path(source) if source else None, _version(meta),
-                               _size(folder), why, damaged=check_import(folder)))
+        found.append(
+            MLXImport(
+                folder,
+                Path(source) if source else None,
+                _version(meta),
+                _size(folder),
+                why,
+                damaged=check_import(folder),
+            )
+        )
     for temp in _temp_folders(root):
         importing = _in_progress(temp)
-        found.append(MLXImport(temp, None, 0, _size(temp), "" if importing else UNFINISHED,
-                               complete=False, importing=importing))
+        found.append(
+            MLXImport(
+                temp,
+                None,
+                0,
+                _size(temp),
+                "" if importing else UNFINISHED,
+                complete=False,
+                importing=importing,
+            )
+        )
     return sorted(found, key=lambda m: -_when(m.folder))
 
 
@@ -248,4 +265,3 @@ def import_folder_for(path: Path) -> Path | None:
     if root in absolute.parents:
         return root / absolute.relative_to(root).parts[0]
     return None
-

@@ -56,8 +56,11 @@ def record(folder: Path, names: list[str]) -> dict[str, dict[str, Any]]:
     for name in sorted(names):
         path = folder / name
         size = path.stat().st_size
-        files[name] = {"size": size, "sha256": sha256_file(path),
-                       "sample": sample_sha256(path, size)}
+        files[name] = {
+            "size": size,
+            "sha256": sha256_file(path),
+            "sample": sample_sha256(path, size),
+        }
     return files
 
 
@@ -66,7 +69,7 @@ def recorded_bytes(files: dict[str, dict[str, Any]]) -> int:
 
 
 def check(folder: Path, files: dict[str, dict[str, Any]], *, full: bool) -> str:
-    """"" if every recorded file of ``folder`` matches its record; else what is wrong."""
+    """ "" if every recorded file of ``folder`` matches its record; else what is wrong."""
     for name, want in sorted(files.items()):
         path = folder / name
         try:

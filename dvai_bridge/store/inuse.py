@@ -47,8 +47,13 @@ class ServingLease:
         self._json = folder / f"{name}.json"
         self._lock = FileLock(str(folder / f"{name}.lock"))
         self._lock.acquire(timeout=5)
-        record = {"pid": os.getpid(), "ref": ref, "path": str(path) if path else None,
-                  "base_url": base_url, "started": time.time()}
+        record = {
+            "pid": os.getpid(),
+            "ref": ref,
+            "path": str(path) if path else None,
+            "base_url": base_url,
+            "started": time.time(),
+        }
         tmp = folder / f".{name}.tmp"
         tmp.write_text(json.dumps(record))
         os.replace(tmp, self._json)
@@ -70,7 +75,7 @@ def take_lease(ref: str | None, base_url: str) -> ServingLease | None:
     try:
         path = locate_model(ref)
         return ServingLease(ref, Path(os.path.abspath(path)) if path else None, base_url)
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         log.warning("Could not register the served model in %s: %s", serving_dir(), exc)
         return None
 
@@ -101,10 +106,15 @@ def running_servers() -> list[RunningServer]:
             data = json.loads(record_file.read_text())
         except (OSError, ValueError):
             continue
-        found.append(RunningServer(int(data.get("pid", 0)), data.get("ref"),
-                                   Path(data["path"]) if data.get("path") else None,
-                                   str(data.get("base_url", "")),
-                                   float(data.get("started", 0.0))))
+        found.append(
+            RunningServer(
+                int(data.get("pid", 0)),
+                data.get("ref"),
+                Path(data["path"]) if data.get("path") else None,
+                str(data.get("base_url", "")),
+                float(data.get("started", 0.0)),
+            )
+        )
     return found
 
 

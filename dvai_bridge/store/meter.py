@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from ..progress import ProgressEvent, ProgressHub
 
 if TYPE_CHECKING:
-    from typing_extensions import Self
+    from typing import Self
 
 EMIT_INTERVAL_S = 0.1
 
@@ -32,8 +32,13 @@ def human_bytes(n: float) -> str:
 
 
 class DownloadMeter:
-    def __init__(self, label: str, total: int | None, progress: ProgressHub | None,
-                 interval_s: float = EMIT_INTERVAL_S) -> None:
+    def __init__(
+        self,
+        label: str,
+        total: int | None,
+        progress: ProgressHub | None,
+        interval_s: float = EMIT_INTERVAL_S,
+    ) -> None:
         self.label, self.total, self.progress = label, total, progress
         self._seen: dict[str, int] = {}
         self._lock = threading.Lock()
@@ -93,9 +98,15 @@ class DownloadMeter:
         else:
             percent = round(100.0 * received / total, 2) if total else 100.0
             of = f" of {human_bytes(total)}"
-        self.progress.emit(ProgressEvent(
-            "download", bytes_received=received, bytes_total=total, percent=percent,
-            message=f"{self.label}: {human_bytes(received)}{of}"))
+        self.progress.emit(
+            ProgressEvent(
+                "download",
+                bytes_received=received,
+                bytes_total=total,
+                percent=percent,
+                message=f"{self.label}: {human_bytes(received)}{of}",
+            )
+        )
 
     def tqdm_class(self, name: str) -> type:
         """A tqdm stand-in for huggingface_hub that feeds file ``name`` into this meter.

@@ -28,8 +28,10 @@ RefKind = Literal["local-dir", "local-gguf", "hf-repo", "hf-file", "url"]
 _REPO_LIKE = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+(@\S+)?(/\S+)?$")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
-GRAMMAR = ("an MLX folder, a .gguf file, an HF repo id (org/name[@revision]), "
-           "org/name[@revision]/file.gguf, or a URL to a .gguf file")
+GRAMMAR = (
+    "an MLX folder, a .gguf file, an HF repo id (org/name[@revision]), "
+    "org/name[@revision]/file.gguf, or a URL to a .gguf file"
+)
 
 
 @dataclass(frozen=True)
@@ -67,8 +69,7 @@ def _sha256(value: str | None) -> str | None:
         return None
     value = value.strip().lower()
     if not _SHA256.match(value):
-        raise ConfigurationInvalid(f"sha256 must be 64 hex digits, got {value!r}.",
-                                   param="sha256")
+        raise ConfigurationInvalid(f"sha256 must be 64 hex digits, got {value!r}.", param="sha256")
     return value
 
 
@@ -76,19 +77,23 @@ def _from_hf_uri(text: str, uri: object, sha256: str | None) -> ModelRef:
     repo_type, repo_id = uri.type, uri.id
     revision, path = uri.revision, uri.path_in_repo or ""
     if repo_type != "model":
-        raise ConfigurationInvalid(f"{text!r} names a {repo_type} repo; models only.",
-                                   param="model_path")
+        raise ConfigurationInvalid(
+            f"{text!r} names a {repo_type} repo; models only.", param="model_path"
+        )
     if not path:
         if sha256:
-            raise ConfigurationInvalid("A sha256 belongs to a single .gguf file, not a repo.",
-                                       param="sha256")
+            raise ConfigurationInvalid(
+                "A sha256 belongs to a single .gguf file, not a repo.", param="sha256"
+            )
         return ModelRef("hf-repo", text, repo_id=repo_id, revision=revision or None)
     if not path.lower().endswith(".gguf"):
         raise ConfigurationInvalid(
-            f"{text!r} names the file {path!r}; a file reference must be a .gguf. "
-            f"Give {GRAMMAR}.", param="model_path")
-    return ModelRef("hf-file", text, repo_id=repo_id, revision=revision or None,
-                    filename=path, sha256=sha256)
+            f"{text!r} names the file {path!r}; a file reference must be a .gguf. Give {GRAMMAR}.",
+            param="model_path",
+        )
+    return ModelRef(
+        "hf-file", text, repo_id=repo_id, revision=revision or None, filename=path, sha256=sha256
+    )
 
 
 def parse_reference(text: str, sha256: str | None = None) -> ModelRef:
@@ -106,45 +111,50 @@ def parse_reference(text: str, sha256: str | None = None) -> ModelRef:
         return ModelRef("local-dir", raw, path=path.resolve())
     if path.is_file():
         if path.suffix.lower() != ".gguf":
-            raise ConfigurationInvalid(f"{text} is a file but not a .gguf; give {GRAMMAR}.",
-                                       param="model_path")
+            raise ConfigurationInvalid(
+                f"{text} is a file but not a .gguf; give {GRAMMAR}.", param="model_path"
+            )
         return ModelRef("local-gguf", raw, path=path.resolve(), sha256=sha)
 
     scheme = urlsplit(text).scheme.lower()
     if scheme in ("http", "https"):
         base, _, fragment = text.partition("#")
         if fragment.startswith("sha256="):
-            from_fragment = _sha256(fragment[len("sha256="):])
+            from_fragment = _sha256(fragment[len("sha256=") :])
             if sha and from_fragment != sha:
-                raise ConfigurationInvalid("Two different sha256 values were given.",
-                                           param="sha256")
+                raise ConfigurationInvalid(
+                    "Two different sha256 values were given.", param="sha256"
+                )
             sha = from_fragment
         try:
             uri = parse_hf_uri(base, endpoint=hf_endpoint())
-        except Exception:  # noqa: BLE001 - not a Hub URL: a plain download
+        except Exception:
             uri = None
         if uri is not None and getattr(uri, "path_in_repo", ""):
             return _from_hf_uri(raw, uri, sha)
         if not urlsplit(base).path.lower().endswith(".gguf"):
             raise ConfigurationInvalid(
-                f"{base!r} does not point to a .gguf file; a URL reference must. "
-                f"Give {GRAMMAR}.", param="model_path")
+                f"{base!r} does not point to a .gguf file; a URL reference must. Give {GRAMMAR}.",
+                param="model_path",
+            )
         return ModelRef("url", raw, url=base, sha256=sha)
     if scheme == "hf":
         try:
             uri = parse_hf_uri(text)
-        except Exception as exc:  # noqa: BLE001 - huggingface_hub's HfUriError/HFValidationError
-            raise ConfigurationInvalid(f"Invalid HF URI {text!r}: {exc}",
-                                       param="model_path") from None
+        except Exception as exc:
+            raise ConfigurationInvalid(
+                f"Invalid HF URI {text!r}: {exc}", param="model_path"
+            ) from None
         return _from_hf_uri(raw, uri, sha)
 
     name = text.split("@")[0].split("/")[1] if "/" in text else ""
     if _REPO_LIKE.match(text) and not name.lower().endswith(".gguf"):
         try:
             uri = parse_hf_uri("hf://" + text)
-        except Exception as exc:  # noqa: BLE001
-            raise ConfigurationInvalid(f"Invalid HF reference {text!r}: {exc}",
-                                       param="model_path") from None
+        except Exception as exc:
+            raise ConfigurationInvalid(
+                f"Invalid HF reference {text!r}: {exc}", param="model_path"
+            ) from None
         return _from_hf_uri(raw, uri, sha)
     raise ConfigurationInvalid(f"Model {text!r} not found: give {GRAMMAR}.", param="model_path")
 

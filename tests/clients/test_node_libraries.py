@@ -15,8 +15,10 @@ import pytest
 pytestmark = pytest.mark.node
 
 NODE_DIR = Path(__file__).resolve().parent / "node"
-LIBRARIES = {"ai-sdk": ["chat", "stream", "tools", "structured"],
-             "langchain-js": ["chat", "stream", "tools", "structured"]}
+LIBRARIES = {
+    "ai-sdk": ["chat", "stream", "tools", "structured"],
+    "langchain-js": ["chat", "stream", "tools", "structured"],
+}
 CASES = [f"{lib}:{cell}" for lib, cells in LIBRARIES.items() for cell in cells]
 
 
@@ -26,11 +28,23 @@ def node_results(clients_server: tuple[str, str]) -> dict[str, Any]:
     if node is None or npm is None:
         pytest.skip("node and npm are needed for the Node client libraries")
     if not (NODE_DIR / "node_modules" / "ai" / "package.json").is_file():
-        done = subprocess.run([npm, "ci", "--no-audit", "--no-fund"], cwd=NODE_DIR, check=False,
-                              capture_output=True, text=True, timeout=600)
+        done = subprocess.run(
+            [npm, "ci", "--no-audit", "--no-fund"],
+            cwd=NODE_DIR,
+            check=False,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
         assert done.returncode == 0, f"npm ci failed:\n{done.stdout}\n{done.stderr}"
-    done = subprocess.run([node, "clients.mjs", *clients_server], cwd=NODE_DIR, check=False,
-                          capture_output=True, text=True, timeout=400)
+    done = subprocess.run(
+        [node, "clients.mjs", *clients_server],
+        cwd=NODE_DIR,
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=400,
+    )
     lines = [ln for ln in done.stdout.splitlines() if ln.startswith("RESULTS ")]
     assert lines, f"clients.mjs printed no results:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
     return json.loads(lines[-1].removeprefix("RESULTS "))

@@ -29,8 +29,16 @@ import pytest
 
 HERE = Path(__file__).resolve().parent
 BIN = Path(sys.executable).parent
-SERVE = [str(BIN / "dvai-bridge"), "serve", "--backend", "mlx", "--port", "0",
-         "--log-level", "info"]
+SERVE = [
+    str(BIN / "dvai-bridge"),
+    "serve",
+    "--backend",
+    "mlx",
+    "--port",
+    "0",
+    "--log-level",
+    "info",
+]
 START_TIMEOUT_S = 240.0
 _SERVING = re.compile(r"Serving (\S+) \(mlx\) at (http://\S+/v1)")
 
@@ -88,8 +96,7 @@ class Served:
         self.lines: list[str] = []
         self.base_url = ""
         self.model_id = ""
-        self._threads = [threading.Thread(target=self._read, args=(p,), daemon=True)
-                         for p in procs]
+        self._threads = [threading.Thread(target=self._read, args=(p,), daemon=True) for p in procs]
         for t in self._threads:
             t.start()
 
@@ -165,8 +172,9 @@ def _is_serve(pid: int) -> bool:
         cmd = psutil.Process(pid).cmdline()
     except psutil.NoSuchProcess:
         return False
-    return (not any(c.endswith("mlx.launch") for c in cmd)
-            and any(a.endswith("dvai-bridge") and b == "serve" for a, b in itertools.pairwise(cmd)))
+    return not any(c.endswith("mlx.launch") for c in cmd) and any(
+        a.endswith("dvai-bridge") and b == "serve" for a, b in itertools.pairwise(cmd)
+    )
 
 
 def _rank_of(pid: int) -> int:
@@ -179,9 +187,15 @@ def _rank_of(pid: int) -> int:
 def _popen(cmd: list[str], env: dict[str, str]) -> subprocess.Popen:
     # stdin stays an open pipe: mlx.launch forwards stdin to the ranks, and busy-loops on a
     # stdin that is at end of file.
-    return subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, env=env,
-                            start_new_session=True)
+    return subprocess.Popen(
+        cmd,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+        start_new_session=True,
+    )
 
 
 def assert_group_formed(served: Served, shard: str) -> None:
@@ -196,8 +210,18 @@ def assert_group_formed(served: Served, shard: str) -> None:
 def launch_group(*extra: str) -> Served:
     """``mlx.launch -n 2 --backend ring -- dvai-bridge serve ...``, serving."""
     port = ring_base_port()
-    cmd = [str(BIN / "mlx.launch"), "-n", "2", "--backend", "ring", "-p", str(port), "--",
-           *SERVE, *extra]
+    cmd = [
+        str(BIN / "mlx.launch"),
+        "-n",
+        "2",
+        "--backend",
+        "ring",
+        "-p",
+        str(port),
+        "--",
+        *SERVE,
+        *extra,
+    ]
     return Served([_popen(cmd, _env())], "mlx.launch group").wait_serving()
 
 
@@ -219,8 +243,13 @@ def start_one_process(*extra: str) -> Served:
 
 
 def chat(served: Served, prompt: str, max_tokens: int, **fields: Any) -> dict[str, Any]:
-    body = {"model": served.model_id, "max_tokens": max_tokens, "temperature": 0,
-            "messages": [{"role": "user", "content": prompt}], **fields}
+    body = {
+        "model": served.model_id,
+        "max_tokens": max_tokens,
+        "temperature": 0,
+        "messages": [{"role": "user", "content": prompt}],
+        **fields,
+    }
     r = httpx.post(f"{served.base_url}/chat/completions", json=body, timeout=300)
     assert r.status_code == 200, r.text
     return r.json()

@@ -41,7 +41,8 @@ def one_process() -> dict[str, list[tuple[str, float]]]:
 
 
 def test_greedy_equals_one_process_token_for_token(
-        one_process: dict[str, list[tuple[str, float]]], group: Served) -> None:
+    one_process: dict[str, list[tuple[str, float]]], group: Served
+) -> None:
     for prompt in PROMPTS:
         got = _tokens(chat(group, prompt, MAX_TOKENS, logprobs=True))
         want = one_process[prompt]
@@ -54,11 +55,18 @@ def test_four_concurrent_streams_complete(group: Served) -> None:
     results: dict[int, dict[str, Any]] = {}
 
     def stream(i: int) -> None:
-        body = {"model": "SmolLM2-135M-Instruct", "stream": True, "max_tokens": 24, "temperature": 0.7, "seed": i,
-                "messages": [{"role": "user", "content": f"Tell me fact number {i} about cats."}]}
+        body = {
+            "model": "SmolLM2-135M-Instruct",
+            "stream": True,
+            "max_tokens": 24,
+            "temperature": 0.7,
+            "seed": i,
+            "messages": [{"role": "user", "content": f"Tell me fact number {i} about cats."}],
+        }
         text, finish, done = [], None, False
-        with httpx.stream("POST", f"{group.base_url}/chat/completions", json=body,
-                          timeout=300) as r:
+        with httpx.stream(
+            "POST", f"{group.base_url}/chat/completions", json=body, timeout=300
+        ) as r:
             assert r.status_code == 200
             for line in r.iter_lines():
                 if not line.startswith("data: "):
@@ -103,20 +111,43 @@ def test_health_shows_the_group(group: Served) -> None:
 def test_doctor_shows_each_rank() -> None:
     port = ring_base_port()
     out = subprocess.run(
-        [str(BIN / "mlx.launch"), "-n", "2", "--backend", "ring", "-p", str(port), "--",
-         str(BIN / "dvai-bridge"), "doctor", "--no-probe"],
-        stdin=subprocess.PIPE, capture_output=True, text=True, env=_env(), timeout=120,
-        check=False)
+        [
+            str(BIN / "mlx.launch"),
+            "-n",
+            "2",
+            "--backend",
+            "ring",
+            "-p",
+            str(port),
+            "--",
+            str(BIN / "dvai-bridge"),
+            "doctor",
+            "--no-probe",
+        ],
+        stdin=subprocess.PIPE,
+        capture_output=True,
+        text=True,
+        env=_env(),
+        timeout=120,
+        check=False,
+    )
     assert out.returncode == 0, out.stderr
     lines = [ln for ln in out.stdout.splitlines() if ln.startswith("group")]
     assert sorted(lines) == [f"group     ring, 2 ranks, this is rank {r}" for r in (0, 1)], (
-        out.stdout + out.stderr)
+        out.stdout + out.stderr
+    )
 
 
 def test_one_process_doctor_says_no_group() -> None:
     env = {k: v for k, v in _env().items() if not k.startswith(("MLX_", "OMPI_", "PMI_"))}
-    out = subprocess.run([str(BIN / "dvai-bridge"), "doctor", "--no-probe"], env=env,
-                         capture_output=True, text=True, timeout=120, check=False)
+    out = subprocess.run(
+        [str(BIN / "dvai-bridge"), "doctor", "--no-probe"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert "group     none: one process" in out.stdout
 
 
@@ -135,6 +166,9 @@ def test_sigterm_on_rank_0_stops_every_rank(group: Served) -> None:
     codes = group.wait_exit(60)
     assert codes == [0], group.output[-3000:]
     assert "rank 0 stopped the group" in group.output
-    assert not [p for p in pids if psutil.pid_exists(p) and
-                psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
+    assert not [
+        p
+        for p in pids
+        if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE
+    ]
     assert rank1 in pids

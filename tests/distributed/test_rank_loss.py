@@ -36,9 +36,15 @@ def _wait_health_503(served: Served, timeout: float) -> dict[str, Any]:
 
 
 def _assert_refused(served: Served) -> None:
-    r = httpx.post(f"{served.base_url}/chat/completions", timeout=30, json={
-        "model": "SmolLM2-135M-Instruct", "max_tokens": 4,
-        "messages": [{"role": "user", "content": "hi"}]})
+    r = httpx.post(
+        f"{served.base_url}/chat/completions",
+        timeout=30,
+        json={
+            "model": "SmolLM2-135M-Instruct",
+            "max_tokens": 4,
+            "messages": [{"role": "user", "content": "hi"}],
+        },
+    )
     assert r.status_code == 503, r.text
     assert r.json()["error"]["code"] == "engine_failed"
     assert GROUP_LOST in r.json()["error"]["message"]
@@ -55,10 +61,16 @@ def test_rank_1_killed_mid_stream(tmp_path: Path) -> None:
     try:
         chat(served, "Say hello.", 4)  # warm
         events: list[Any] = []
-        body = {"model": "SmolLM2-135M-Instruct", "stream": True, "max_tokens": 400,
-                "temperature": 0, "messages": [{"role": "user", "content": "Tell a long story."}]}
-        with httpx.stream("POST", f"{served.base_url}/chat/completions", json=body,
-                          timeout=120) as r:
+        body = {
+            "model": "SmolLM2-135M-Instruct",
+            "stream": True,
+            "max_tokens": 400,
+            "temperature": 0,
+            "messages": [{"role": "user", "content": "Tell a long story."}],
+        }
+        with httpx.stream(
+            "POST", f"{served.base_url}/chat/completions", json=body, timeout=120
+        ) as r:
             assert r.status_code == 200
             for line in r.iter_lines():
                 if not line.startswith("data: "):
@@ -114,11 +126,16 @@ def test_under_mlx_launch_killing_rank_1_ends_the_group() -> None:
         stream_error: list[str] = []
 
         def stream() -> None:
-            body = {"model": "SmolLM2-135M-Instruct", "stream": True, "max_tokens": 400,
-                    "messages": [{"role": "user", "content": "Tell a long story."}]}
+            body = {
+                "model": "SmolLM2-135M-Instruct",
+                "stream": True,
+                "max_tokens": 400,
+                "messages": [{"role": "user", "content": "Tell a long story."}],
+            }
             try:
-                with httpx.stream("POST", f"{served.base_url}/chat/completions", json=body,
-                                  timeout=120) as r:
+                with httpx.stream(
+                    "POST", f"{served.base_url}/chat/completions", json=body, timeout=120
+                ) as r:
                     for line in r.iter_lines():
                         if '"error"' in line:
                             stream_error.append(line)
@@ -151,11 +168,16 @@ def test_hung_rank_1_is_declared_lost_after_the_group_timeout(tmp_path: Path) ->
     try:
         chat(served, "Say hello.", 4)  # warm
         events: list[Any] = []
-        body = {"model": served.model_id, "stream": True, "max_tokens": 400,
-                "messages": [{"role": "user", "content": "Tell a long story."}]}
+        body = {
+            "model": served.model_id,
+            "stream": True,
+            "max_tokens": 400,
+            "messages": [{"role": "user", "content": "Tell a long story."}],
+        }
         started = 0.0
-        with httpx.stream("POST", f"{served.base_url}/chat/completions", json=body,
-                          timeout=120) as r:
+        with httpx.stream(
+            "POST", f"{served.base_url}/chat/completions", json=body, timeout=120
+        ) as r:
             for line in r.iter_lines():
                 if line.startswith("data: {"):
                     events.append(json.loads(line[6:]))
@@ -197,9 +219,13 @@ def test_a_group_refuses_to_serve_unbatched(tmp_path: Path) -> None:
     ports = free_ports(2)
     hostfile = tmp_path / "hosts.json"
     hostfile.write_text(json.dumps([[f"127.0.0.1:{p}"] for p in ports]))
-    procs = [_popen([*SERVE, "--max-batch-size", "1"],
-                    _env() | {"MLX_RANK": str(r), "MLX_HOSTFILE": str(hostfile)})
-             for r in range(2)]
+    procs = [
+        _popen(
+            [*SERVE, "--max-batch-size", "1"],
+            _env() | {"MLX_RANK": str(r), "MLX_HOSTFILE": str(hostfile)},
+        )
+        for r in range(2)
+    ]
     served = Served(procs, "unbatched group")
     try:
         assert procs[0].wait(120) == 1

@@ -36,12 +36,10 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     config = json.loads((smol / "config.json").read_text())
     for key in ("quantization", "quantization_config"):
         config.pop(key, None)
-    config.update(num_hidden_layers=4, num_attention_heads=8, num_key_value_heads=2,
-                  head_dim=64)
+    config.update(num_hidden_layers=4, num_attention_heads=8, num_key_value_heads=2, head_dim=64)
     mx.random.seed(7)
     model = llama.Model(llama.ModelArgs.from_dict(config))
-    mx.save_safetensors(str(folder / "model.safetensors"),
-                        dict(tree_flatten(model.parameters())))
+    mx.save_safetensors(str(folder / "model.safetensors"), dict(tree_flatten(model.parameters())))
     (folder / "config.json").write_text(json.dumps(config))
     for f in smol.iterdir():
         if f.name.startswith(("tokenizer", "special_tokens", "generation_config")):
@@ -68,8 +66,14 @@ def test_tensor_parallel_serves_like_one_process(checkpoint: Path) -> None:
             # them; greedy tokens still agree on this model (a near tie could flip one).
             assert _tokens(chat(group, prompt, MAX_TOKENS, logprobs=True)) == want[prompt]
         replies: list[dict[str, Any]] = []
-        threads = [threading.Thread(target=lambda p=p: replies.append(
-            chat(group, p, MAX_TOKENS, temperature=0.8, seed=1))) for p in PROMPTS * 2]
+        threads = [
+            threading.Thread(
+                target=lambda p=p: replies.append(
+                    chat(group, p, MAX_TOKENS, temperature=0.8, seed=1)
+                )
+            )
+            for p in PROMPTS * 2
+        ]
         for t in threads:
             t.start()
         for t in threads:

@@ -96,10 +96,11 @@ def e2e_server() -> Iterator[E2EServer]:
         # with one thread. Set either variable to test another count.
         os.environ["DVAI_BRIDGE_BLAS_THREADS"] = "1"
     started = time.monotonic()
-    bound = bridge.start_blocking(
-        StartConfig(backend="mlx", http_base_port=0, log_level="warning"))
-    print(f"\n[e2e] serving {bound.model_id} at {bound.base_url} "
-          f"(started in {time.monotonic() - started:.1f}s)")
+    bound = bridge.start_blocking(StartConfig(backend="mlx", http_base_port=0, log_level="warning"))
+    print(
+        f"\n[e2e] serving {bound.model_id} at {bound.base_url} "
+        f"(started in {time.monotonic() - started:.1f}s)"
+    )
     try:
         yield E2EServer(bound.base_url, bound.model_id)
     finally:
@@ -120,8 +121,9 @@ def model(e2e_server: E2EServer) -> str:
 def client(e2e_server: E2EServer) -> Iterator[openai.OpenAI]:
     # max_retries=0: the SDK would otherwise retry 5xx answers (e.g. the 501 from
     # /v1/embeddings) and hide what the server said the first time.
-    c = openai.OpenAI(base_url=e2e_server.base_url, api_key="unused", max_retries=0,
-                      timeout=REQUEST_TIMEOUT_S)
+    c = openai.OpenAI(
+        base_url=e2e_server.base_url, api_key="unused", max_retries=0, timeout=REQUEST_TIMEOUT_S
+    )
     yield c
     c.close()
 
@@ -135,8 +137,11 @@ def greedy_chat(client: openai.OpenAI, model: str) -> Callable[..., Any]:
         key = (prompt, max_tokens)
         if key not in cache:
             cache[key] = client.chat.completions.create(
-                model=model, messages=[{"role": "user", "content": prompt}], temperature=0,
-                max_tokens=max_tokens)
+                model=model,
+                messages=[{"role": "user", "content": prompt}],
+                temperature=0,
+                max_tokens=max_tokens,
+            )
         return cache[key]
 
     return get
@@ -151,8 +156,12 @@ def seeded_chat(client: openai.OpenAI, model: str) -> Callable[..., str]:
         key = (prompt, seed, temperature, max_tokens)
         if key not in cache:
             r = client.chat.completions.create(
-                model=model, messages=[{"role": "user", "content": prompt}],
-                temperature=temperature, seed=seed, max_tokens=max_tokens)
+                model=model,
+                messages=[{"role": "user", "content": prompt}],
+                temperature=temperature,
+                seed=seed,
+                max_tokens=max_tokens,
+            )
             cache[key] = r.choices[0].message.content
         return cache[key]
 

@@ -17,35 +17,45 @@ REQUEST_TIMEOUT_S = 180.0  # as conftest.py
 PROMPT = "Say hello."  # the same request as test_openai_sdk's SHORT: the greedy memo is shared
 MAX_TOKENS = 8
 GREEDY = {"temperature": 0}
-WEATHER = {"type": "function", "name": "get_weather",
-           "description": "Get the current weather in a city.",
-           "parameters": {"type": "object", "properties": {"city": {"type": "string"}},
-                          "required": ["city"], "additionalProperties": False}}
+WEATHER = {
+    "type": "function",
+    "name": "get_weather",
+    "description": "Get the current weather in a city.",
+    "parameters": {
+        "type": "object",
+        "properties": {"city": {"type": "string"}},
+        "required": ["city"],
+        "additionalProperties": False,
+    },
+}
 
 
 @pytest.fixture(scope="module")
 def claude(e2e_server: Any) -> anthropic.Anthropic:
     # Greedy via extra_body: anthropic 2.x's create() no longer takes temperature (the
     # server still reads it, as the Messages API does).
-    return anthropic.Anthropic(base_url=e2e_server.root_url, api_key="unused", max_retries=0,
-                               timeout=REQUEST_TIMEOUT_S)
+    return anthropic.Anthropic(
+        base_url=e2e_server.root_url, api_key="unused", max_retries=0, timeout=REQUEST_TIMEOUT_S
+    )
 
 
-def test_responses_create_matches_chat(client: openai.OpenAI, model: str,
-                                       greedy_chat: Any) -> None:
-    r = client.responses.create(model=model, input=PROMPT, temperature=0,
-                                max_output_tokens=MAX_TOKENS)
+def test_responses_create_matches_chat(client: openai.OpenAI, model: str, greedy_chat: Any) -> None:
+    r = client.responses.create(
+        model=model, input=PROMPT, temperature=0, max_output_tokens=MAX_TOKENS
+    )
     ref = greedy_chat(PROMPT, MAX_TOKENS)
     assert r.output_text == ref.choices[0].message.content  # one pipeline, same tokens
     assert r.usage.input_tokens == ref.usage.prompt_tokens
     assert r.usage.output_tokens == ref.usage.completion_tokens
-    assert r.status == ("incomplete" if ref.choices[0].finish_reason == "length"
-                        else "completed")
+    assert r.status == ("incomplete" if ref.choices[0].finish_reason == "length" else "completed")
 
 
 def test_responses_stream(client: openai.OpenAI, model: str, greedy_chat: Any) -> None:
-    events = list(client.responses.create(model=model, input=PROMPT, temperature=0,
-                                          max_output_tokens=MAX_TOKENS, stream=True))
+    events = list(
+        client.responses.create(
+            model=model, input=PROMPT, temperature=0, max_output_tokens=MAX_TOKENS, stream=True
+        )
+    )
     assert [e.sequence_number for e in events] == list(range(len(events)))
     assert events[0].type == "response.created" and events[1].type == "response.in_progress"
     text = "".join(e.delta for e in events if e.type == "response.output_text.delta")
@@ -54,17 +64,27 @@ def test_responses_stream(client: openai.OpenAI, model: str, greedy_chat: Any) -
     assert events[-1].response.output_text == text
 
 
-def test_function_call_round_trip_continues_stored_conversation(client: openai.OpenAI,
-                                                                model: str) -> None:
+def test_function_call_round_trip_continues_stored_conversation(
+    client: openai.OpenAI, model: str
+) -> None:
     first = client.responses.create(
-        model=model, input="What is the weather in Paris?", tools=[WEATHER], temperature=0,
-        tool_choice={"type": "function", "name": "get_weather"}, max_output_tokens=40)
+        model=model,
+        input="What is the weather in Paris?",
+        tools=[WEATHER],
+        temperature=0,
+        tool_choice={"type": "function", "name": "get_weather"},
+        max_output_tokens=40,
+    )
     (call,) = [o for o in first.output if o.type == "function_call"]
     assert call.name == "get_weather" and isinstance(json.loads(call.arguments)["city"], str)
     second = client.responses.create(
-        model=model, previous_response_id=first.id, tools=[WEATHER], temperature=0,
-        max_output_tokens=MAX_TOKENS, input=[{"type": "function_call_output",
-                                              "call_id": call.call_id, "output": "Sunny, 21 C"}])
+        model=model,
+        previous_response_id=first.id,
+        tools=[WEATHER],
+        temperature=0,
+        max_output_tokens=MAX_TOKENS,
+        input=[{"type": "function_call_output", "call_id": call.call_id, "output": "Sunny, 21 C"}],
+    )
     assert second.output_text.strip()
     # The prompt cache holds the first turn: only the new part is prefilled.
     assert second.usage.input_tokens > first.usage.input_tokens
@@ -78,8 +98,9 @@ class Sum(BaseModel):
 
 
 def test_responses_parse_with_pydantic_model(client: openai.OpenAI, model: str) -> None:
-    r = client.responses.parse(model=model, input="What is 2 + 2?", text_format=Sum,
-                               temperature=0, max_output_tokens=30)
+    r = client.responses.parse(
+        model=model, input="What is 2 + 2?", text_format=Sum, temperature=0, max_output_tokens=30
+    )
     assert isinstance(r.output_parsed, Sum)
 
 
@@ -87,15 +108,19 @@ def test_openai_agents_default_model_class(base_url: str, model: str) -> None:
     agents = pytest.importorskip("agents")
     from agents.models.openai_responses import OpenAIResponsesModel
 
-    client = openai.AsyncOpenAI(base_url=base_url, api_key="unused", max_retries=0,
-                                timeout=REQUEST_TIMEOUT_S)
+    client = openai.AsyncOpenAI(
+        base_url=base_url, api_key="unused", max_retries=0, timeout=REQUEST_TIMEOUT_S
+    )
     agents.set_tracing_disabled(True)
     agents.set_default_openai_client(client, use_for_tracing=False)
     agents.set_default_openai_api("responses")
     # Room to finish: the agents runner treats response.incomplete as a failed turn.
-    agent = agents.Agent(name="greeter", instructions="Answer in one short sentence.",
-                         model=model, model_settings=agents.ModelSettings(temperature=0,
-                                                                          max_tokens=96))
+    agent = agents.Agent(
+        name="greeter",
+        instructions="Answer in one short sentence.",
+        model=model,
+        model_settings=agents.ModelSettings(temperature=0, max_tokens=96),
+    )
     result = agents.Runner.run_sync(agent, PROMPT, max_turns=1)
     assert isinstance(agents.OpenAIProvider().get_model(model), OpenAIResponsesModel)
     assert result.raw_responses[0].response_id.startswith("resp_")
@@ -103,13 +128,21 @@ def test_openai_agents_default_model_class(base_url: str, model: str) -> None:
 
 
 def test_anthropic_messages(claude: anthropic.Anthropic, model: str, greedy_chat: Any) -> None:
-    m = claude.messages.create(model=model, max_tokens=MAX_TOKENS, extra_body=GREEDY,
-                               messages=[{"role": "user", "content": PROMPT}])
+    m = claude.messages.create(
+        model=model,
+        max_tokens=MAX_TOKENS,
+        extra_body=GREEDY,
+        messages=[{"role": "user", "content": PROMPT}],
+    )
     ref = greedy_chat(PROMPT, MAX_TOKENS)
     assert m.content[0].text == ref.choices[0].message.content
     assert m.usage.input_tokens + m.usage.cache_read_input_tokens == ref.usage.prompt_tokens
-    with claude.messages.stream(model=model, max_tokens=MAX_TOKENS, extra_body=GREEDY,
-                                messages=[{"role": "user", "content": PROMPT}]) as stream:
+    with claude.messages.stream(
+        model=model,
+        max_tokens=MAX_TOKENS,
+        extra_body=GREEDY,
+        messages=[{"role": "user", "content": PROMPT}],
+    ) as stream:
         text = "".join(stream.text_stream)
         final = stream.get_final_message()
     assert text == m.content[0].text == final.content[0].text
@@ -119,19 +152,32 @@ def test_anthropic_messages(claude: anthropic.Anthropic, model: str, greedy_chat
 
 
 def test_anthropic_tool_round_trip(claude: anthropic.Anthropic, model: str) -> None:
-    tool = {"name": "get_weather", "description": WEATHER["description"],
-            "input_schema": WEATHER["parameters"]}
+    tool = {
+        "name": "get_weather",
+        "description": WEATHER["description"],
+        "input_schema": WEATHER["parameters"],
+    }
     history: list[dict[str, Any]] = [{"role": "user", "content": "Weather in Paris?"}]
-    m = claude.messages.create(model=model, max_tokens=40, extra_body=GREEDY, tools=[tool],
-                               tool_choice={"type": "tool", "name": "get_weather"},
-                               messages=history)
+    m = claude.messages.create(
+        model=model,
+        max_tokens=40,
+        extra_body=GREEDY,
+        tools=[tool],
+        tool_choice={"type": "tool", "name": "get_weather"},
+        messages=history,
+    )
     (use,) = [b for b in m.content if b.type == "tool_use"]
     assert m.stop_reason == "tool_use" and isinstance(use.input["city"], str)
-    history += [{"role": "assistant", "content": [b.model_dump() for b in m.content]},
-                {"role": "user", "content": [{"type": "tool_result", "tool_use_id": use.id,
-                                              "content": "Sunny, 21 C"}]}]
-    reply = claude.messages.create(model=model, max_tokens=MAX_TOKENS, extra_body=GREEDY,
-                                   tools=[tool], messages=history)
+    history += [
+        {"role": "assistant", "content": [b.model_dump() for b in m.content]},
+        {
+            "role": "user",
+            "content": [{"type": "tool_result", "tool_use_id": use.id, "content": "Sunny, 21 C"}],
+        },
+    ]
+    reply = claude.messages.create(
+        model=model, max_tokens=MAX_TOKENS, extra_body=GREEDY, tools=[tool], messages=history
+    )
     assert reply.content and reply.content[0].type == "text" and reply.content[0].text.strip()
     with pytest.raises(anthropic.BadRequestError) as err:
         claude.messages.create(model=model, max_tokens=5, messages=[])

@@ -19,9 +19,11 @@ def backend():
 
 def _old(b: MLXBackend):
     def encode(messages, tools):
-        text = b.tokenizer.apply_chat_template(messages, tools=tools, add_generation_prompt=True,
-                                               tokenize=False)
+        text = b.tokenizer.apply_chat_template(
+            messages, tools=tools, add_generation_prompt=True, tokenize=False
+        )
         return list(b.tokenizer.encode(text, add_special_tokens=False))
+
     return encode
 
 

@@ -24,9 +24,13 @@ def backend():
 
 
 def chats(n: int) -> list[list[dict]]:
-    return [[{"role": "system", "content": f"You are assistant number {i}."},
-             {"role": "user", "content": "Tell me about lighthouses. " * (i % 5 + 1)}]
-            for i in range(n)]
+    return [
+        [
+            {"role": "system", "content": f"You are assistant number {i}."},
+            {"role": "user", "content": "Tell me about lighthouses. " * (i % 5 + 1)},
+        ]
+        for i in range(n)
+    ]
 
 
 def test_templating_and_tokenizing_from_many_threads_give_the_serial_answers(backend):
@@ -37,8 +41,7 @@ def test_templating_and_tokenizing_from_many_threads_give_the_serial_answers(bac
     with ThreadPoolExecutor(8) as pool:
         assert list(pool.map(backend.chat_tokens, convs)) == serial
         assert list(pool.map(backend.tokenize, texts)) == serial_tok
-        assert list(pool.map(backend.decode, serial_tok)) == [backend.decode(t)
-                                                               for t in serial_tok]
+        assert list(pool.map(backend.decode, serial_tok)) == [backend.decode(t) for t in serial_tok]
 
 
 def test_templating_and_tokenizing_do_not_evaluate_mlx_arrays(backend, monkeypatch):

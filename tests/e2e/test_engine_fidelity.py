@@ -25,8 +25,12 @@ from dvai_bridge.progress import ProgressHub
 
 GREEDY = SamplingParams(temperature=0.0)
 MAX_TOKENS = 20
-QUESTIONS = ["What is the capital of France?", "Name three primary colors.",
-             "Write one sentence about the sea.", "What is 12 plus 30?"]
+QUESTIONS = [
+    "What is the capital of France?",
+    "Name three primary colors.",
+    "Write one sentence about the sea.",
+    "What is 12 plus 30?",
+]
 SYSTEM = {"role": "system", "content": "You are a concise assistant. Answer in one sentence."}
 
 
@@ -53,8 +57,9 @@ def backend() -> MLXBackend:
 
 def submit(scheduler: Scheduler, backend: MLXBackend, messages: list[dict]) -> Run:
     run = Run()
-    request = GenerationRequest(tuple(backend.chat_tokens(messages)), GREEDY,
-                                max_tokens=MAX_TOKENS, logprobs=True)
+    request = GenerationRequest(
+        tuple(backend.chat_tokens(messages)), GREEDY, max_tokens=MAX_TOKENS, logprobs=True
+    )
     scheduler.submit(request, run, CancelToken())
     return run
 
@@ -69,8 +74,10 @@ def wait(runs: list[Run]) -> list[Run]:
 def conversation(question: str, reply: str | None = None) -> list[dict]:
     messages = [SYSTEM, {"role": "user", "content": question}]
     if reply is not None:
-        messages += [{"role": "assistant", "content": reply},
-                     {"role": "user", "content": "Say that again, differently."}]
+        messages += [
+            {"role": "assistant", "content": reply},
+            {"role": "user", "content": "Say that again, differently."},
+        ]
     return messages
 
 
@@ -80,8 +87,10 @@ def reference(backend: MLXBackend) -> dict[str, list[Run]]:
     plain = Scheduler(backend, limits=BatchLimits(max_batch=1, prompt_cache_bytes=0))
     try:
         first = [wait([submit(plain, backend, conversation(q))])[0] for q in QUESTIONS]
-        second = [wait([submit(plain, backend, conversation(q, r.text))])[0]
-                  for q, r in zip(QUESTIONS, first, strict=True)]
+        second = [
+            wait([submit(plain, backend, conversation(q, r.text))])[0]
+            for q, r in zip(QUESTIONS, first, strict=True)
+        ]
     finally:
         plain.close()
     return {"first": first, "second": second}
@@ -103,8 +112,12 @@ def test_cached_prefixes_give_the_same_tokens_and_are_reported(backend, referenc
     try:
         first = wait([submit(cached, backend, conversation(QUESTIONS[0]))])
         first += wait([submit(cached, backend, conversation(q)) for q in QUESTIONS[1:]])
-        second = wait([submit(cached, backend, conversation(q, r.text))
-                       for q, r in zip(QUESTIONS, first, strict=True)])
+        second = wait(
+            [
+                submit(cached, backend, conversation(q, r.text))
+                for q, r in zip(QUESTIONS, first, strict=True)
+            ]
+        )
     finally:
         cached.close()
     # Once one conversation has finished, the others reuse the shared system prompt.
@@ -129,13 +142,14 @@ def test_the_fast_cpu_kernels_give_mlxs_greedy_tokens(backend):
     if not backend.device.is_cpu:
         pytest.skip("the kernels are used on the CPU device only")
     story = " ".join(f"Line {i}: the keeper lit the lamp and watched the ships." for i in range(60))
-    prompts = [backend.chat_tokens(conversation(QUESTIONS[0])),
-               backend.chat_tokens([{"role": "user", "content": story + " Summarize."}])]
+    prompts = [
+        backend.chat_tokens(conversation(QUESTIONS[0])),
+        backend.chat_tokens([{"role": "user", "content": story + " Summarize."}]),
+    ]
     assert len(prompts[1]) > 700
 
     def greedy(tokens: list[int]) -> list[int]:
-        steps = generate_step(mx.array(tokens), backend.model, max_tokens=24,
-                              prefill_step_size=512)
+        steps = generate_step(mx.array(tokens), backend.model, max_tokens=24, prefill_step_size=512)
         return [int(t) for t, _ in steps]
 
     assert cpu_kernels.install(backend.model)

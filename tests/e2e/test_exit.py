@@ -20,14 +20,31 @@ import pytest
 @pytest.mark.parametrize("run", range(3))
 def test_serve_stopped_by_sigterm_exits_0_without_an_abort(run):
     proc = subprocess.Popen(
-        [sys.executable, "-m", "dvai_bridge", "serve", "--backend", "mlx", "--port", "0",
-         "--log-level", "warning"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        [
+            sys.executable,
+            "-m",
+            "dvai_bridge",
+            "serve",
+            "--backend",
+            "mlx",
+            "--port",
+            "0",
+            "--log-level",
+            "warning",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         line = proc.stdout.readline()
         match = re.search(r"at (http://127\.0\.0\.1:\d+/v1)", line)
         assert match, line + proc.stderr.read()
-        r = httpx.post(match.group(1) + "/chat/completions", timeout=120, json={
-            "messages": [{"role": "user", "content": "Say hi."}], "max_tokens": 8})
+        r = httpx.post(
+            match.group(1) + "/chat/completions",
+            timeout=120,
+            json={"messages": [{"role": "user", "content": "Say hi."}], "max_tokens": 8},
+        )
         assert r.status_code == 200
         proc.send_signal(signal.SIGTERM)
         rc = proc.wait(timeout=60)

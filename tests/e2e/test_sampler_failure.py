@@ -34,8 +34,9 @@ def _steps(b: MLXBackend, requests: list[GenerationRequest], n: int = 3) -> int:
 
 
 @pytest.mark.parametrize("top_k", [49152, 50000, 10**18, 2**64])
-@pytest.mark.parametrize("other", [{}, {"top_p": 0.9}, {"min_p": 0.05}],
-                         ids=["plain", "top_p", "min_p"])
+@pytest.mark.parametrize(
+    "other", [{}, {"top_p": 0.9}, {"min_p": 0.05}], ids=["plain", "top_p", "min_p"]
+)
 def test_top_k_past_the_vocabulary_keeps_every_token_and_poisons_nothing(backend, top_k, other):
     prompt = tuple(backend.chat_tokens([{"role": "user", "content": "Hi"}]))
     sampled = GenerationRequest(prompt, SamplingParams(temperature=0.8, **other), max_tokens=4)

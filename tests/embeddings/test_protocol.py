@@ -135,8 +135,9 @@ def test_dimensions_truncate_and_renormalize_when_the_model_allows():
     client, scheduler = _client(backend)
     try:
         full = np.array(_post(client, input="abcdefgh").json()["data"][0]["embedding"])
-        short = np.array(_post(client, input="abcdefgh", dimensions=3).json()
-                         ["data"][0]["embedding"])
+        short = np.array(
+            _post(client, input="abcdefgh", dimensions=3).json()["data"][0]["embedding"]
+        )
         assert short.shape == (3,)
         assert np.linalg.norm(short) == pytest.approx(1.0, abs=1e-6)
         assert np.allclose(short, full[:3] / np.linalg.norm(full[:3]), atol=1e-6)
@@ -165,8 +166,13 @@ def test_too_many_inputs_is_a_400(client):
 
 
 def test_wrong_shapes_and_formats_are_400s(client):
-    for body in ({"input": 5}, {"input": [1.5]}, {"input": "a", "encoding_format": "int8"},
-                 {"input": "a", "dimensions": 0}, {}):
+    for body in (
+        {"input": 5},
+        {"input": [1.5]},
+        {"input": "a", "encoding_format": "int8"},
+        {"input": "a", "dimensions": 0},
+        {},
+    ):
         r = client.post("/v1/embeddings", json=body)
         assert r.status_code == 400, (body, r.text)
         assert set(r.json()["error"]) == {"message", "type", "param", "code"}

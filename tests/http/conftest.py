@@ -50,7 +50,7 @@ def sse_events(text: str) -> Iterator[dict | str]:
         if not block.strip():
             continue
         assert block.startswith("data: "), block
-        data = block[len("data: "):]
+        data = block[len("data: ") :]
         yield data if data == "[DONE]" else json.loads(data)
 
 

@@ -11,26 +11,35 @@ from dvai_bridge.backends.fake import FakeBackend
 from dvai_bridge.protocol.openai_responses.store import ResponseStore, StoreLimits
 
 CALL = '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>'
-WEATHER = {"type": "function", "name": "get_weather", "description": "Weather in a city",
-           "parameters": {"type": "object", "properties": {"city": {"type": "string"}},
-                          "required": ["city"]}}
+WEATHER = {
+    "type": "function",
+    "name": "get_weather",
+    "description": "Weather in a city",
+    "parameters": {
+        "type": "object",
+        "properties": {"city": {"type": "string"}},
+        "required": ["city"],
+    },
+}
 
 
 def sdk(c) -> openai.OpenAI:
-    return openai.OpenAI(base_url="http://127.0.0.1/v1", api_key="k", http_client=c,
-                         max_retries=0)
+    return openai.OpenAI(base_url="http://127.0.0.1/v1", api_key="k", http_client=c, max_retries=0)
 
 
 def claude(c, key: str = "k") -> anthropic.Anthropic:
-    return anthropic.Anthropic(base_url="http://127.0.0.1", api_key=key, http_client=c,
-                               max_retries=0)
+    return anthropic.Anthropic(
+        base_url="http://127.0.0.1", api_key=key, http_client=c, max_retries=0
+    )
 
 
 def test_responses_create_and_continue(client) -> None:
     o = sdk(client)
     first = o.responses.create(model="m", input="hi", instructions="Be brief.")
     assert first.status == "completed" and first.output_text == "echo: hi"
-    assert first.usage.input_tokens > 0 and first.usage.output_tokens == len("echo: hi") + 1  # and EOS
+    assert (
+        first.usage.input_tokens > 0 and first.usage.output_tokens == len("echo: hi") + 1
+    )  # and EOS
     again = o.responses.create(model="m", input="again", previous_response_id=first.id)
     assert again.output_text == "echo: again" and again.previous_response_id == first.id
     items = o.responses.input_items.list(again.id, order="asc")
@@ -55,10 +64,18 @@ def test_store_false_keeps_nothing(client) -> None:
 def test_responses_stream_event_sequence(client) -> None:
     events = list(sdk(client).responses.create(model="m", input="hi", stream=True))
     kinds = [e.type for e in events]
-    assert kinds[:4] == ["response.created", "response.in_progress",
-                         "response.output_item.added", "response.content_part.added"]
-    assert kinds[-4:] == ["response.output_text.done", "response.content_part.done",
-                          "response.output_item.done", "response.completed"]
+    assert kinds[:4] == [
+        "response.created",
+        "response.in_progress",
+        "response.output_item.added",
+        "response.content_part.added",
+    ]
+    assert kinds[-4:] == [
+        "response.output_text.done",
+        "response.content_part.done",
+        "response.output_item.done",
+        "response.completed",
+    ]
     assert [e.sequence_number for e in events] == list(range(len(events)))
     text = "".join(e.delta for e in events if e.type == "response.output_text.delta")
     assert text == "echo: hi" == events[-1].response.output_text
@@ -71,23 +88,27 @@ def test_responses_function_call_round_trip(client_for) -> None:
     (call,) = r.output
     assert call.type == "function_call" and call.name == "get_weather"
     assert call.arguments == '{"city": "Paris"}' and call.call_id
-    streamed = list(o.responses.create(model="m", input="weather?", tools=[WEATHER],
-                                       stream=True))
+    streamed = list(o.responses.create(model="m", input="weather?", tools=[WEATHER], stream=True))
     kinds = [e.type for e in streamed]
     assert "response.function_call_arguments.delta" in kinds
     done = next(e for e in streamed if e.type == "response.function_call_arguments.done")
     assert done.arguments == '{"city": "Paris"}'
     # the tool's result continues the stored conversation
-    r2 = o.responses.create(model="m", previous_response_id=r.id, tools=[WEATHER], input=[
-        {"type": "function_call_output", "call_id": call.call_id, "output": "sunny"}])
+    r2 = o.responses.create(
+        model="m",
+        previous_response_id=r.id,
+        tools=[WEATHER],
+        input=[{"type": "function_call_output", "call_id": call.call_id, "output": "sunny"}],
+    )
     items = o.responses.input_items.list(r2.id, order="asc").data
     assert [i.type for i in items] == ["message", "function_call", "function_call_output"]
 
 
 def test_responses_refuses_unknown_tool_types(client) -> None:
     with pytest.raises(openai.BadRequestError) as err:
-        sdk(client).responses.create(model="m", input="hi",
-                                     tools=[{"type": "file_search", "vector_store_ids": []}])
+        sdk(client).responses.create(
+            model="m", input="hi", tools=[{"type": "file_search", "vector_store_ids": []}]
+        )
     assert err.value.body["param"] == "tools[0].type" and "file_search" in err.value.message
     ok = sdk(client).responses.create(model="m", input="hi", tools=[{"type": "web_search"}])
     assert ok.output_text == "echo: hi"  # ignored with a warning (docs/protocols.md)
@@ -101,8 +122,10 @@ def test_input_tokens_matches_usage(client) -> None:
 
 def test_store_is_bounded_lru_with_ttl(tmp_path) -> None:
     now = [0.0]
-    s = ResponseStore(StoreLimits(max_entries=2, max_bytes=10_000, ttl_s=10,
-                                  directory=str(tmp_path)), clock=lambda: now[0])
+    s = ResponseStore(
+        StoreLimits(max_entries=2, max_bytes=10_000, ttl_s=10, directory=str(tmp_path)),
+        clock=lambda: now[0],
+    )
     for k in ("resp_a", "resp_b"):
         s.put(k, {"v": k})
     s.get("resp_a")  # a is now the most recently used
@@ -117,29 +140,43 @@ def test_store_is_bounded_lru_with_ttl(tmp_path) -> None:
 
 def test_messages_create_stream_and_tools(client_for) -> None:
     c = claude(client_for())
-    m = c.messages.create(model="m", max_tokens=50, system="Be brief.",
-                          messages=[{"role": "user", "content": "hi"}])
+    m = c.messages.create(
+        model="m", max_tokens=50, system="Be brief.", messages=[{"role": "user", "content": "hi"}]
+    )
     assert m.content[0].text == "echo: hi" and m.stop_reason == "end_turn"
-    with c.messages.stream(model="m", max_tokens=50,
-                           messages=[{"role": "user", "content": "yo"}]) as stream:
+    with c.messages.stream(
+        model="m", max_tokens=50, messages=[{"role": "user", "content": "yo"}]
+    ) as stream:
         text = "".join(stream.text_stream)
         final = stream.get_final_message()
     assert text == "echo: yo" == final.content[0].text and final.usage.output_tokens == 9  # and EOS
     t = claude(client_for(FakeBackend(reply=CALL)))
     tool = {"name": "get_weather", "input_schema": WEATHER["parameters"]}
-    m = t.messages.create(model="m", max_tokens=200, tools=[tool],
-                          messages=[{"role": "user", "content": "weather?"}])
+    m = t.messages.create(
+        model="m", max_tokens=200, tools=[tool], messages=[{"role": "user", "content": "weather?"}]
+    )
     (use,) = m.content
     assert m.stop_reason == "tool_use" and use.input == {"city": "Paris"}
-    with t.messages.stream(model="m", max_tokens=200, tools=[tool],
-                           messages=[{"role": "user", "content": "weather?"}]) as stream:
+    with t.messages.stream(
+        model="m", max_tokens=200, tools=[tool], messages=[{"role": "user", "content": "weather?"}]
+    ) as stream:
         assert stream.get_final_message().content[0].input == {"city": "Paris"}
-    n = c.messages.count_tokens(model="m", messages=[
-        {"role": "user", "content": "weather?"},
-        {"role": "assistant", "content": [{"type": "tool_use", "id": use.id,
-                                           "name": "get_weather", "input": use.input}]},
-        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": use.id,
-                                      "content": "sunny"}]}])
+    n = c.messages.count_tokens(
+        model="m",
+        messages=[
+            {"role": "user", "content": "weather?"},
+            {
+                "role": "assistant",
+                "content": [
+                    {"type": "tool_use", "id": use.id, "name": "get_weather", "input": use.input}
+                ],
+            },
+            {
+                "role": "user",
+                "content": [{"type": "tool_result", "tool_use_id": use.id, "content": "sunny"}],
+            },
+        ],
+    )
     assert n.input_tokens > 0
 
 
@@ -149,11 +186,13 @@ def test_messages_errors_in_anthropic_envelope(client_for) -> None:
     assert r.status_code == 400
     assert r.json()["type"] == "error" and r.json()["error"]["type"] == "invalid_request_error"
     with pytest.raises(anthropic.AuthenticationError) as err:
-        claude(c, key="wrong").messages.create(model="m", max_tokens=5, messages=[
-            {"role": "user", "content": "hi"}])
+        claude(c, key="wrong").messages.create(
+            model="m", max_tokens=5, messages=[{"role": "user", "content": "hi"}]
+        )
     assert err.value.body["error"]["type"] == "authentication_error"
-    m = claude(c, key="secret").messages.create(model="m", max_tokens=50, messages=[
-        {"role": "user", "content": "hi"}])
+    m = claude(c, key="secret").messages.create(
+        model="m", max_tokens=50, messages=[{"role": "user", "content": "hi"}]
+    )
     assert m.content[0].text == "echo: hi"
 
 
@@ -166,8 +205,9 @@ def test_unknown_route_names_the_routes(client) -> None:
 
 def test_token_utilities(client) -> None:
     assert client.post("/detokenize", json={"tokens": [104, 105]}).json() == {"content": "hi"}
-    prompt = client.post("/apply-template", json={
-        "messages": [{"role": "user", "content": "yo"}]}).json()["prompt"]
+    prompt = client.post(
+        "/apply-template", json={"messages": [{"role": "user", "content": "yo"}]}
+    ).json()["prompt"]
     assert "<|im_start|>user\nyo<|im_end|>" in prompt
     r = client.post("/detokenize", json={"tokens": ["a"]})
     assert r.status_code == 400 and r.json()["error"]["param"].startswith("tokens")
@@ -178,19 +218,32 @@ def test_failure_mid_stream_ends_each_stream_its_own_way(client_for) -> None:
     events = list(sdk(c).responses.create(model="m", input="hello there", stream=True))
     assert events[-1].type == "response.failed"
     assert "failed on purpose" in events[-1].response.error.message
-    r = c.post("/v1/messages", json={"max_tokens": 50, "stream": True,
-                                     "messages": [{"role": "user", "content": "hello there"}]})
+    r = c.post(
+        "/v1/messages",
+        json={
+            "max_tokens": 50,
+            "stream": True,
+            "messages": [{"role": "user", "content": "hello there"}],
+        },
+    )
     assert "event: error\ndata: " in r.text and '"type":"error"' in r.text
     assert "message_stop" not in r.text
 
 
 def test_stop_sequence_is_reported(client) -> None:
     c = claude(client)
-    body = {"model": "m", "max_tokens": 50, "stop_sequences": ["lo"],
-            "messages": [{"role": "user", "content": "hello"}]}
+    body = {
+        "model": "m",
+        "max_tokens": 50,
+        "stop_sequences": ["lo"],
+        "messages": [{"role": "user", "content": "hello"}],
+    }
     m = c.messages.create(**body)
-    assert (m.content[0].text, m.stop_reason, m.stop_sequence) == ("echo: hel", "stop_sequence",
-                                                                   "lo")
+    assert (m.content[0].text, m.stop_reason, m.stop_sequence) == (
+        "echo: hel",
+        "stop_sequence",
+        "lo",
+    )
     with c.messages.stream(**body) as stream:
         final = stream.get_final_message()
     assert (final.stop_reason, final.stop_sequence) == ("stop_sequence", "lo")

@@ -18,7 +18,7 @@ from dvai_bridge.backends.fake import FakeBackend
 
 pytest.importorskip("dvai_bridge.protocol.reasoning", reason="chat reasoning (issue 15) absent")
 
-TEMPLATE = (Path(__file__).parents[1] / "data" / "qwen3_style.jinja")
+TEMPLATE = Path(__file__).parents[1] / "data" / "qwen3_style.jinja"
 REPLY = "Two and two.\n</think>\n\nIt is 4."
 
 
@@ -30,8 +30,9 @@ def thinker(client_for):
 
 
 def test_responses_reasoning_item(thinker) -> None:
-    o = openai.OpenAI(base_url="http://127.0.0.1/v1", api_key="k", http_client=thinker,
-                      max_retries=0)
+    o = openai.OpenAI(
+        base_url="http://127.0.0.1/v1", api_key="k", http_client=thinker, max_retries=0
+    )
     r = o.responses.create(model="m", input="2+2?", reasoning={"effort": "high"})
     kinds = [i.type for i in r.output]
     assert kinds == ["reasoning", "message"]
@@ -50,15 +51,20 @@ def test_responses_reasoning_item(thinker) -> None:
 
 
 def test_messages_thinking_block(thinker) -> None:
-    c = anthropic.Anthropic(base_url="http://127.0.0.1", api_key="k", http_client=thinker,
-                            max_retries=0)
-    m = c.messages.create(model="m", max_tokens=200, messages=[{"role": "user",
-                                                                 "content": "2+2?"}],
-                          thinking={"type": "enabled", "budget_tokens": 2048})
+    c = anthropic.Anthropic(
+        base_url="http://127.0.0.1", api_key="k", http_client=thinker, max_retries=0
+    )
+    m = c.messages.create(
+        model="m",
+        max_tokens=200,
+        messages=[{"role": "user", "content": "2+2?"}],
+        thinking={"type": "enabled", "budget_tokens": 2048},
+    )
     assert [b.type for b in m.content] == ["thinking", "text"]
     assert m.content[0].thinking == "Two and two.\n" and m.content[1].text == "It is 4."
-    with c.messages.stream(model="m", max_tokens=200,
-                           messages=[{"role": "user", "content": "2+2?"}]) as stream:
+    with c.messages.stream(
+        model="m", max_tokens=200, messages=[{"role": "user", "content": "2+2?"}]
+    ) as stream:
         final = stream.get_final_message()
     assert [b.type for b in final.content] == ["thinking", "text"]
     assert final.content[0].thinking == "Two and two.\n"

@@ -29,8 +29,10 @@ def test_max_tokens_and_max_completion_tokens_cut_with_length(client):
 
 
 def test_stream_has_role_first_one_id_one_finish_usage_and_done(client):
-    r = client.post("/v1/chat/completions",
-                    json=chat("abc", stream=True, stream_options={"include_usage": True}))
+    r = client.post(
+        "/v1/chat/completions",
+        json=chat("abc", stream=True, stream_options={"include_usage": True}),
+    )
     assert r.status_code == 200
     assert r.headers["content-type"].startswith("text/event-stream")
     events = list(sse_events(r.text))
@@ -46,8 +48,9 @@ def test_stream_has_role_first_one_id_one_finish_usage_and_done(client):
 
 
 def test_a_stop_string_never_leaks_into_the_stream(client):
-    r = client.post("/v1/chat/completions",
-                    json=chat("one <|stop|> two", stream=True, stop=["<|stop|>", "zzz"]))
+    r = client.post(
+        "/v1/chat/completions", json=chat("one <|stop|> two", stream=True, stop=["<|stop|>", "zzz"])
+    )
     chunks = [e for e in sse_events(r.text) if e != "[DONE]"]
     text = "".join(c["choices"][0]["delta"].get("content", "") for c in chunks)
     assert text == "echo: one "
@@ -66,8 +69,9 @@ def test_n_gives_n_choices(client):
 
 
 def test_logprobs_cover_every_token_of_the_content(client):
-    body = client.post("/v1/chat/completions",
-                       json=chat("ab", logprobs=True, top_logprobs=2)).json()
+    body = client.post(
+        "/v1/chat/completions", json=chat("ab", logprobs=True, top_logprobs=2)
+    ).json()
     content = body["choices"][0]["logprobs"]["content"]
     assert "".join(t["token"] for t in content) == "echo: ab"
     assert all(len(t["top_logprobs"]) == 2 for t in content)
@@ -75,8 +79,10 @@ def test_logprobs_cover_every_token_of_the_content(client):
 
 
 def test_content_as_text_parts_is_joined(client):
-    msg = {"role": "user", "content": [{"type": "text", "text": "a"},
-                                       {"type": "text", "text": "b"}]}
+    msg = {
+        "role": "user",
+        "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}],
+    }
     body = client.post("/v1/chat/completions", json={"messages": [msg]}).json()
     assert body["choices"][0]["message"]["content"] == "echo: a\nb"
 
@@ -87,19 +93,22 @@ def test_unknown_fields_are_accepted(client):
 
 
 def test_completions_with_logprobs_and_with_echo(client):
-    body = client.post("/v1/completions",
-                       json={"prompt": "hey", "max_tokens": 3, "logprobs": 1}).json()
+    body = client.post(
+        "/v1/completions", json={"prompt": "hey", "max_tokens": 3, "logprobs": 1}
+    ).json()
     assert body["object"] == "text_completion"
     (choice,) = body["choices"]
     assert choice["text"] == "ech" and choice["finish_reason"] == "length"
     assert choice["logprobs"]["tokens"] == ["e", "c", "h"]
     assert choice["logprobs"]["text_offset"] == [0, 1, 2]
-    echoed = client.post("/v1/completions", json={"prompt": "hey", "max_tokens": 3,
-                                                   "echo": True}).json()
+    echoed = client.post(
+        "/v1/completions", json={"prompt": "hey", "max_tokens": 3, "echo": True}
+    ).json()
     text = echoed["choices"][0]["text"]  # the fake's prompt tokens carry its script too
     assert text.startswith("hey") and text.endswith("ech") and len(text) > 3
-    refused = client.post("/v1/completions", json={"prompt": "hey", "max_tokens": 3,
-                                                   "echo": True, "logprobs": 1})
+    refused = client.post(
+        "/v1/completions", json={"prompt": "hey", "max_tokens": 3, "echo": True, "logprobs": 1}
+    )
     assert refused.status_code == 400 and refused.json()["error"]["param"] == "echo"
 
 
@@ -134,14 +143,20 @@ def test_metrics_are_prometheus_text_and_count_what_happened(client):
     client.post("/v1/chat/completions", json=chat("count me too"))
     r = client.get("/metrics")
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
-    lines = dict(line.rsplit(" ", 1) for line in r.text.splitlines()
-                 if line and not line.startswith("#"))
-    assert float(lines['dvai_bridge_http_requests_total{route="/v1/chat/completions",'
-                       'status="200"}']) == 2
-    assert float(lines['dvai_bridge_http_requests_total{route="/v1/chat/completions",'
-                       'status="400"}']) == 1
+    lines = dict(
+        line.rsplit(" ", 1) for line in r.text.splitlines() if line and not line.startswith("#")
+    )
+    assert (
+        float(lines['dvai_bridge_http_requests_total{route="/v1/chat/completions",status="200"}'])
+        == 2
+    )
+    assert (
+        float(lines['dvai_bridge_http_requests_total{route="/v1/chat/completions",status="400"}'])
+        == 1
+    )
     assert float(lines["dvai_bridge_generated_tokens_total"]) == 2 * 1 + len(
-        "echo: count me") + len("echo: count me too")
+        "echo: count me"
+    ) + len("echo: count me too")
     assert float(lines["dvai_bridge_time_to_first_token_seconds_count"]) == 2
     assert float(lines["dvai_bridge_prompt_cache_hit_tokens_total"]) > 0  # shared prefix
     assert "dvai_bridge_queue_depth" in lines and "dvai_bridge_prompt_cache_bytes" in lines

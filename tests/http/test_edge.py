@@ -32,8 +32,9 @@ def _serve(limits: EdgeLimits):
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(connections, "DEFAULT_LIMITS", limits)
         bridge = Bridge()
-        server = bridge.start_blocking(StartConfig(backend="fake", http_base_port=0,
-                                                   log_level="warning"))
+        server = bridge.start_blocking(
+            StartConfig(backend="fake", http_base_port=0, log_level="warning")
+        )
     return bridge, server
 
 
@@ -77,8 +78,10 @@ def envelope_of(raw: bytes) -> tuple[int, dict, dict]:
 
 
 def post(body: bytes = CHAT, path: str = "/v1/chat/completions") -> bytes:
-    return (f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-            f"Content-Length: {len(body)}\r\n\r\n").encode() + body
+    return (
+        f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode() + body
 
 
 # -- item 4: read timeouts --------------------------------------------------------------------
@@ -183,7 +186,9 @@ def test_rate_limited_log_says_how_many_it_dropped(caplog):
         time.sleep(0.25)
         assert limited.warning("k", "boom")
     assert [r.getMessage() for r in caplog.records] == [
-        "boom", "boom (50 more like this in the last 0.2s)"]
+        "boom",
+        "boom (50 more like this in the last 0.2s)",
+    ]
 
 
 _FLOOD_CHILD = """
@@ -205,8 +210,13 @@ def test_running_out_of_descriptors_neither_floods_the_log_nor_holds_health(tmp_
     Before: a traceback per failed accept (49 MB of log in 8 s) and /health never answered."""
     log = tmp_path / "err.log"
     with open(log, "wb") as err:
-        child = subprocess.Popen([sys.executable, "-c", _FLOOD_CHILD], cwd=ROOT,
-                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err)
+        child = subprocess.Popen(
+            [sys.executable, "-c", _FLOOD_CHILD],
+            cwd=ROOT,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=err,
+        )
     socks = []
     try:
         port = int(child.stdout.readline())
@@ -237,9 +247,10 @@ def test_accepted_connections_have_tcp_nodelay(quick):
     with httpx.Client(base_url=quick.base_url, timeout=5) as client:
         assert client.get("/models").status_code == 200
         conns = quick.bridge._running.server.server_state.connections
-        flags = [c.transport.get_extra_info("socket").getsockopt(socket.IPPROTO_TCP,
-                                                                 socket.TCP_NODELAY)
-                 for c in conns]
+        flags = [
+            c.transport.get_extra_info("socket").getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+            for c in conns
+        ]
         assert flags and all(flags), flags
 
 
@@ -270,15 +281,24 @@ def test_a_port_taken_by_a_server_still_loading_is_skipped():
 
 
 def test_two_processes_starting_at_once_get_two_ports(tmp_path):
-    code = ("import sys, time; from dvai_bridge.http.listen import bind_port; "
-            "s = bind_port('127.0.0.1', int(sys.argv[1]), 8); "
-            "print(s.getsockname()[1], flush=True); time.sleep(1.5)")
+    code = (
+        "import sys, time; from dvai_bridge.http.listen import bind_port; "
+        "s = bind_port('127.0.0.1', int(sys.argv[1]), 8); "
+        "print(s.getsockname()[1], flush=True); time.sleep(1.5)"
+    )
     probe = bind_port("127.0.0.1", 0, 1)
     base = probe.getsockname()[1]
     probe.close()
-    kids = [subprocess.Popen([sys.executable, "-c", code, str(base)], cwd=ROOT,
-                             stdout=subprocess.PIPE, text=True,
-                             env={**os.environ, "PYTHONPATH": str(ROOT)}) for _ in range(2)]
+    kids = [
+        subprocess.Popen(
+            [sys.executable, "-c", code, str(base)],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+        )
+        for _ in range(2)
+    ]
     ports = [int(k.stdout.readline()) for k in kids]
     for k in kids:
         k.wait(10)

@@ -10,12 +10,15 @@ import pytest
 from dvai_bridge.http.json_size import measure
 
 
-@pytest.mark.parametrize("obj", [
-    {"a": [1, 2, {"b": "x,[{\"\\"}]},
-    {"messages": [{"role": "user", "content": 'say "[1,2]", {ok}\\'}] * 50, "n": 2},
-    {"prompt": [[1, 2]] * 100, "stop": [",", "[", "{", "\\\""]},
-    [1, [2, [3]], {"k": "v,"}],
-])
+@pytest.mark.parametrize(
+    "obj",
+    [
+        {"a": [1, 2, {"b": 'x,[{"\\'}]},
+        {"messages": [{"role": "user", "content": 'say "[1,2]", {ok}\\'}] * 50, "n": 2},
+        {"prompt": [[1, 2]] * 100, "stop": [",", "[", "{", '\\"']},
+        [1, [2, [3]], {"k": "v,"}],
+    ],
+)
 def test_the_exact_count_ignores_strings_and_escapes(obj):
     raw = json.dumps(obj).encode()
     values, _ = measure(raw, 0)
@@ -35,8 +38,9 @@ def _structural(value):
 
 
 def test_the_heaviest_top_level_member_is_named():
-    raw = json.dumps({"model": "m", "messages": [{"role": "user", "content": ""}] * 1000,
-                      "logit_bias": {"1": 1}}).encode()
+    raw = json.dumps(
+        {"model": "m", "messages": [{"role": "user", "content": ""}] * 1000, "logit_bias": {"1": 1}}
+    ).encode()
     values, name = measure(raw, 100)
     assert values > 100 and name == "messages"
     assert measure(b'{"prompt": [' + b"[1]," * 999 + b"[1]]}", 100)[1] == "prompt"

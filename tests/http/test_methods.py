@@ -44,9 +44,14 @@ def test_options_on_an_unknown_path_is_a_404_envelope(client, path):
     assert path in r.json()["error"]["message"]
 
 
-@pytest.mark.parametrize("path,methods", [
-    (URL, "OPTIONS, POST"), ("/health", "GET, HEAD, OPTIONS"),
-    ("/v1/models/anything", "GET, HEAD, OPTIONS")])
+@pytest.mark.parametrize(
+    "path,methods",
+    [
+        (URL, "OPTIONS, POST"),
+        ("/health", "GET, HEAD, OPTIONS"),
+        ("/v1/models/anything", "GET, HEAD, OPTIONS"),
+    ],
+)
 def test_options_on_a_known_path_names_its_methods(client, path, methods):
     r = client.options(path)
     assert r.status_code == 204 and r.content == b""
@@ -61,8 +66,9 @@ def test_options_is_the_same_whatever_the_cors_setting(client_for, cors):
 
 
 # -- body encoding -----------------------------------------------------------------------------
-@pytest.mark.parametrize("encoding", ["utf-16", "utf-16-le", "utf-16-be", "utf-32",
-                                      "utf-32-le", "utf-32-be"])
+@pytest.mark.parametrize(
+    "encoding", ["utf-16", "utf-16-le", "utf-16-be", "utf-32", "utf-32-le", "utf-32-be"]
+)
 def test_a_body_not_in_utf8_is_refused_naming_its_encoding(client, encoding):
     body = json.dumps(chat("hi")).encode(encoding)  # "utf-16"/"utf-32" carry a BOM
     r = client.post(URL, content=body, headers={"content-type": "application/json"})
@@ -72,8 +78,11 @@ def test_a_body_not_in_utf8_is_refused_naming_its_encoding(client, encoding):
 
 
 def test_utf8_bodies_with_or_without_bom_are_read(client):
-    for body in (json.dumps(chat("hi")).encode(), json.dumps(chat("hi")).encode("utf-8-sig"),
-                 json.dumps(chat("héllo ✓"), ensure_ascii=False).encode()):
+    for body in (
+        json.dumps(chat("hi")).encode(),
+        json.dumps(chat("hi")).encode("utf-8-sig"),
+        json.dumps(chat("héllo ✓"), ensure_ascii=False).encode(),
+    ):
         r = client.post(URL, content=body, headers={"content-type": "application/json"})
         assert r.status_code == 200, r.text
 
@@ -82,8 +91,11 @@ def test_utf8_bodies_with_or_without_bom_are_read(client):
 def _responses(client, key: str | None = None) -> dict[tuple[str, str], set[str]]:
     headers = {"Authorization": f"Bearer {key}"} if key else {}
     schema = client.get("/openapi.json", headers=headers).json()
-    return {(m, p): set(op["responses"]) for p, item in schema["paths"].items()
-            for m, op in item.items()}
+    return {
+        (m, p): set(op["responses"])
+        for p, item in schema["paths"].items()
+        for m, op in item.items()
+    }
 
 
 def test_openapi_lists_the_statuses_each_route_answers(client):
@@ -109,8 +121,7 @@ def test_openapi_errors_are_described_as_the_envelope(client):
     name = ref["schema"]["$ref"].rsplit("/", 1)[1]
     envelope = schema["components"]["schemas"][name]
     assert envelope["required"] == ["error"]
-    assert set(envelope["properties"]["error"]["required"]) == {"message", "type", "param",
-                                                                "code"}
+    assert set(envelope["properties"]["error"]["required"]) == {"message", "type", "param", "code"}
 
 
 def test_openapi_documents_streamed_answers_as_event_streams(client):

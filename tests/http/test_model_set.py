@@ -48,8 +48,7 @@ def _states(client: httpx.Client) -> dict[str, str]:
 
 def test_the_request_model_selects_by_name_and_alias(serve, tmp_path):
     file = tmp_path / "models.toml"
-    file.write_text('[models.big]\nmodel = "big-ref"\naliases = ["gpt-4o"]\n'
-                    'context_size = 1024\n')
+    file.write_text('[models.big]\nmodel = "big-ref"\naliases = ["gpt-4o"]\ncontext_size = 1024\n')
     c = serve(models=["small=small-ref"], models_file=str(file))
     assert _states(c) == {"small": "unloaded", "big": "unloaded"}  # nothing loads before use
     r = c.post("/v1/chat/completions", json=_chat("gpt-4o"))
@@ -66,8 +65,9 @@ def test_the_request_model_selects_by_name_and_alias(serve, tmp_path):
     assert err["code"] == "model_not_found" and err["param"] == "model"
     assert "'small'" in err["message"] and "'gpt-4o'" in err["message"]
     # no model (or "default"): the first configured one
-    assert c.post("/v1/completions", json={"prompt": "x", "max_tokens": 2}).json()["model"] \
-        == "small"
+    assert (
+        c.post("/v1/completions", json={"prompt": "x", "max_tokens": 2}).json()["model"] == "small"
+    )
     health = {m["name"]: m for m in c.get("/health").json()["models"]}
     assert health["big"]["aliases"] == ["gpt-4o"] and health["big"]["load_seconds"] >= 0
 
@@ -110,8 +110,7 @@ def test_idle_unload_and_keep_alive(serve):
     assert r.status_code == 400 and r.json()["error"]["param"] == "keep_alive"
 
 
-def test_a_model_that_fails_to_load_answers_model_load_failed_and_others_serve(serve,
-                                                                               tmp_path):
+def test_a_model_that_fails_to_load_answers_model_load_failed_and_others_serve(serve, tmp_path):
     file = tmp_path / "models.toml"
     file.write_text('[models.broken]\nmodel = "x"\nbackend = "no-such-backend"\n')
     c = serve(models=["good=ref"], models_file=str(file))
@@ -158,6 +157,7 @@ def _slow_loader(calls: list[str], delay: float = 0.3):
         calls.append(entry.name)
         time.sleep(delay)
         return Scheduler(FakeBackend(model_id=entry.name))
+
     return load
 
 
@@ -177,8 +177,7 @@ def test_racing_requests_for_a_cold_model_load_it_once():
 
 def test_an_evicted_model_finishes_its_running_requests_first():
     calls: list[str] = []
-    models = ModelSet([ModelEntry("a"), ModelEntry("b")], _slow_loader(calls, 0),
-                      max_loaded=1)
+    models = ModelSet([ModelEntry("a"), ModelEntry("b")], _slow_loader(calls, 0), max_loaded=1)
     try:
         held = models.acquire_blocking("a")  # a request still running on a
         got: list[str] = []
@@ -196,8 +195,12 @@ def test_an_evicted_model_finishes_its_running_requests_first():
 
 def test_the_memory_budget_evicts_by_measured_size():
     sizes = iter([100, 250, 300, 420])  # rss: before a, after a, before b, after b...
-    models = ModelSet([ModelEntry("a"), ModelEntry("b")], _slow_loader([], 0),
-                      budget_bytes=200, rss=lambda: next(sizes, 0))
+    models = ModelSet(
+        [ModelEntry("a"), ModelEntry("b")],
+        _slow_loader([], 0),
+        budget_bytes=200,
+        rss=lambda: next(sizes, 0),
+    )
     try:
         models.acquire_blocking("a").release()
         assert models.slots["a"].memory == 150
@@ -261,8 +264,9 @@ def test_serve_options_one_bare_model_is_model_path_else_a_model_set():
     assert _model_options({"model_path": ("x", "y")})["models"] == ["x", "y"]
     assert _model_options({"model_path": ("x",), "models_file": "f.toml"})["models"] == ["x"]
     # one model with a model set's option: that model, loaded on demand, unloaded when idle
-    (one,) = serving_models(StartConfig(model_path="./m.gguf", idle_unload_s=5,
-                                        model_aliases=["x"]))
+    (one,) = serving_models(
+        StartConfig(model_path="./m.gguf", idle_unload_s=5, model_aliases=["x"])
+    )
     assert one.name == "m" and one.aliases == ("x",)
 
 
@@ -274,7 +278,7 @@ def test_ps_lists_each_running_bridge_with_its_models(serve):
     c = serve(models=["ps-a=ra", "ps-b=rb"])
     c.post("/models/load", json={"model": "ps-b"})
     out = CliRunner().invoke(main, ["ps"]).output
-    mine = out[out.index(str(c.base_url).rstrip("/") + "/v1"):]
+    mine = out[out.index(str(c.base_url).rstrip("/") + "/v1") :]
     lines = mine.splitlines()[1:3]
     assert lines[0].split()[:2] == ["ps-a", "unloaded"]
     assert lines[1].split()[:2] == ["ps-b", "loaded"] and "MiB" in lines[1]
@@ -287,16 +291,23 @@ def test_every_protocol_selects_the_model_by_name(serve):
     r = c.post("/v1/responses", json={"model": "big", "input": "hi", "max_output_tokens": 8})
     assert r.status_code == 200 and r.json()["model"] == "big", r.text
     assert _states(c) == {"small": "unloaded", "big": "loaded"}
-    r = c.post("/v1/messages", json={"model": "small", "max_tokens": 8,
-                                     "messages": [{"role": "user", "content": "hi"}]})
+    r = c.post(
+        "/v1/messages",
+        json={"model": "small", "max_tokens": 8, "messages": [{"role": "user", "content": "hi"}]},
+    )
     assert r.status_code == 200 and r.json()["model"] == "small", r.text
     assert _states(c) == {"small": "loaded", "big": "unloaded"}
-    with c.stream("POST", "/v1/responses", json={"model": "big", "input": "hi", "stream": True,
-                                                 "max_output_tokens": 8}) as s:
+    with c.stream(
+        "POST",
+        "/v1/responses",
+        json={"model": "big", "input": "hi", "stream": True, "max_output_tokens": 8},
+    ) as s:
         body = s.read().decode()
     assert s.status_code == 200 and '"model":"big"' in body.replace(" ", "")
     assert c.post("/tokenize", json={"model": "small", "content": "hello"}).status_code == 200
     assert _states(c) == {"small": "loaded", "big": "unloaded"}
-    r = c.post("/v1/messages", json={"model": "nope", "max_tokens": 8,
-                                     "messages": [{"role": "user", "content": "hi"}]})
+    r = c.post(
+        "/v1/messages",
+        json={"model": "nope", "max_tokens": 8, "messages": [{"role": "user", "content": "hi"}]},
+    )
     assert r.status_code == 404 and r.json()["type"] == "error"

@@ -24,8 +24,9 @@ HEALTH_BOUND_S = 1.0  # a behaviour check with a wide margin (it answers in mill
 def root() -> Iterator[str]:
     register_backend("off-loop-fake", lambda c, p: FakeBackend(context_length=4096))
     bridge = Bridge()
-    server = bridge.start_blocking(StartConfig(backend="off-loop-fake", http_base_port=0,
-                                               log_level="warning"))
+    server = bridge.start_blocking(
+        StartConfig(backend="off-loop-fake", http_base_port=0, log_level="warning")
+    )
     try:
         yield server.base_url.removesuffix("/v1")
     finally:
@@ -64,14 +65,20 @@ def _post(path: str, body: bytes):
 
 CASES = {
     # 3.5 M token lists of [1]: 14 MB. Before: /health waited ~50 s behind json.loads + pydantic.
-    "3.5M prompt lists": ("/v1/completions",
-                          b'{"prompt": [' + b",".join([b"[1]"] * 3_500_000) + b"]}",
-                          "prompt"),
+    "3.5M prompt lists": (
+        "/v1/completions",
+        b'{"prompt": [' + b",".join([b"[1]"] * 3_500_000) + b"]}",
+        "prompt",
+    ),
     # 400,000 empty messages (11 MB): 3 s on the loop before. Both are refused from a count of
     # their JSON values (http/body.py), as json.loads would hold the GIL for seconds.
-    "400k empty messages": ("/v1/chat/completions",
-                            json.dumps({"messages": [{"role": "user", "content": ""}] * 400_000},
-                                       separators=(",", ":")).encode(), "messages"),
+    "400k empty messages": (
+        "/v1/chat/completions",
+        json.dumps(
+            {"messages": [{"role": "user", "content": ""}] * 400_000}, separators=(",", ":")
+        ).encode(),
+        "messages",
+    ),
 }
 
 
@@ -84,6 +91,7 @@ def test_health_stays_fast_while_a_huge_request_is_processed(root, name):
     assert slowest < HEALTH_BOUND_S, (name, slowest, polls, took, r.status_code)
     assert r.status_code == 400, r.text[:300]
     assert r.json()["error"]["param"] == param
-    print(f"{name}: answered {r.status_code} in {took:.2f} s; slowest /health {slowest:.3f} s "
-          f"over {polls} polls")
-
+    print(
+        f"{name}: answered {r.status_code} in {took:.2f} s; slowest /health {slowest:.3f} s "
+        f"over {polls} polls"
+    )

@@ -10,8 +10,17 @@ from dvai_bridge.backends.fake import FakeBackend
 
 from .conftest import chat, sse_events
 
-TOOL = {"type": "function", "function": {"name": "get_weather", "parameters": {
-    "type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}
+TOOL = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string"}},
+            "required": ["city"],
+        },
+    },
+}
 CALL = '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>'
 
 
@@ -53,8 +62,9 @@ def test_without_tools_the_markup_is_plain_content(client_for) -> None:
 
 def test_tool_choice_none_leaves_the_reply_as_text(client_for) -> None:
     c = client_for(FakeBackend(reply=CALL))
-    choice = c.post("/v1/chat/completions",
-                    json=chat("x", tools=[TOOL], tool_choice="none")).json()["choices"][0]
+    choice = c.post(
+        "/v1/chat/completions", json=chat("x", tools=[TOOL], tool_choice="none")
+    ).json()["choices"][0]
     assert choice["message"]["content"] == CALL
 
 
@@ -81,13 +91,22 @@ def test_history_with_calls_and_tool_results_is_accepted(client_for) -> None:
     c = client_for(FakeBackend(reply="It is sunny."))
     messages = [
         {"role": "user", "content": "weather?"},
-        {"role": "assistant", "content": None, "tool_calls": [
-            {"id": "call_1", "type": "function",
-             "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}]},
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {
+                    "id": "call_1",
+                    "type": "function",
+                    "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'},
+                }
+            ],
+        },
         {"role": "tool", "tool_call_id": "call_1", "content": '{"sky": "sunny"}'},
     ]
-    r = c.post("/v1/chat/completions", json={"model": "fake-model", "messages": messages,
-                                             "tools": [TOOL]})
+    r = c.post(
+        "/v1/chat/completions", json={"model": "fake-model", "messages": messages, "tools": [TOOL]}
+    )
     assert r.status_code == 200
     assert r.json()["choices"][0]["message"]["content"] == "It is sunny."
 
@@ -98,24 +117,34 @@ def test_response_format_of_an_unknown_type_is_a_400(client) -> None:
     assert r.json()["error"]["param"] == "response_format.type"
 
 
-ECHO_TOOL = {"type": "function", "function": {"name": "echo", "parameters": {
-    "type": "object", "properties": {"text": {"type": "string"}}, "required": ["text"]}}}
+ECHO_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "echo",
+        "parameters": {
+            "type": "object",
+            "properties": {"text": {"type": "string"}},
+            "required": ["text"],
+        },
+    },
+}
 ECHO_CALL = '<tool_call>\n{"name": "echo", "arguments": {"text": "a</tool_call>b"}}\n</tool_call>'
 
 
 def test_an_end_marker_inside_the_arguments_is_a_call_streamed_or_not(client_for) -> None:
     c = client_for(FakeBackend(reply=ECHO_CALL))
-    choice = c.post("/v1/chat/completions",
-                    json=chat("x", tools=[ECHO_TOOL])).json()["choices"][0]
+    choice = c.post("/v1/chat/completions", json=chat("x", tools=[ECHO_TOOL])).json()["choices"][0]
     assert choice["finish_reason"] == "tool_calls"  # was "stop", the markup as content
     assert choice["message"]["content"] is None
     (call,) = choice["message"]["tool_calls"]
     assert json.loads(call["function"]["arguments"]) == {"text": "a</tool_call>b"}
     r = c.post("/v1/chat/completions", json=chat("x", tools=[ECHO_TOOL], stream=True))
-    deltas = [e["choices"][0]["delta"] for e in sse_events(r.text) if e != "[DONE]"
-              and e["choices"]]
-    args = "".join(tc["function"].get("arguments", "") for d in deltas
-                   for tc in d.get("tool_calls", []))
+    deltas = [
+        e["choices"][0]["delta"] for e in sse_events(r.text) if e != "[DONE]" and e["choices"]
+    ]
+    args = "".join(
+        tc["function"].get("arguments", "") for d in deltas for tc in d.get("tool_calls", [])
+    )
     assert json.loads(args) == {"text": "a</tool_call>b"}
 
 
@@ -123,8 +152,9 @@ def test_a_call_cut_short_is_the_same_streamed_or_not(client_for) -> None:
     cut = CALL + '\n<tool_call>\n{"name": "get_weather", "arguments": {"city": "Ro'
     c = client_for(FakeBackend(reply=cut))
     whole = c.post("/v1/chat/completions", json=chat("x", tools=[TOOL])).json()["choices"][0]
-    got = [(t["function"]["name"], t["function"]["arguments"])
-           for t in whole["message"]["tool_calls"]]
+    got = [
+        (t["function"]["name"], t["function"]["arguments"]) for t in whole["message"]["tool_calls"]
+    ]
     r = c.post("/v1/chat/completions", json=chat("x", tools=[TOOL], stream=True))
     streamed: dict[int, list[str]] = {}
     for e in sse_events(r.text):
@@ -139,8 +169,10 @@ def test_a_call_cut_short_is_the_same_streamed_or_not(client_for) -> None:
 
 def test_legacy_functions_fields_are_a_400_naming_them(client) -> None:
     fn = {"name": "get_weather", "parameters": {"type": "object", "properties": {}}}
-    for extra, param in (({"functions": [fn]}, "functions"),
-                         ({"function_call": "auto"}, "function_call")):
+    for extra, param in (
+        ({"functions": [fn]}, "functions"),
+        ({"function_call": "auto"}, "function_call"),
+    ):
         r = client.post("/v1/chat/completions", json=chat("x", **extra))
         assert r.status_code == 400  # was 200, the fields silently ignored
         err = r.json()["error"]

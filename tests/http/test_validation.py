@@ -27,8 +27,9 @@ def vclient(client_for):
 
 
 def post(client, path, body):
-    return client.post(path, content=json.dumps(body).encode(),
-                       headers={"content-type": "application/json"})
+    return client.post(
+        path, content=json.dumps(body).encode(), headers={"content-type": "application/json"}
+    )
 
 
 @pytest.mark.parametrize("top_k", [260, 49152, 10**18, 2**64])
@@ -43,23 +44,27 @@ def test_top_k_up_to_the_vocabulary_is_served(vclient, top_k):
     assert r.status_code == 200, r.text
 
 
-@pytest.mark.parametrize("extra,param", [
-    ({"logit_bias": {str(i): 1 for i in range(MAX_LOGIT_BIAS + 1)}}, "logit_bias"),
-    ({"logit_bias": {"-1": 1}}, "logit_bias"),
-    ({"logit_bias": {"259": 1}}, "logit_bias"),
-    ({"logit_bias": {"9" * 5000: 1}}, "logit_bias"),
-    ({"seed": 2**64}, "seed"),
-    ({"top_logprobs": 21, "logprobs": True}, "top_logprobs"),
-    ({"n": 17}, "n"),
-    ({"temperature": float("nan")}, "temperature"),
-    ({"top_p": float("inf")}, "top_p"),
-    ({"min_p": -0.1}, "min_p"),
-    ({"repetition_penalty": 0}, "repetition_penalty"),
-])
+@pytest.mark.parametrize(
+    "extra,param",
+    [
+        ({"logit_bias": {str(i): 1 for i in range(MAX_LOGIT_BIAS + 1)}}, "logit_bias"),
+        ({"logit_bias": {"-1": 1}}, "logit_bias"),
+        ({"logit_bias": {"259": 1}}, "logit_bias"),
+        ({"logit_bias": {"9" * 5000: 1}}, "logit_bias"),
+        ({"seed": 2**64}, "seed"),
+        ({"top_logprobs": 21, "logprobs": True}, "top_logprobs"),
+        ({"n": 17}, "n"),
+        ({"temperature": float("nan")}, "temperature"),
+        ({"top_p": float("inf")}, "top_p"),
+        ({"min_p": -0.1}, "min_p"),
+        ({"repetition_penalty": 0}, "repetition_penalty"),
+    ],
+)
 def test_sampling_fields_out_of_range_are_a_400_naming_the_field(vclient, extra, param):
     body = json.dumps(chat(**extra))  # NaN / Infinity as Python's json writes them
-    r = vclient.post("/v1/chat/completions", content=body.encode(),
-                     headers={"content-type": "application/json"})
+    r = vclient.post(
+        "/v1/chat/completions", content=body.encode(), headers={"content-type": "application/json"}
+    )
     assert_envelope(r, 400, param=param)
 
 
@@ -68,20 +73,47 @@ def test_a_temperature_too_small_to_invert_samples_greedily(vclient):
     assert r.status_code == 200, r.text
 
 
-@pytest.mark.parametrize("path,body,param", [
-    ("/v1/chat/completions",
-     {"messages": [U, {"role": "assistant", "tool_calls": [{"function": 5}]}, U]},
-     "messages[1].tool_calls[0].function"),
-    ("/v1/chat/completions",
-     {"messages": [U, {"role": "assistant", "tool_calls": [
-         {"id": "c", "type": "function", "function": {"name": "f", "arguments": 5}}]}, U]},
-     "messages[1].tool_calls[0].function.arguments"),
-    ("/v1/chat/completions",
-     {"messages": [U], "tools": [TOOL], "tool_choice": {"type": "function", "function": "f"}},
-     "tool_choice.function"),
-    ("/v1/completions", {"prompt": ""}, "prompt"),
-    ("/v1/completions", {"prompt": ["a", ""]}, "prompt"),
-])
+@pytest.mark.parametrize(
+    "path,body,param",
+    [
+        (
+            "/v1/chat/completions",
+            {"messages": [U, {"role": "assistant", "tool_calls": [{"function": 5}]}, U]},
+            "messages[1].tool_calls[0].function",
+        ),
+        (
+            "/v1/chat/completions",
+            {
+                "messages": [
+                    U,
+                    {
+                        "role": "assistant",
+                        "tool_calls": [
+                            {
+                                "id": "c",
+                                "type": "function",
+                                "function": {"name": "f", "arguments": 5},
+                            }
+                        ],
+                    },
+                    U,
+                ]
+            },
+            "messages[1].tool_calls[0].function.arguments",
+        ),
+        (
+            "/v1/chat/completions",
+            {
+                "messages": [U],
+                "tools": [TOOL],
+                "tool_choice": {"type": "function", "function": "f"},
+            },
+            "tool_choice.function",
+        ),
+        ("/v1/completions", {"prompt": ""}, "prompt"),
+        ("/v1/completions", {"prompt": ["a", ""]}, "prompt"),
+    ],
+)
 def test_client_errors_that_were_500_are_a_400_naming_the_field(client, path, body, param):
     err = assert_envelope(post(client, path, body), 400, param=param)
     assert "sequence" not in err["message"].lower()
@@ -90,32 +122,72 @@ def test_client_errors_that_were_500_are_a_400_naming_the_field(client, path, bo
 LONE = "\ud800"
 
 
-@pytest.mark.parametrize("path,body,param", [
-    ("/v1/chat/completions", {"messages": [U], "stop": LONE}, "stop"),
-    ("/v1/chat/completions", {"messages": [U], "stop": ["x", LONE]}, "stop[1]"),
-    ("/v1/chat/completions", {"messages": [{**U, "name": LONE}]}, "messages[0].name"),
-    ("/v1/chat/completions", {"messages": [U], "user": LONE}, "user"),
-    ("/v1/chat/completions", {"messages": [{"role": "user", "content": f"a{LONE}"}]},
-     "messages[0].content"),
-    ("/v1/chat/completions",
-     {"messages": [{"role": "user", "content": [{"type": "text", "text": LONE}]}]},
-     "messages[0].content[0].text"),
-    ("/v1/chat/completions",
-     {"messages": [U], "tools": [{"type": "function", "function": {
-         "name": "f", "description": LONE}}]}, "tools[0].function.description"),
-    ("/v1/chat/completions",
-     {"messages": [U], "tools": [{"type": "function", "function": {
-         "name": "f", "parameters": {"type": "object", "properties": {LONE: {}}}}}]},
-     "tools[0].function.parameters.properties"),
-    ("/v1/chat/completions",
-     {"messages": [U, {"role": "assistant", "tool_calls": [
-         {"id": "c", "type": "function", "function": {"name": "f", "arguments": LONE}}]}, U]},
-     "messages[1].tool_calls[0].function.arguments"),
-    ("/v1/chat/completions", {"messages": [U], "some_extension": [LONE]},
-     "some_extension[0]"),
-    ("/v1/completions", {"prompt": LONE}, "prompt"),
-    ("/v1/completions", {"prompt": ["ok", LONE]}, "prompt[1]"),
-])
+@pytest.mark.parametrize(
+    "path,body,param",
+    [
+        ("/v1/chat/completions", {"messages": [U], "stop": LONE}, "stop"),
+        ("/v1/chat/completions", {"messages": [U], "stop": ["x", LONE]}, "stop[1]"),
+        ("/v1/chat/completions", {"messages": [{**U, "name": LONE}]}, "messages[0].name"),
+        ("/v1/chat/completions", {"messages": [U], "user": LONE}, "user"),
+        (
+            "/v1/chat/completions",
+            {"messages": [{"role": "user", "content": f"a{LONE}"}]},
+            "messages[0].content",
+        ),
+        (
+            "/v1/chat/completions",
+            {"messages": [{"role": "user", "content": [{"type": "text", "text": LONE}]}]},
+            "messages[0].content[0].text",
+        ),
+        (
+            "/v1/chat/completions",
+            {
+                "messages": [U],
+                "tools": [{"type": "function", "function": {"name": "f", "description": LONE}}],
+            },
+            "tools[0].function.description",
+        ),
+        (
+            "/v1/chat/completions",
+            {
+                "messages": [U],
+                "tools": [
+                    {
+                        "type": "function",
+                        "function": {
+                            "name": "f",
+                            "parameters": {"type": "object", "properties": {LONE: {}}},
+                        },
+                    }
+                ],
+            },
+            "tools[0].function.parameters.properties",
+        ),
+        (
+            "/v1/chat/completions",
+            {
+                "messages": [
+                    U,
+                    {
+                        "role": "assistant",
+                        "tool_calls": [
+                            {
+                                "id": "c",
+                                "type": "function",
+                                "function": {"name": "f", "arguments": LONE},
+                            }
+                        ],
+                    },
+                    U,
+                ]
+            },
+            "messages[1].tool_calls[0].function.arguments",
+        ),
+        ("/v1/chat/completions", {"messages": [U], "some_extension": [LONE]}, "some_extension[0]"),
+        ("/v1/completions", {"prompt": LONE}, "prompt"),
+        ("/v1/completions", {"prompt": ["ok", LONE]}, "prompt[1]"),
+    ],
+)
 def test_lone_surrogates_are_refused_in_every_field(client, path, body, param):
     assert_envelope(post(client, path, body), 400, param=param, mentions="surrogate")
 

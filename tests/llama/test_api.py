@@ -21,17 +21,22 @@ TIMEOUT = 300.0
 @pytest.fixture(scope="module")
 def server(gguf_path):
     bridge = Bridge()  # not the process-wide `shared`: the e2e suite may hold it
-    bound = bridge.start_blocking(StartConfig(backend="llama", model_path=gguf_path,
-                                              http_base_port=0, embedding_mode=True,
-                                              context_size=2048))
+    bound = bridge.start_blocking(
+        StartConfig(
+            backend="llama",
+            model_path=gguf_path,
+            http_base_port=0,
+            embedding_mode=True,
+            context_size=2048,
+        )
+    )
     yield bound
     bridge.stop()
 
 
 @pytest.fixture(scope="module")
 def client(server) -> openai.OpenAI:
-    return openai.OpenAI(base_url=server.base_url, api_key="unused", timeout=TIMEOUT,
-                         max_retries=0)
+    return openai.OpenAI(base_url=server.base_url, api_key="unused", timeout=TIMEOUT, max_retries=0)
 
 
 def ask(content: str) -> list[dict]:
@@ -43,8 +48,9 @@ def greedy_chat(client, content: str, max_tokens: int = 12, **kw):
     the same text whatever the KV cache held before (a reused prefix may flip a near-tie)."""
     kw.setdefault("seed", 0)
     kw.setdefault("temperature", 0)
-    return client.chat.completions.create(model="SmolLM2-135M-Instruct.Q4_1",
-                                          messages=ask(content), max_tokens=max_tokens, **kw)
+    return client.chat.completions.create(
+        model="SmolLM2-135M-Instruct.Q4_1", messages=ask(content), max_tokens=max_tokens, **kw
+    )
 
 
 def test_the_server_says_it_is_the_llama_backend(server):
@@ -64,8 +70,11 @@ def test_chat_answers_with_openai_shape_and_usage(client):
 
 def test_stream_carries_the_same_text_as_the_plain_answer(client):
     plain = greedy_chat(client, "Count from one to five.").choices[0].message.content
-    chunks = list(greedy_chat(client, "Count from one to five.", stream=True,
-                              stream_options={"include_usage": True}))
+    chunks = list(
+        greedy_chat(
+            client, "Count from one to five.", stream=True, stream_options={"include_usage": True}
+        )
+    )
     assert chunks[0].choices[0].delta.role == "assistant"
     assert len({c.id for c in chunks}) == 1
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
@@ -76,15 +85,17 @@ def test_stream_carries_the_same_text_as_the_plain_answer(client):
 
 
 def test_completions_take_text_and_token_prompts(client):
-    r = client.completions.create(model="default", prompt="Once upon a time", max_tokens=8,
-                                  temperature=0, logprobs=2)
+    r = client.completions.create(
+        model="default", prompt="Once upon a time", max_tokens=8, temperature=0, logprobs=2
+    )
     text = r.choices[0].text
     assert text
     lp = r.choices[0].logprobs
     assert len(lp.tokens) == len(lp.token_logprobs) == len(lp.top_logprobs)
     assert all(len(top) == 2 for top in lp.top_logprobs)
-    echoed = client.completions.create(model="default", prompt="Once upon a time",
-                                       max_tokens=8, temperature=0, echo=True)
+    echoed = client.completions.create(
+        model="default", prompt="Once upon a time", max_tokens=8, temperature=0, echo=True
+    )
     assert echoed.choices[0].text == "Once upon a time" + text
 
 
@@ -99,9 +110,18 @@ def test_chat_logprobs(client):
 
 def test_a_seed_repeats_a_sampled_answer(client):
     def sample():
-        return client.chat.completions.create(
-            model="default", messages=ask("Tell me a word."), max_tokens=8,
-            temperature=1.0, seed=11).choices[0].message.content
+        return (
+            client.chat.completions.create(
+                model="default",
+                messages=ask("Tell me a word."),
+                max_tokens=8,
+                temperature=1.0,
+                seed=11,
+            )
+            .choices[0]
+            .message.content
+        )
+
     assert sample() == sample()
 
 
@@ -113,8 +133,14 @@ def _embed(client, texts, **kw) -> np.ndarray:
 
 
 def test_embeddings_rank_a_paraphrase_above_an_unrelated_sentence(client):
-    v = _embed(client, ["The cat sits on the mat.", "A cat is sitting on a rug.",
-                        "Quarterly revenue grew by four percent."])
+    v = _embed(
+        client,
+        [
+            "The cat sits on the mat.",
+            "A cat is sitting on a rug.",
+            "Quarterly revenue grew by four percent.",
+        ],
+    )
     assert v.shape == (3, 576)
     assert np.allclose(np.linalg.norm(v, axis=1), 1.0, atol=1e-5)
     sims = v @ v.T
@@ -124,8 +150,9 @@ def test_embeddings_rank_a_paraphrase_above_an_unrelated_sentence(client):
 
 def test_embeddings_base64_tokens_and_single_inputs_agree(client):
     (by_text,) = _embed(client, ["hello world"])
-    r = httpx.post(f"{client.base_url}embeddings",
-                   json={"input": "hello world", "encoding_format": "base64"})
+    r = httpx.post(
+        f"{client.base_url}embeddings", json={"input": "hello world", "encoding_format": "base64"}
+    )
     b64 = np.frombuffer(base64.b64decode(r.json()["data"][0]["embedding"]), dtype="<f4")
     assert np.allclose(b64, by_text, atol=1e-6)
     assert r.json()["usage"]["prompt_tokens"] == 2
@@ -156,18 +183,24 @@ def test_chat_bad_inputs(client):
     with pytest.raises(openai.BadRequestError):
         greedy_chat(client, "hi", temperature=3)
     served = client.models.list().data[0].id  # any name is served by the one model
-    assert client.chat.completions.create(model="nope", messages=ask("hi"),
-                                          max_tokens=2).model == served
+    assert (
+        client.chat.completions.create(model="nope", messages=ask("hi"), max_tokens=2).model
+        == served
+    )
 
 
 def test_four_concurrent_streams_are_complete_and_not_interleaved(client):
     prompts = ["Name a fruit.", "Name a country.", "Name a colour.", "Name an animal."]
-    expected = {p: greedy_chat(client, p, max_tokens=10).choices[0].message.content
-                for p in prompts}
+    expected = {
+        p: greedy_chat(client, p, max_tokens=10).choices[0].message.content for p in prompts
+    }
 
     def stream(p: str) -> str:
-        parts = [c.choices[0].delta.content or "" for c in
-                 greedy_chat(client, p, max_tokens=10, stream=True) if c.choices]
+        parts = [
+            c.choices[0].delta.content or ""
+            for c in greedy_chat(client, p, max_tokens=10, stream=True)
+            if c.choices
+        ]
         return "".join(parts)
 
     with ThreadPoolExecutor(4) as pool:
@@ -177,10 +210,16 @@ def test_four_concurrent_streams_are_complete_and_not_interleaved(client):
 
 def test_a_client_that_disconnects_cancels_its_generation(server, client):
     root = server.base_url.removesuffix("/v1")
-    body = {"model": "default", "messages": ask("Write a very long story about the sea."),
-            "max_tokens": 1500, "stream": True, "temperature": 0}
-    with httpx.stream("POST", f"{server.base_url}/chat/completions", json=body,
-                      timeout=TIMEOUT) as r:
+    body = {
+        "model": "default",
+        "messages": ask("Write a very long story about the sea."),
+        "max_tokens": 1500,
+        "stream": True,
+        "temperature": 0,
+    }
+    with httpx.stream(
+        "POST", f"{server.base_url}/chat/completions", json=body, timeout=TIMEOUT
+    ) as r:
         for n, _ in enumerate(r.iter_lines()):
             if n > 6:
                 break
@@ -198,16 +237,20 @@ def test_without_embedding_mode_embeddings_are_a_501_saying_how_not_to_be_retrie
     from dvai_bridge.bridge import Bridge
 
     bridge = Bridge()
-    bound = bridge.start_blocking(StartConfig(backend="llama", model_path=gguf_path,
-                                              http_base_port=0, context_size=256))
+    bound = bridge.start_blocking(
+        StartConfig(backend="llama", model_path=gguf_path, http_base_port=0, context_size=256)
+    )
     try:
         r = httpx.post(f"{bound.base_url}/embeddings", json={"input": "hello"})
         assert r.status_code == 501  # as on MLX (was 400 here): one behaviour on both
         assert r.json()["error"]["code"] == "not_supported"
         assert r.headers["x-should-retry"] == "false"
         assert "embedding_mode=True" in r.json()["error"]["message"]
-        ok = httpx.post(f"{bound.base_url}/chat/completions", timeout=TIMEOUT,
-                        json={"messages": ask("hi"), "max_tokens": 2})
+        ok = httpx.post(
+            f"{bound.base_url}/chat/completions",
+            timeout=TIMEOUT,
+            json={"messages": ask("hi"), "max_tokens": 2},
+        )
         assert ok.status_code == 200
     finally:
         bridge.stop()
@@ -217,19 +260,25 @@ def test_stop_while_streaming_ends_the_stream(gguf_path):
     from dvai_bridge.bridge import Bridge
 
     bridge = Bridge()
-    bound = bridge.start_blocking(StartConfig(backend="llama", model_path=gguf_path,
-                                              http_base_port=0, context_size=1024,
-                                              shutdown_grace_s=0.5))
+    bound = bridge.start_blocking(
+        StartConfig(
+            backend="llama",
+            model_path=gguf_path,
+            http_base_port=0,
+            context_size=1024,
+            shutdown_grace_s=0.5,
+        )
+    )
     got: list[str] = []
 
     def consume() -> None:
         c = openai.OpenAI(base_url=bound.base_url, api_key="x", timeout=TIMEOUT, max_retries=0)
         try:
-            for chunk in c.chat.completions.create(model="default", stream=True,
-                                                   messages=ask("Tell a long story."),
-                                                   max_tokens=900):
+            for _chunk in c.chat.completions.create(
+                model="default", stream=True, messages=ask("Tell a long story."), max_tokens=900
+            ):
                 got.append("chunk")
-        except Exception as exc:  # noqa: BLE001 - an error frame is a fine ending
+        except Exception as exc:
             got.append(type(exc).__name__)
 
     t = threading.Thread(target=consume)
@@ -244,29 +293,36 @@ def test_usage_reports_the_prompt_tokens_reused_from_the_kv_cache(client):
     """The llama backend keeps its KV cache between requests; an unseeded follow-up that
     extends the last conversation reuses it, and usage says how much."""
     history = ask("Name three colours of the rainbow.")
-    first = client.chat.completions.create(model="default", messages=history, max_tokens=8,
-                                           temperature=0)
-    history += [{"role": "assistant", "content": first.choices[0].message.content},
-                {"role": "user", "content": "And two more?"}]
-    second = client.chat.completions.create(model="default", messages=history, max_tokens=4,
-                                            temperature=0)
+    first = client.chat.completions.create(
+        model="default", messages=history, max_tokens=8, temperature=0
+    )
+    history += [
+        {"role": "assistant", "content": first.choices[0].message.content},
+        {"role": "user", "content": "And two more?"},
+    ]
+    second = client.chat.completions.create(
+        model="default", messages=history, max_tokens=4, temperature=0
+    )
     cached = second.usage.prompt_tokens_details.cached_tokens
     assert first.usage.prompt_tokens // 2 < cached < second.usage.prompt_tokens
 
 
 def test_token_utilities_and_responses_on_llama(server, client) -> None:
     root = server.base_url.removesuffix("/v1")
-    pieces = httpx.post(f"{root}/tokenize", json={"content": "Hello, world!",
-                                                   "with_pieces": True}, timeout=TIMEOUT).json()
+    pieces = httpx.post(
+        f"{root}/tokenize", json={"content": "Hello, world!", "with_pieces": True}, timeout=TIMEOUT
+    ).json()
     assert "".join(p["piece"] for p in pieces["tokens"]) == "Hello, world!"
     ids = [p["id"] for p in pieces["tokens"]]
     back = httpx.post(f"{root}/detokenize", json={"tokens": ids}, timeout=TIMEOUT).json()
     assert back == {"content": "Hello, world!"}
-    prompt = httpx.post(f"{root}/apply-template", json={"messages": ask("Hi")},
-                        timeout=TIMEOUT).json()["prompt"]
+    prompt = httpx.post(
+        f"{root}/apply-template", json={"messages": ask("Hi")}, timeout=TIMEOUT
+    ).json()["prompt"]
     assert "<|im_start|>user\nHi<|im_end|>" in prompt  # control tokens written out
     ref = greedy_chat(client, "Say hello.", max_tokens=6)
-    r = client.responses.create(model="x", input="Say hello.", temperature=0,
-                                max_output_tokens=6, extra_body={"seed": 0})
+    r = client.responses.create(
+        model="x", input="Say hello.", temperature=0, max_output_tokens=6, extra_body={"seed": 0}
+    )
     assert r.output_text == ref.choices[0].message.content
     assert r.usage.input_tokens == ref.usage.prompt_tokens

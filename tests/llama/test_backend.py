@@ -21,8 +21,9 @@ QUESTION = [{"role": "user", "content": "Name three colours of the rainbow."}]
 
 @pytest.fixture(scope="module")
 def backend(gguf_path):
-    b = LlamaBackend.load(StartConfig(backend="llama", model_path=gguf_path,
-                                      context_size=4096), ProgressHub())
+    b = LlamaBackend.load(
+        StartConfig(backend="llama", model_path=gguf_path, context_size=4096), ProgressHub()
+    )
     yield b
     b.close()
 
@@ -30,8 +31,10 @@ def backend(gguf_path):
 def run(b: LlamaBackend, prompt, max_tokens=12, sampling=GREEDY, cancel=None, **kw):
     """The choices until EOS or max_tokens, as the engine would take them."""
     out = []
-    steps = b.generate(GenerationRequest(tuple(prompt), sampling, max_tokens=max_tokens, **kw),
-                       cancel or CancelToken())
+    steps = b.generate(
+        GenerationRequest(tuple(prompt), sampling, max_tokens=max_tokens, **kw),
+        cancel or CancelToken(),
+    )
     try:
         for choice in steps:
             if choice.token_id in b.eos_token_ids:
@@ -100,19 +103,35 @@ def test_seed_makes_sampling_repeatable(backend):
     hot = SamplingParams(temperature=1.2, seed=7)
     first = ids(run(backend, prompt, sampling=hot))
     assert ids(run(backend, prompt, sampling=hot)) == first
-    others = {tuple(ids(run(backend, prompt, sampling=SamplingParams(temperature=1.2, seed=s))))
-              for s in (1, 2, 3)}
+    others = {
+        tuple(ids(run(backend, prompt, sampling=SamplingParams(temperature=1.2, seed=s))))
+        for s in (1, 2, 3)
+    }
     assert len(others | {tuple(first)}) > 1
 
 
 def test_logit_bias_and_penalties_steer_the_choice(backend):
     prompt = backend.chat_tokens(QUESTION)
     forced = backend.tokenize(" banana")[-1]
-    biased = ids(run(backend, prompt, max_tokens=3,
-                     sampling=SamplingParams(temperature=0.0, logit_bias=((forced, 100.0),))))
+    biased = ids(
+        run(
+            backend,
+            prompt,
+            max_tokens=3,
+            sampling=SamplingParams(temperature=0.0, logit_bias=((forced, 100.0),)),
+        )
+    )
     assert biased == [forced] * 3
-    repeat = ids(run(backend, prompt, max_tokens=6, sampling=SamplingParams(
-        temperature=0.0, logit_bias=((forced, 8.0),), frequency_penalty=2.0)))
+    repeat = ids(
+        run(
+            backend,
+            prompt,
+            max_tokens=6,
+            sampling=SamplingParams(
+                temperature=0.0, logit_bias=((forced, 8.0),), frequency_penalty=2.0
+            ),
+        )
+    )
     assert repeat.count(forced) < 6  # the penalty grows with each use and wins
 
 
@@ -137,14 +156,19 @@ def test_a_second_turn_reuses_the_first_turns_kv_cache(backend):
     cold = _prefill_seconds(backend, prompt1)
     assert backend.last_reused <= 3
     reply = backend.decode(ids(run(backend, prompt1, max_tokens=8)))
-    turn2 = [*turn1, {"role": "assistant", "content": reply},
-             {"role": "user", "content": "And a hull?"}]
+    turn2 = [
+        *turn1,
+        {"role": "assistant", "content": reply},
+        {"role": "user", "content": "And a hull?"},
+    ]
     prompt2 = backend.chat_tokens(turn2)
     warm = _prefill_seconds(backend, prompt2)
     assert backend.last_reused >= len(prompt1) - 2
     assert len(prompt2) - backend.last_reused < 40
-    print(f"\nTTFT turn 1 ({len(prompt1)} tokens, cold): {cold * 1000:.0f} ms; "
-          f"turn 2 ({len(prompt2)} tokens, {backend.last_reused} reused): {warm * 1000:.0f} ms")
+    print(
+        f"\nTTFT turn 1 ({len(prompt1)} tokens, cold): {cold * 1000:.0f} ms; "
+        f"turn 2 ({len(prompt2)} tokens, {backend.last_reused} reused): {warm * 1000:.0f} ms"
+    )
     assert warm < cold / 2
 
 

@@ -34,8 +34,9 @@ QUESTIONS = [
 
 
 def load(gguf_path: str, context: int) -> LlamaBackend:
-    return LlamaBackend.load(StartConfig(backend="llama", model_path=gguf_path,
-                                         context_size=context), ProgressHub())
+    return LlamaBackend.load(
+        StartConfig(backend="llama", model_path=gguf_path, context_size=context), ProgressHub()
+    )
 
 
 @pytest.fixture(scope="module")
@@ -47,8 +48,9 @@ def backend(gguf_path):
 
 @pytest.fixture()
 def batch(backend):
-    b = backend.open_batch(BatchLimits(max_batch=8, prefill_chunk=512,
-                                       prompt_cache_bytes=256 << 20))
+    b = backend.open_batch(
+        BatchLimits(max_batch=8, prefill_chunk=512, prompt_cache_bytes=256 << 20)
+    )
     yield b
     b.close()
 
@@ -67,11 +69,18 @@ def drive(batch, items, *, stagger: int = 0, n: int = N, sampling=GREEDY, logpro
         if waiting and (not stagger or steps % stagger == 0):
             take = waiting if not stagger else waiting[:1]
             for key, tokens in take:
-                cached[key] = batch.add(key, GenerationRequest(
-                    tokens, sampling, max_tokens=n, logprobs=logprobs,
-                    top_logprobs=2 if logprobs else 0))
+                cached[key] = batch.add(
+                    key,
+                    GenerationRequest(
+                        tokens,
+                        sampling,
+                        max_tokens=n,
+                        logprobs=logprobs,
+                        top_logprobs=2 if logprobs else 0,
+                    ),
+                )
                 live.add(key)
-            waiting = waiting[len(take):]
+            waiting = waiting[len(take) :]
         for key, choice in batch.step():
             out[key].append(choice)
             if len(out[key]) >= n:
@@ -125,8 +134,11 @@ def test_a_cached_prefix_gives_the_uncached_tokens(backend, batch):
     turn1 = [system, {"role": "user", "content": "What is a keel?"}]
     out, cached = drive(batch, [(0, tuple(backend.chat_tokens(turn1)))], n=12)
     assert cached[0] == 0
-    turn2 = [*turn1, {"role": "assistant", "content": backend.decode(ids(out[0]))},
-             {"role": "user", "content": "And a hull?"}]
+    turn2 = [
+        *turn1,
+        {"role": "assistant", "content": backend.decode(ids(out[0]))},
+        {"role": "user", "content": "And a hull?"},
+    ]
     p2 = tuple(backend.chat_tokens(turn2))
     warm, cached = drive(batch, [(1, p2)])
     assert cached[1] > len(p2) // 2  # turn 1 and most of its answer came from the cache
@@ -151,8 +163,7 @@ def test_a_seed_repeats_through_the_prompt_cache(backend, batch):
 def test_a_removed_sequence_frees_its_slot_and_kv_at_once(backend):
     import llama_cpp as lc
 
-    batch = backend.open_batch(BatchLimits(max_batch=4, prefill_chunk=512,
-                                           prompt_cache_bytes=0))
+    batch = backend.open_batch(BatchLimits(max_batch=4, prefill_chunk=512, prompt_cache_bytes=0))
     try:
         p = prompt(backend, QUESTIONS[1])
         for key in range(4):

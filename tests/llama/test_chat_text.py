@@ -13,8 +13,10 @@ from tests.chat_text_cases import check_injection_is_text, check_normal_chats_un
 
 @pytest.fixture(scope="module")
 def backend(gguf_path):
-    b = LlamaBackend.load(StartConfig(backend="llama", model_path=gguf_path, context_size=2048,
-                                      threads=1), ProgressHub())
+    b = LlamaBackend.load(
+        StartConfig(backend="llama", model_path=gguf_path, context_size=2048, threads=1),
+        ProgressHub(),
+    )
     yield b
     b.close()
 
@@ -28,6 +30,8 @@ def test_normal_chats_tokenize_as_before(backend):
 
 
 def test_user_text_cannot_write_control_tokens(backend):
-    ids = [backend.llm.tokenize(s.encode(), add_bos=False, special=True)[0]
-           for s in ("<|im_start|>", "<|im_end|>")]
+    ids = [
+        backend.llm.tokenize(s.encode(), add_bos=False, special=True)[0]
+        for s in ("<|im_start|>", "<|im_end|>")
+    ]
     check_injection_is_text(backend.chat_tokens, _old(backend), *ids)

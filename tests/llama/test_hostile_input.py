@@ -24,9 +24,16 @@ from tests.e2e.test_hostile_input import (  # noqa: F401 - collected here, on th
 @pytest.fixture(scope="module")
 def e2e_server(gguf_path) -> Iterator[E2EServer]:
     bridge = Bridge()
-    bound = bridge.start_blocking(StartConfig(backend="llama", model_path=gguf_path,
-                                              http_base_port=0, context_size=8192, threads=1,
-                                              log_level="warning"))
+    bound = bridge.start_blocking(
+        StartConfig(
+            backend="llama",
+            model_path=gguf_path,
+            http_base_port=0,
+            context_size=8192,
+            threads=1,
+            log_level="warning",
+        )
+    )
     try:
         yield E2EServer(bound.base_url, bound.model_id)
     finally:

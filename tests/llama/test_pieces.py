@@ -22,14 +22,18 @@ from dvai_bridge.errors import BackendUnavailable, InvalidRequest, ModelLoadFail
 
 def test_adjusted_logits_apply_bias_then_repetition_then_openai_penalties():
     raw = np.array([1.0, -1.0, 2.0, 0.5], dtype=np.float32)
-    p = SamplingParams(logit_bias=((3, 10.0),), repetition_penalty=2.0,
-                       presence_penalty=0.5, frequency_penalty=0.25)
+    p = SamplingParams(
+        logit_bias=((3, 10.0),),
+        repetition_penalty=2.0,
+        presence_penalty=0.5,
+        frequency_penalty=0.25,
+    )
     out = adjusted_logits(raw, p, generated=[2, 2, 1], recent=[0, 1, 2, 2, 1])
-    assert out[0] == pytest.approx(1.0 / 2)                   # repeated, positive: divided
-    assert out[1] == pytest.approx(-1.0 * 2 - 0.5 - 0.25)     # negative: multiplied; once
+    assert out[0] == pytest.approx(1.0 / 2)  # repeated, positive: divided
+    assert out[1] == pytest.approx(-1.0 * 2 - 0.5 - 0.25)  # negative: multiplied; once
     assert out[2] == pytest.approx(2.0 / 2 - 0.5 - 0.25 * 2)  # generated twice
-    assert out[3] == pytest.approx(10.5)                      # only the bias
-    assert raw[0] == 1.0                                      # the row itself is untouched
+    assert out[3] == pytest.approx(10.5)  # only the bias
+    assert raw[0] == 1.0  # the row itself is untouched
 
 
 def test_penalties_count_the_completion_only():
@@ -61,31 +65,42 @@ def test_physical_cores_count_smt_siblings_once_and_follow_affinity():
 
 
 def _gguf(path, kv: list[tuple[str, int, bytes]]) -> None:
-    body = b"".join(struct.pack("<Q", len(k)) + k.encode() + struct.pack("<I", t) + v
-                    for k, t, v in kv)
+    body = b"".join(
+        struct.pack("<Q", len(k)) + k.encode() + struct.pack("<I", t) + v for k, t, v in kv
+    )
     path.write_bytes(b"GGUF" + struct.pack("<IQQ", 3, 0, len(kv)) + body)
 
 
 def test_read_metadata_reads_scalars_and_strings_and_skips_arrays(tmp_path):
     f = tmp_path / "m.gguf"
     strings = struct.pack("<IQ", 8, 2) + b"".join(struct.pack("<Q", 2) + b"ab" for _ in range(2))
-    _gguf(f, [("general.architecture", 8, struct.pack("<Q", 5) + b"llama"),
-              ("tokenizer.ggml.tokens", 9, strings),
-              ("llama.context_length", 4, struct.pack("<I", 2048)),
-              ("x.scores", 9, struct.pack("<IQ", 6, 3) + b"\0" * 12),
-              ("x.flag", 7, b"\1")])
-    assert read_metadata(f) == {"general.architecture": "llama",
-                                "llama.context_length": 2048, "x.flag": True}
+    _gguf(
+        f,
+        [
+            ("general.architecture", 8, struct.pack("<Q", 5) + b"llama"),
+            ("tokenizer.ggml.tokens", 9, strings),
+            ("llama.context_length", 4, struct.pack("<I", 2048)),
+            ("x.scores", 9, struct.pack("<IQ", 6, 3) + b"\0" * 12),
+            ("x.flag", 7, b"\1"),
+        ],
+    )
+    assert read_metadata(f) == {
+        "general.architecture": "llama",
+        "llama.context_length": 2048,
+        "x.flag": True,
+    }
     (tmp_path / "bad.gguf").write_bytes(b"NOPE")
     with pytest.raises(ModelLoadFailed):
         read_metadata(tmp_path / "bad.gguf")
 
 
 def test_chat_template_renders_like_transformers_and_refuses_with_a_400():
-    source = ("{% for m in messages %}{% if m['role'] == 'tool' %}"
-              "{{ raise_exception('no tools') }}{% endif %}"
-              "{{ bos_token }}{{ m['role'] }}: {{ m['content'] | tojson }}\n{% endfor %}"
-              "{% if add_generation_prompt %}assistant:{% endif %}")
+    source = (
+        "{% for m in messages %}{% if m['role'] == 'tool' %}"
+        "{{ raise_exception('no tools') }}{% endif %}"
+        "{{ bos_token }}{{ m['role'] }}: {{ m['content'] | tojson }}\n{% endfor %}"
+        "{% if add_generation_prompt %}assistant:{% endif %}"
+    )
     t = ChatTemplate(source, bos_token="<s>", eos_token="</s>", model_id="m")
     assert t.render([{"role": "user", "content": "é"}]) == '<s>user: "é"\nassistant:'
     with pytest.raises(InvalidRequest) as err:
@@ -95,12 +110,19 @@ def test_chat_template_renders_like_transformers_and_refuses_with_a_400():
     assert "<|im_start|>assistant" in fallback.render([{"role": "user", "content": "hi"}])
 
 
-@pytest.mark.parametrize(("device", "llama_installed", "expected"), [
-    ("metal", True, "mlx"), ("cuda", True, "mlx"), ("cpu", True, "llama"),
-    ("cpu", False, "mlx"), (None, True, "llama"),
-])
-def test_auto_picks_llama_for_gguf_unless_mlx_has_a_gpu(monkeypatch, caplog, device,
-                                                        llama_installed, expected):
+@pytest.mark.parametrize(
+    ("device", "llama_installed", "expected"),
+    [
+        ("metal", True, "mlx"),
+        ("cuda", True, "mlx"),
+        ("cpu", True, "llama"),
+        ("cpu", False, "mlx"),
+        (None, True, "llama"),
+    ],
+)
+def test_auto_picks_llama_for_gguf_unless_mlx_has_a_gpu(
+    monkeypatch, caplog, device, llama_installed, expected
+):
     def select_device() -> MLXDevice:
         if device is None:
             raise BackendUnavailable("no MLX here")
@@ -108,13 +130,18 @@ def test_auto_picks_llama_for_gguf_unless_mlx_has_a_gpu(monkeypatch, caplog, dev
 
     real_find_spec = registry.importlib.util.find_spec
     monkeypatch.setattr("dvai_bridge.backends.mlx.device.select_device", select_device)
-    monkeypatch.setattr(registry.importlib.util, "find_spec",
-                        lambda name: (object() if llama_installed else None)
-                        if name == "llama_cpp" else real_find_spec(name))
+    monkeypatch.setattr(
+        registry.importlib.util,
+        "find_spec",
+        lambda name: (
+            (object() if llama_installed else None) if name == "llama_cpp" else real_find_spec(name)
+        ),
+    )
     # the probe (tests/unit/test_probe.py) says this llama build decodes here
     monkeypatch.setattr(probe, "installed", lambda backend: llama_installed)
-    monkeypatch.setattr(probe, "probe", lambda backend, model: probe.ProbeResult(
-        backend, True, "decoded"))
+    monkeypatch.setattr(
+        probe, "probe", lambda backend, model: probe.ProbeResult(backend, True, "decoded")
+    )
     caplog.set_level(logging.INFO, logger="dvai_bridge.backends.registry")
     assert registry.resolve_name(StartConfig(model_path="/m/x.gguf")) == expected
     assert registry.resolve_name(StartConfig()) == expected  # the embedded default is a GGUF

@@ -22,8 +22,9 @@ class City(BaseModel):
 @pytest.fixture(scope="module")
 def client(gguf_path):
     bridge = Bridge()
-    bound = bridge.start_blocking(StartConfig(backend="llama", model_path=gguf_path,
-                                              http_base_port=0, context_size=2048))
+    bound = bridge.start_blocking(
+        StartConfig(backend="llama", model_path=gguf_path, http_base_port=0, context_size=2048)
+    )
     c = openai.OpenAI(base_url=bound.base_url, api_key="unused", timeout=300, max_retries=0)
     yield c
     c.close()
@@ -32,16 +33,25 @@ def client(gguf_path):
 
 def test_parse_with_a_pydantic_model(client):
     r = client.chat.completions.parse(
-        model="default", temperature=0, max_tokens=60, response_format=City,
-        messages=[{"role": "user", "content": "Describe the city of Paris."}])
+        model="default",
+        temperature=0,
+        max_tokens=60,
+        response_format=City,
+        messages=[{"role": "user", "content": "Describe the city of Paris."}],
+    )
     assert r.choices[0].finish_reason == "stop"
     assert isinstance(r.choices[0].message.parsed, City)
 
 
 def test_named_tool_call_streamed_and_not(client):
-    kw = dict(model="default", temperature=0, max_tokens=60, messages=ASK,
-              tools=[WEATHER_TOOL],
-              tool_choice={"type": "function", "function": {"name": "get_weather"}})
+    kw = {
+        "model": "default",
+        "temperature": 0,
+        "max_tokens": 60,
+        "messages": ASK,
+        "tools": [WEATHER_TOOL],
+        "tool_choice": {"type": "function", "function": {"name": "get_weather"}},
+    }
     whole = client.chat.completions.create(**kw).choices[0]
     assert whole.finish_reason == "tool_calls"
     (call,) = whole.message.tool_calls
@@ -55,16 +65,29 @@ def test_named_tool_call_streamed_and_not(client):
 
 def test_logprobs_under_a_grammar_name_only_allowed_tokens(client):
     r = client.chat.completions.create(
-        model="default", temperature=0, max_tokens=20, logprobs=True, top_logprobs=5,
-        response_format={"type": "json_schema", "json_schema": {"name": "yn", "schema": {
-            "type": "object", "properties": {"ok": {"type": "boolean"}},
-            "required": ["ok"], "additionalProperties": False}}},
-        messages=[{"role": "user", "content": "Is the sky blue?"}])
+        model="default",
+        temperature=0,
+        max_tokens=20,
+        logprobs=True,
+        top_logprobs=5,
+        response_format={
+            "type": "json_schema",
+            "json_schema": {
+                "name": "yn",
+                "schema": {
+                    "type": "object",
+                    "properties": {"ok": {"type": "boolean"}},
+                    "required": ["ok"],
+                    "additionalProperties": False,
+                },
+            },
+        },
+        messages=[{"role": "user", "content": "Is the sky blue?"}],
+    )
     body = json.loads(r.choices[0].message.content)
     assert isinstance(body["ok"], bool)
     # The first token of the answer must open the object: the alternatives the grammar
     # forbids have no probability left (-9999, OpenAI's figure for it; JSON has no -inf).
     first = r.choices[0].logprobs.content[0]
     assert first.token.startswith("{")
-    assert all(alt.logprob == -9999.0 or alt.token.startswith("{")
-               for alt in first.top_logprobs)
+    assert all(alt.logprob == -9999.0 or alt.token.startswith("{") for alt in first.top_logprobs)

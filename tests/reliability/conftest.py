@@ -43,8 +43,15 @@ assert EOS == 256
 
 
 def cfg(**kw) -> StartConfig:
-    return StartConfig(**{"backend": "fake", "http_base_port": 0, "log_level": "warning",
-                          "prompt_cache_mb": 4, **kw})
+    return StartConfig(
+        **{
+            "backend": "fake",
+            "http_base_port": 0,
+            "log_level": "warning",
+            "prompt_cache_mb": 4,
+            **kw,
+        }
+    )
 
 
 @pytest.fixture
@@ -64,8 +71,11 @@ def events(lines: Iterator[str]) -> list:
 
 
 def text_of(chunks: list) -> str:
-    return "".join(c["choices"][0]["delta"].get("content", "") for c in chunks
-                   if isinstance(c, dict) and c.get("choices"))
+    return "".join(
+        c["choices"][0]["delta"].get("content", "")
+        for c in chunks
+        if isinstance(c, dict) and c.get("choices")
+    )
 
 
 def health(base_url: str) -> dict:

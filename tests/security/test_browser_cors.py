@@ -24,12 +24,22 @@ import pytest
 from dvai_bridge import Bridge, StartConfig
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed "
-                                "(scripts/setup.sh --dev installs Debian's chromium)")
+pytestmark = pytest.mark.skipif(
+    CHROMIUM is None,
+    reason="Chromium is not installed (scripts/setup.sh --dev installs Debian's chromium)",
+)
 
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-                  "--no-first-run", "--disable-background-networking",
-                  "--disable-component-update", "--disable-sync", "--disable-extensions"]
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-extensions",
+]
 
 PAGE = """<!doctype html><title>another origin</title><script>
 const bridge = "%(bridge)s";
@@ -89,8 +99,9 @@ class _Handler(BaseHTTPRequestHandler):
 @contextmanager
 def _bridge(**options: object) -> Iterator[str]:
     bridge = Bridge()
-    server = bridge.start_blocking(StartConfig(backend="fake", http_base_port=0,
-                                               log_level="warning", **options))
+    server = bridge.start_blocking(
+        StartConfig(backend="fake", http_base_port=0, log_level="warning", **options)
+    )
     try:
         yield f"http://127.0.0.1:{server.port}"
     finally:
@@ -103,7 +114,10 @@ def _visit(pages: _PageServer, bridge_root: str, tmp_path, name: str) -> dict[st
     url = f"http://{name}:{pages.port}/"
     browser = subprocess.Popen(
         [CHROMIUM, *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile'}", url],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     got: dict[str, str] = {}
     try:
         while len(got) < 2:
@@ -127,8 +141,7 @@ def other_origin() -> Iterator[_PageServer]:
     pages.close()
 
 
-def test_by_default_a_page_on_another_local_origin_cannot_read_the_bridge(other_origin,
-                                                                           tmp_path):
+def test_by_default_a_page_on_another_local_origin_cannot_read_the_bridge(other_origin, tmp_path):
     """Before issue 13 (cors_origin '*'), this page read the completion and /metrics."""
     with _bridge() as root:
         got = _visit(other_origin, root, tmp_path, "127.0.0.2")

@@ -29,19 +29,41 @@ def ok(r) -> None:
 
 
 # -- Host header: DNS rebinding ----------------------------------------------------------
-@pytest.mark.parametrize("host", [
-    "127.0.0.1", "127.0.0.1:38883", "localhost", "localhost:1", "LOCALHOST:80", "localhost.",
-    "[::1]", "[::1]:38883", "127.0.0.2:9",
-])
+@pytest.mark.parametrize(
+    "host",
+    [
+        "127.0.0.1",
+        "127.0.0.1:38883",
+        "localhost",
+        "localhost:1",
+        "LOCALHOST:80",
+        "localhost.",
+        "[::1]",
+        "[::1]:38883",
+        "127.0.0.2:9",
+    ],
+)
 def test_loopback_host_names_with_any_port_are_served(client, host):
     ok(client.post(URL, json=chat("hi"), headers={"Host": host}))
 
 
-@pytest.mark.parametrize("host", [
-    "evil.example", "evil.example:38883", "127.0.0.1.nip.io", "localhost.evil.example",
-    "attacker.localhost.example:38883", "192.168.1.10:38883", "0.0.0.0", "[::]", "[::1",
-    "localhost:x", "[::1]x", "127.0.0.1:80:80",
-])
+@pytest.mark.parametrize(
+    "host",
+    [
+        "evil.example",
+        "evil.example:38883",
+        "127.0.0.1.nip.io",
+        "localhost.evil.example",
+        "attacker.localhost.example:38883",
+        "192.168.1.10:38883",
+        "0.0.0.0",
+        "[::]",
+        "[::1",
+        "localhost:x",
+        "[::1]x",
+        "127.0.0.1:80:80",
+    ],
+)
 def test_other_host_names_are_refused_as_dns_rebinding(client, host):
     r = client.post(URL, json=chat("hi"), headers={"Host": host})
     err = assert_envelope(r, 403, param="host", code="host_not_allowed")
@@ -53,8 +75,9 @@ def test_allowed_hosts_add_names_suffixes_or_everything(client_for):
     client = client_for(allowed_hosts=["my-box.lan", ".corp.example"])
     ok(client.post(URL, json=chat("hi"), headers={"Host": "my-box.lan:38883"}))
     ok(client.post(URL, json=chat("hi"), headers={"Host": "gpu.corp.example"}))
-    assert client.post(URL, json=chat("hi"), headers={"Host": "corp.example.evil"}) \
-        .status_code == 403
+    assert (
+        client.post(URL, json=chat("hi"), headers={"Host": "corp.example.evil"}).status_code == 403
+    )
     anyone = client_for(allowed_hosts=["*"])
     ok(anyone.post(URL, json=chat("hi"), headers={"Host": "whatever.example"}))
 
@@ -64,19 +87,34 @@ def test_a_request_without_host_is_not_a_browser_and_passes():
 
 
 def test_the_bound_address_is_an_allowed_host_unless_it_is_a_wildcard():
-    assert "192.168.1.10" in SecurityOptions.from_config(
-        StartConfig(host="192.168.1.10", api_key="k")).allowed_hosts
-    assert SecurityOptions.from_config(StartConfig(host="0.0.0.0", api_key="k")) \
-        .allowed_hosts == ()
+    assert (
+        "192.168.1.10"
+        in SecurityOptions.from_config(StartConfig(host="192.168.1.10", api_key="k")).allowed_hosts
+    )
+    assert SecurityOptions.from_config(StartConfig(host="0.0.0.0", api_key="k")).allowed_hosts == ()
 
 
 # -- Origin and CORS ---------------------------------------------------------------------
-LOOPBACK_PAGES = ["http://localhost", "http://localhost:3000", "https://localhost:8443",
-                  "http://127.0.0.1:8080", "http://127.0.0.1", "http://[::1]:5173",
-                  "HTTP://LOCALHOST:3000/"]
-OTHER_PAGES = ["https://app.example", "http://127.0.0.2:8000", "http://localhost.evil.example",
-               "http://127.0.0.1.nip.io", "null", "http://localhost:3000.evil.example",
-               "file://", "http://[::2]:80", "ws://localhost:3000"]
+LOOPBACK_PAGES = [
+    "http://localhost",
+    "http://localhost:3000",
+    "https://localhost:8443",
+    "http://127.0.0.1:8080",
+    "http://127.0.0.1",
+    "http://[::1]:5173",
+    "HTTP://LOCALHOST:3000/",
+]
+OTHER_PAGES = [
+    "https://app.example",
+    "http://127.0.0.2:8000",
+    "http://localhost.evil.example",
+    "http://127.0.0.1.nip.io",
+    "null",
+    "http://localhost:3000.evil.example",
+    "file://",
+    "http://[::2]:80",
+    "ws://localhost:3000",
+]
 
 
 @pytest.mark.parametrize("origin", LOOPBACK_PAGES)
@@ -113,8 +151,10 @@ def test_configured_origins_are_added_to_the_loopback_ones(client_for):
     client = client_for(cors_origin="https://app.example")
     for origin in ("https://app.example", "http://localhost:3000"):
         ok(client.post(URL, json=chat("hi"), headers={"Origin": origin}))
-    assert client.post(URL, json=chat("hi"), headers={"Origin": "http://127.0.0.2:8000"}) \
-        .status_code == 403
+    assert (
+        client.post(URL, json=chat("hi"), headers={"Origin": "http://127.0.0.2:8000"}).status_code
+        == 403
+    )
 
 
 def test_exact_origin_and_allow_list(client_for):
@@ -127,8 +167,10 @@ def test_exact_origin_and_allow_list(client_for):
     ok(exact.post(URL, json=chat("hi")))  # no Origin: not a browser page
     listed = client_for(cors_origin=["https://a.example", "http://localhost:3000"])
     ok(listed.post(URL, json=chat("hi"), headers={"Origin": "http://localhost:3000"}))
-    assert listed.post(URL, json=chat("hi"), headers={"Origin": "https://b.example"}) \
-        .status_code == 403
+    assert (
+        listed.post(URL, json=chat("hi"), headers={"Origin": "https://b.example"}).status_code
+        == 403
+    )
 
 
 def test_without_cors_no_page_may_drive_the_server(client_for):
@@ -140,17 +182,28 @@ def test_without_cors_no_page_may_drive_the_server(client_for):
     assert client.options(URL).status_code == 204
 
 
-PREFLIGHT = {"Origin": "https://app.example", "Access-Control-Request-Method": "POST",
-             "Access-Control-Request-Headers": "authorization, content-type"}
+PREFLIGHT = {
+    "Origin": "https://app.example",
+    "Access-Control-Request-Method": "POST",
+    "Access-Control-Request-Headers": "authorization, content-type",
+}
 
 
-@pytest.mark.parametrize("cors,origin", [
-    ("*", "https://app.example"), ("https://app.example", "https://app.example"),
-    (["https://app.example"], "https://app.example"), ([], "http://localhost:3000")])
+@pytest.mark.parametrize(
+    "cors,origin",
+    [
+        ("*", "https://app.example"),
+        ("https://app.example", "https://app.example"),
+        (["https://app.example"], "https://app.example"),
+        ([], "http://localhost:3000"),
+    ],
+)
 def test_preflight_is_204_with_private_network_access(client_for, cors, origin):
     client = client_for(cors_origin=cors, api_key="k")  # preflights carry no key
-    r = client.options(URL, headers={**PREFLIGHT, "Origin": origin,
-                                     "Access-Control-Request-Private-Network": "true"})
+    r = client.options(
+        URL,
+        headers={**PREFLIGHT, "Origin": origin, "Access-Control-Request-Private-Network": "true"},
+    )
     assert r.status_code == 204 and r.content == b""
     assert r.headers["access-control-allow-origin"] in ("*", origin)
     assert "POST" in r.headers["access-control-allow-methods"]
@@ -162,8 +215,14 @@ def test_preflight_is_204_with_private_network_access(client_for, cors, origin):
 def test_preflight_from_an_origin_not_allowed_gets_no_private_network_access(client_for, cors):
     """Before: with the default '*' every page got Access-Control-Allow-Private-Network."""
     client = client_for() if cors == "default" else client_for(cors_origin=cors)
-    r = client.options(URL, headers={**PREFLIGHT, "Origin": "https://evil.example",
-                                     "Access-Control-Request-Private-Network": "true"})
+    r = client.options(
+        URL,
+        headers={
+            **PREFLIGHT,
+            "Origin": "https://evil.example",
+            "Access-Control-Request-Private-Network": "true",
+        },
+    )
     assert_envelope(r, 403, code="origin_not_allowed")
     assert not [h for h in r.headers if h.startswith("access-control-allow")], r.headers
 
@@ -174,9 +233,15 @@ def test_a_refused_preflight_carries_no_allow_headers():
     from dvai_bridge.http.security import Cors, OriginPolicy
 
     cors = Cors(None, origins=OriginPolicy.of([]))  # type: ignore[arg-type]
-    r = cors.preflight_response(Headers({"origin": "https://evil.example",
-                                         "access-control-request-method": "POST",
-                                         "access-control-request-private-network": "true"}))
+    r = cors.preflight_response(
+        Headers(
+            {
+                "origin": "https://evil.example",
+                "access-control-request-method": "POST",
+                "access-control-request-private-network": "true",
+            }
+        )
+    )
     assert r.status_code == 403
     assert not [h for h in r.headers if h.startswith("access-control-allow")], r.headers
 
@@ -191,9 +256,14 @@ def test_several_keys_each_work_and_health_stays_open(client_for):
     client = client_for(api_key=["first-key", "second-key"])
     for key in ("first-key", "second-key"):
         ok(client.post(URL, json=chat("hi"), headers={"Authorization": f"Bearer {key}"}))
-    for header in ({}, {"Authorization": "Bearer first-ke"},
-                   {"Authorization": "Bearer first-key2"}, {"Authorization": "first-key"},
-                   {"Authorization": "Basic first-key"}, {"Authorization": "Bearer "}):
+    for header in (
+        {},
+        {"Authorization": "Bearer first-ke"},
+        {"Authorization": "Bearer first-key2"},
+        {"Authorization": "first-key"},
+        {"Authorization": "Basic first-key"},
+        {"Authorization": "Bearer "},
+    ):
         r = client.post(URL, json=chat("hi"), headers=header)
         assert_envelope(r, 401, code="invalid_api_key", mentions="Bearer")
         assert r.headers["www-authenticate"] == "Bearer"
@@ -235,8 +305,9 @@ def test_cli_reads_several_keys_from_the_environment(monkeypatch):
     from dvai_bridge.cli import _model_options, serve
 
     monkeypatch.setenv("DVAI_BRIDGE_API_KEY", "k1 k2")
-    ctx = serve.make_context("serve", ["--allowed-host", "box.lan", "--cors-origin",
-                                       "https://a.example"])
+    ctx = serve.make_context(
+        "serve", ["--allowed-host", "box.lan", "--cors-origin", "https://a.example"]
+    )
     options = _model_options(dict(ctx.params))  # as serve builds its StartConfig
     config = StartConfig(**{k: v for k, v in options.items() if k in StartConfig.model_fields})
     assert config.api_key == ["k1", "k2"]
@@ -291,9 +362,20 @@ def test_binding_beyond_loopback_without_a_key_warns_loudly(caplog):
     assert caplog.text == ""
 
 
-@pytest.mark.parametrize("host,loop", [("127.0.0.1", True), ("127.8.8.8", True), ("::1", True),
-                                       ("[::1]", True), ("localhost", True), ("0.0.0.0", False),
-                                       ("::", False), ("192.168.0.2", False), ("my.host", False)])
+@pytest.mark.parametrize(
+    "host,loop",
+    [
+        ("127.0.0.1", True),
+        ("127.8.8.8", True),
+        ("::1", True),
+        ("[::1]", True),
+        ("localhost", True),
+        ("0.0.0.0", False),
+        ("::", False),
+        ("192.168.0.2", False),
+        ("my.host", False),
+    ],
+)
 def test_is_loopback(host, loop):
     assert is_loopback(host) is loop
 
@@ -305,8 +387,9 @@ def test_default_limit_is_16_mib():
 
 def test_a_body_over_the_limit_is_413_by_content_length(client_for):
     client = client_for(max_body_bytes=1024)
-    r = client.post(URL, content=b"{" + b" " * 2000 + b"}",
-                    headers={"content-type": "application/json"})
+    r = client.post(
+        URL, content=b"{" + b" " * 2000 + b"}", headers={"content-type": "application/json"}
+    )
     assert_envelope(r, 413, code="request_too_large", mentions="1,024 bytes")
     ok(client.post(URL, json=chat("hi")))
 

@@ -57,8 +57,10 @@ def catalog(request: pytest.FixtureRequest) -> Iterator[Catalog]:
         sampled, greedy = probe(server)
         assert answer(sampled) and answer(greedy), (sampled.text, greedy.text)
         yield Catalog(engine, server, answer(greedy))
-        print(f"\n[catalog] {engine}: {len(CATALOG)} cases, server restarted "
-              f"{server.restarts} time(s) after a case broke it")
+        print(
+            f"\n[catalog] {engine}: {len(CATALOG)} cases, server restarted "
+            f"{server.restarts} time(s) after a case broke it"
+        )
     finally:
         server.stop()
 
@@ -91,7 +93,7 @@ def check_answer(r: httpx.Response, case: Case, engine: str) -> None:
             if case.param is not None and err["code"] != "context_length_exceeded":
                 # the message names the field it is about (a context error names the prompt)
                 name = case.param.split("[")[0].split(".")[0]
-                assert name in err["message"] or name == "model" and "model" in err["message"]
+                assert name in err["message"] or (name == "model" and "model" in err["message"])
         return
     if case.method == "HEAD":
         return
@@ -112,8 +114,9 @@ def test_the_catalog_is_big_and_covers_the_issue():
 
 
 @pytest.mark.parametrize("case", CATALOG, ids=[c.name for c in CATALOG])
-def test_hostile_case_hurts_no_other_request(catalog: Catalog, case: Case,
-                                             request: pytest.FixtureRequest):
+def test_hostile_case_hurts_no_other_request(
+    catalog: Catalog, case: Case, request: pytest.FixtureRequest
+):
     reason = case.xfail_on(catalog.engine)
     if reason:
         request.applymarker(pytest.mark.xfail(strict=True, reason=reason))
@@ -139,13 +142,16 @@ def test_hostile_case_hurts_no_other_request(catalog: Catalog, case: Case,
     if case.within_s is not None and took > case.within_s:
         problems.append(f"answered in {took:.1f} s (bound {case.within_s} s)")
     if watch.slowest_health_s >= HEALTH_BOUND_S or watch.health_errors:
-        problems.append(f"/health from another client took {watch.slowest_health_s:.2f} s "
-                        f"during the case {watch.health_errors[:3]}")
+        problems.append(
+            f"/health from another client took {watch.slowest_health_s:.2f} s "
+            f"during the case {watch.health_errors[:3]}"
+        )
     if watch.killed:
         problems.append(watch.killed)
     if watch.peak_rss_mb - before > case.rss_mb:
-        problems.append(f"the server's RSS grew {watch.peak_rss_mb - before:.0f} MiB "
-                        f"(bound {case.rss_mb:.0f})")
+        problems.append(
+            f"the server's RSS grew {watch.peak_rss_mb - before:.0f} MiB (bound {case.rss_mb:.0f})"
+        )
     try:
         check_probes(server, catalog.greedy)
     except AssertionError as exc:

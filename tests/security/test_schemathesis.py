@@ -12,7 +12,8 @@ Two targets:
   8 is sent where none is) so that the run stays within minutes.
 
 ``SCHEMATHESIS_EXAMPLES`` (per operation, default 60) and ``SCHEMATHESIS_REAL_EXAMPLES`` (per
-operation on MLX, default 200: about 2 minutes on 2 cores) make the runs longer; the counts of requests sent are printed.
+operation on MLX, default 200: about 2 minutes on 2 cores) make the runs longer; the counts of
+requests sent are printed.
 """
 
 from __future__ import annotations
@@ -86,8 +87,9 @@ def allowed_5xx(response) -> bool:
 
 
 @schema.parametrize()
-@settings(max_examples=EXAMPLES, deadline=None, derandomize=True,
-          suppress_health_check=list(HealthCheck))
+@settings(
+    max_examples=EXAMPLES, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck)
+)
 def test_no_request_gets_a_server_error(case):
     response = case.call(base_url=BASE)
     sent[case.operation.label] += 1
@@ -105,6 +107,7 @@ def test_no_request_gets_a_server_error(case):
 
 # -- the real MLX server ------------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def mlx_server() -> Iterator[RealServer]:
     server = RealServer("mlx", context_size=512)
@@ -119,9 +122,12 @@ real_schema = schemathesis.openapi.from_dict(app.openapi())
 
 
 # The length fields of each generating route (Responses and Messages name theirs differently).
-LENGTH_FIELDS = {"/v1/chat/completions": ("max_tokens", "max_completion_tokens"),
-                 "/v1/completions": ("max_tokens",), "/v1/responses": ("max_output_tokens",),
-                 "/v1/messages": ("max_tokens",)}
+LENGTH_FIELDS = {
+    "/v1/chat/completions": ("max_tokens", "max_completion_tokens"),
+    "/v1/completions": ("max_tokens",),
+    "/v1/responses": ("max_output_tokens",),
+    "/v1/messages": ("max_tokens",),
+}
 
 
 def bounded(case) -> None:
@@ -139,16 +145,19 @@ def bounded(case) -> None:
 
 @pytest.mark.e2e
 @real_schema.parametrize()
-@settings(max_examples=REAL_EXAMPLES, deadline=None, derandomize=True,
-          suppress_health_check=list(HealthCheck))
+@settings(
+    max_examples=REAL_EXAMPLES,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=list(HealthCheck),
+)
 def test_real_mlx_server_never_answers_5xx_and_passes_every_check(case, mlx_server):
     bounded(case)
     response = case.call(base_url=mlx_server.root, timeout=120)
     real_sent[case.operation.label] += 1
     real_statuses[response.status_code] += 1
     if response.status_code >= 500 and not allowed_5xx(response):
-        real_5xx.append(f"{case.as_curl_command()} -> {response.status_code} "
-                        f"{response.text[:300]}")
+        real_5xx.append(f"{case.as_curl_command()} -> {response.status_code} {response.text[:300]}")
     try:
         case.validate_response(response)
     except FailureGroup as group:
@@ -156,9 +165,11 @@ def test_real_mlx_server_never_answers_5xx_and_passes_every_check(case, mlx_serv
             key = f"{type(failure).__name__}: {failure.title}"
             real_failed_checks[key] += 1
             if real_failed_checks[key] <= 2:
-                real_examples.append(f"{key}: {case.operation.label} "
-                                     f"{str(case.body)[:200]} -> {response.status_code} "
-                                     f"{response.text[:200]}")
+                real_examples.append(
+                    f"{key}: {case.operation.label} "
+                    f"{str(case.body)[:200]} -> {response.status_code} "
+                    f"{response.text[:200]}"
+                )
     assert response.status_code < 500 or allowed_5xx(response), real_5xx[-1]
 
 
@@ -166,18 +177,23 @@ def test_zz_report_the_runs(capsys):
     """Runs after the generated tests (file order): how many requests went out, and answers."""
     total, real_total = sum(sent.values()), sum(real_sent.values())
     with capsys.disabled():
-        print(f"\nschemathesis (fake): {total} requests over {len(sent)} operations; "
-              f"statuses {dict(sorted(statuses.items()))}")
+        print(
+            f"\nschemathesis (fake): {total} requests over {len(sent)} operations; "
+            f"statuses {dict(sorted(statuses.items()))}"
+        )
         if real_sent:
-            print(f"schemathesis (MLX): {real_total} requests over {len(real_sent)} "
-                  f"operations; statuses {dict(sorted(real_statuses.items()))}; "
-                  f"5xx {len(real_5xx)}; failed checks "
-                  f"{dict(real_failed_checks.most_common()) or 'none'}")
+            print(
+                f"schemathesis (MLX): {real_total} requests over {len(real_sent)} "
+                f"operations; statuses {dict(sorted(real_statuses.items()))}; "
+                f"5xx {len(real_5xx)}; failed checks "
+                f"{dict(real_failed_checks.most_common()) or 'none'}"
+            )
             for line in real_examples:
                 print("  ", line)
     if sent:  # absent when only this test was selected
         assert total >= len(sent) and all(s < 500 or s == 501 for s in statuses)
     assert not real_5xx, real_5xx[:5]
     unknown = {k for k in real_failed_checks if k.split(":")[0] not in KNOWN_SCHEMA_GAPS}
-    assert not unknown, [e for e in real_examples if e.split(":")[0] in
-                         {k.split(":")[0] for k in unknown}]
+    assert not unknown, [
+        e for e in real_examples if e.split(":")[0] in {k.split(":")[0] for k in unknown}
+    ]

@@ -75,8 +75,9 @@ def _template_cache(_server: FakeHub, tmp_path_factory: pytest.TempPathFactory) 
 def seeded(hub: FakeHub, _template_cache: Path) -> FakeHub:
     """``hub``, with the MLX repo and the GGUF file already in the HF cache (hard links to
     one downloaded copy: no test pays for the bytes twice)."""
-    shutil.copytree(_template_cache, os.environ["HF_HUB_CACHE"], symlinks=True,
-                    copy_function=os.link)
+    shutil.copytree(
+        _template_cache, os.environ["HF_HUB_CACHE"], symlinks=True, copy_function=os.link
+    )
     hub.requests.clear()
     return hub
 

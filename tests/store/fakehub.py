@@ -119,8 +119,9 @@ class FakeHub:
 
     def gets(self, suffix: str) -> list[str | None]:
         """The Range headers of the GETs whose path ends with ``suffix``."""
-        return [rng for method, path, rng in self.requests if method == "GET"
-                and path.endswith(suffix)]
+        return [
+            rng for method, path, rng in self.requests if method == "GET" and path.endswith(suffix)
+        ]
 
     # -- lifecycle ---------------------------------------------------------------------
     def start(self) -> FakeHub:
@@ -185,9 +186,16 @@ class _Handler(BaseHTTPRequestHandler):
             if rev not in ("main", repo.sha):
                 return self._error(404, "RevisionNotFound", "no such revision")
             if action == "revision":
-                return self._json({"id": repo_id, "modelId": repo_id, "sha": repo.sha,
-                                   "private": False, "gated": False,
-                                   "siblings": [{"rfilename": p} for p in repo.files]})
+                return self._json(
+                    {
+                        "id": repo_id,
+                        "modelId": repo_id,
+                        "sha": repo.sha,
+                        "private": False,
+                        "gated": False,
+                        "siblings": [{"rfilename": p} for p in repo.files],
+                    }
+                )
             if action == "tree":
                 return self._json([self._tree_entry(f) for f in repo.files.values()])
         if len(parts) >= 5 and parts[2] == "resolve":
@@ -251,7 +259,7 @@ class _Handler(BaseHTTPRequestHandler):
         start = 0
         rng = self.headers.get("Range")
         if rng and rng.startswith("bytes=") and not head:
-            first = rng[len("bytes="):].split("-")[0]
+            first = rng[len("bytes=") :].split("-")[0]
             start = int(first) if first else 0
             if start >= size:
                 self.send_response(416)

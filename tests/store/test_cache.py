@@ -40,11 +40,14 @@ def test_ls_lists_both_caches_and_rm_frees_them(seeded, three):
     found = {m.ref: m for m in list_cached_models()}
     assert sorted(found) == sorted(three.values())
     mlx, hf_gguf, url = found[three["mlx"]], found[three["hf-gguf"]], found[three["url"]]
-    assert (mlx.kind, mlx.backend, mlx.cache, mlx.bytes) == ("mlx", "mlx", "hf",
-                                                             _mlx_bytes(seeded))
+    assert (mlx.kind, mlx.backend, mlx.cache, mlx.bytes) == ("mlx", "mlx", "hf", _mlx_bytes(seeded))
     assert (mlx.path / "config.json").is_file() and mlx.revisions == ("main",)
     assert (hf_gguf.kind, hf_gguf.backend, hf_gguf.cache, hf_gguf.bytes) == (
-        "gguf", "llama", "hf", GGUF_SIZE)
+        "gguf",
+        "llama",
+        "hf",
+        GGUF_SIZE,
+    )
     assert (url.kind, url.cache, url.bytes) == ("gguf", "gguf", url.bytes)
     assert url.bytes >= GGUF_SIZE and url.path.name == GGUF_NAME
     assert all(m.complete and not m.in_use and m.last_used is not None for m in found.values())
@@ -69,8 +72,7 @@ def test_rm_takes_a_revision_or_a_cache_path(seeded):
     folder = download_model(MLX_REPO)
     with pytest.raises(ModelNotFound):
         delete_cached_model(f"{MLX_REPO}@v9")
-    assert delete_cached_model(f"{MLX_REPO}@main", dry_run=True).bytes_freed == \
-        _mlx_bytes(seeded)
+    assert delete_cached_model(f"{MLX_REPO}@main", dry_run=True).bytes_freed == _mlx_bytes(seeded)
     assert delete_cached_model(str(folder)).executed  # the snapshot folder names it too
     assert [m.ref for m in list_cached_models()] == [f"{GGUF_REPO}/{GGUF_NAME}"]
     with pytest.raises(ModelNotFound, match="not in a model cache"):
@@ -95,13 +97,22 @@ def test_a_model_in_use_is_refused_until_its_bridge_stops(seeded):
 
 
 def test_a_bridge_in_another_process_protects_its_model_until_it_dies(seeded):
-    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            textwrap.dedent(f"""
         import sys, time
         from dvai_bridge.store.inuse import take_lease
         lease = take_lease({MLX_REPO!r}, "http://127.0.0.1:40000/v1")
         print("leased", flush=True)
         time.sleep(60)
-        """)], stdout=subprocess.PIPE, text=True, env=dict(os.environ))
+        """),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=dict(os.environ),
+    )
     try:
         assert holder.stdout.readline().strip() == "leased"
         with pytest.raises(ModelInUse, match=f"40000.*pid {holder.pid}"):

@@ -37,7 +37,9 @@ def test_models_ls_and_rm(seeded):
 
     listed = json.loads(run("models", "ls", "--json").stdout)
     assert {m["ref"]: (m["kind"], m["backend"]) for m in listed} == {
-        MLX_REPO: ("mlx", "mlx"), f"{GGUF_REPO}/{GGUF_NAME}": ("gguf", "llama")}
+        MLX_REPO: ("mlx", "mlx"),
+        f"{GGUF_REPO}/{GGUF_NAME}": ("gguf", "llama"),
+    }
 
     dry = run("models", "rm", MLX_REPO, "--dry-run")
     assert dry.exit_code == 0
@@ -47,7 +49,8 @@ def test_models_ls_and_rm(seeded):
     gone = run("models", "rm", MLX_REPO)
     assert gone.stdout.strip() == f"Deleted {MLX_REPO}: 100.0 MB freed."
     assert [m["ref"] for m in json.loads(run("models", "ls", "--json").stdout)] == [
-        f"{GGUF_REPO}/{GGUF_NAME}"]
+        f"{GGUF_REPO}/{GGUF_NAME}"
+    ]
 
     again = run("models", "rm", MLX_REPO)
     assert again.exit_code == 1 and "is not cached" in again.stderr

@@ -49,8 +49,26 @@ def _pull_on_tmpfs(tmp_path: Path, ref: str, size: str = "2m") -> dict:
     disk.mkdir()
     script = 'mount -t tmpfs -o size="$1" tmpfs "$2" && shift 2 && exec "$@"'
     done = subprocess.run(
-        ["unshare", "-rm", "sh", "-c", script, "sh", size, str(disk), sys.executable, "-c",
-         PROBE, str(disk), ref], check=False, capture_output=True, text=True, timeout=180)
+        [
+            "unshare",
+            "-rm",
+            "sh",
+            "-c",
+            script,
+            "sh",
+            size,
+            str(disk),
+            sys.executable,
+            "-c",
+            PROBE,
+            str(disk),
+            ref,
+        ],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout)
 
@@ -58,9 +76,15 @@ def _pull_on_tmpfs(tmp_path: Path, ref: str, size: str = "2m") -> dict:
 @pytest.fixture(scope="session")
 def tmpfs_allowed(tmp_path_factory) -> None:
     probe = tmp_path_factory.mktemp("mnt")
-    if shutil.which("unshare") is None or subprocess.run(
+    if (
+        shutil.which("unshare") is None
+        or subprocess.run(
             ["unshare", "-rm", "mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(probe)],
-            check=False, capture_output=True).returncode != 0:
+            check=False,
+            capture_output=True,
+        ).returncode
+        != 0
+    ):
         pytest.skip("cannot mount a tmpfs in a user namespace here")
 
 
@@ -96,8 +120,9 @@ def test_a_disk_that_fills_up_mid_download_is_left_as_it_was(hub, tmp_path, tmpf
     stderr = result["stderr"]
     assert result["rc"] == 1, result
     _assert_no_traceback(stderr)
-    assert _last(stderr).startswith("error: The disk filled up while downloading tiny-q4.gguf: "
-                                    "2.1 MB had been written under "), stderr
+    assert _last(stderr).startswith(
+        "error: The disk filled up while downloading tiny-q4.gguf: 2.1 MB had been written under "
+    ), stderr
     assert "The partial file was deleted" in stderr
     assert not [f for f in result["files"] if f.endswith(".incomplete")], result["files"]
     assert result["free"] >= result["total"] - 8192, result  # the disk is not left full
@@ -160,8 +185,9 @@ def test_enospc_mid_write_deletes_the_partial_file(hub, monkeypatch, ref):
     result = CliRunner().invoke(main, ["pull", target], catch_exceptions=False)
     assert result.exit_code == 1
     assert "Traceback" not in result.output
-    assert _last(result.stderr).startswith("error: The disk filled up while downloading "), \
+    assert _last(result.stderr).startswith("error: The disk filled up while downloading "), (
         result.stderr
+    )
     assert "1.0 MB of 3.1 MB had been written" in result.stderr
     assert len(opened) == 1 and not opened[0].exists()  # not retried, nothing left
 

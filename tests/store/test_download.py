@@ -56,8 +56,9 @@ def test_pull_asks_the_hub_and_finds_nothing_to_fetch(seeded):
     events = []
     folder = download_model(MLX_REPO, progress=events.append, refresh=True)
     _same_files(folder, seeded)
-    assert [path for method, path, _ in seeded.requests
-            if method == "GET" and "/resolve/" in path] == []
+    assert [
+        path for method, path, _ in seeded.requests if method == "GET" and "/resolve/" in path
+    ] == []
     assert_monotonic(events)
 
 
@@ -88,10 +89,13 @@ def test_a_missing_repo_is_a_clear_download_failure(hub):
     assert info.value.status_code == 502
 
 
-@pytest.mark.parametrize("status, code, words", [
-    (403, "gated_repo", "gated repo"),
-    (401, "repo_not_found", "hf auth login"),
-])
+@pytest.mark.parametrize(
+    "status, code, words",
+    [
+        (403, "gated_repo", "gated repo"),
+        (401, "repo_not_found", "hf auth login"),
+    ],
+)
 def test_a_gated_repo_is_a_clear_download_failure(hub, status, code, words):
     hub.gated[MLX_REPO] = status
     with pytest.raises(DownloadFailed, match=words) as info:
@@ -112,8 +116,10 @@ def test_a_cut_connection_resumes_with_a_range_request(hub):
     _same_files(folder, hub)
     assert hub.gets("/model.safetensors") == [None, f"bytes={size // 3}-"]
     assert_monotonic(events, _total(hub))
-    assert _sha256(folder / "model.safetensors") == hub.repos[MLX_REPO].files[
-        "model.safetensors"].sha256
+    assert (
+        _sha256(folder / "model.safetensors")
+        == hub.repos[MLX_REPO].files["model.safetensors"].sha256
+    )
 
 
 def test_an_interrupted_download_resumes_on_the_next_attempt(hub):
@@ -152,8 +158,9 @@ def test_files_huggingface_hub_downloads_itself_report_progress_too(hub):
 
     progress = ProgressHub()
     progress.add_listener(events.append)
-    folder = store_hub.download_snapshot(MLX_REPO, None, MLX_PATTERNS, progress=progress,
-                                         use_hf_download=lambda f: True)
+    folder = store_hub.download_snapshot(
+        MLX_REPO, None, MLX_PATTERNS, progress=progress, use_hf_download=lambda f: True
+    )
     _same_files(folder, hub)
     assert_monotonic(events, _total(hub))
     assert len(events) >= 3

@@ -20,9 +20,25 @@ pytest.importorskip("mlx_lm")
 @pytest.mark.e2e
 def test_serve_shows_the_download_bar_on_first_start(hub):
     proc = subprocess.Popen(
-        [sys.executable, "-m", "dvai_bridge", "serve", "--backend", "mlx", "--model", MLX_REPO,
-         "--port", "0", "--log-level", "warning"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=dict(os.environ))
+        [
+            sys.executable,
+            "-m",
+            "dvai_bridge",
+            "serve",
+            "--backend",
+            "mlx",
+            "--model",
+            MLX_REPO,
+            "--port",
+            "0",
+            "--log-level",
+            "warning",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=dict(os.environ),
+    )
     try:
         line = proc.stdout.readline()
         match = re.search(r"at (http://127\.0\.0\.1:\d+/v1)", line)

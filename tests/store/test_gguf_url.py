@@ -42,8 +42,9 @@ def test_a_sha256_mismatch_deletes_the_file(hub, url):
         download_model(url, sha256="0" * 64)
     assert info.value.code == "checksum_mismatch"
     folder = gguf.url_folder(url)
-    assert not folder.exists() or not any(p.suffix in (".gguf", ".incomplete")
-                                          for p in folder.iterdir())
+    assert not folder.exists() or not any(
+        p.suffix in (".gguf", ".incomplete") for p in folder.iterdir()
+    )
 
 
 def test_a_cached_file_that_does_not_match_a_new_sha256_is_fetched_again(hub, url, sha):

@@ -43,8 +43,13 @@ def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 def _import_until_written(gguf: Path) -> subprocess.Popen:
-    proc = subprocess.Popen([sys.executable, "-c", CHILD, str(gguf)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=dict(os.environ))
+    proc = subprocess.Popen(
+        [sys.executable, "-c", CHILD, str(gguf)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=dict(os.environ),
+    )
     line = proc.stdout.readline()
     if line.strip() != "weights written":
         proc.kill()
@@ -64,8 +69,9 @@ def _cli(*args: str):
 
 
 def _imports() -> list[dict]:
-    return [m for m in json.loads(_cli("models", "ls", "--json").stdout)
-            if m["cache"] == "mlx-imports"]
+    return [
+        m for m in json.loads(_cli("models", "ls", "--json").stdout) if m["cache"] == "mlx-imports"
+    ]
 
 
 def test_a_killed_import_is_listed_and_pruned_a_running_one_is_kept(cache):
@@ -77,12 +83,12 @@ def test_a_killed_import_is_listed_and_pruned_a_running_one_is_kept(cache):
         weights = (temp / "model.safetensors").stat().st_size
         assert weights > 90_000_000
         (running,) = _imports()
-        assert (running["path"], running["complete"], running["in_use"]) == (
-            str(temp), False, True)
+        assert (running["path"], running["complete"], running["in_use"]) == (str(temp), False, True)
         assert running["bytes"] >= weights
         assert "(incomplete import, in progress)" in _cli("models", "ls").stdout
         assert _cli("models", "prune").stdout.strip() == (
-            "No stale, damaged or unfinished MLX imports.")
+            "No stale, damaged or unfinished MLX imports."
+        )
         rm = CliRunner().invoke(main, ["models", "rm", str(temp)])
         assert rm.exit_code == 1 and "in progress" in rm.stderr
         assert temp.is_dir()
@@ -113,4 +119,8 @@ def test_the_next_import_deletes_what_a_killed_one_left(cache):
     assert not temp.exists()
     (done,) = _imports()
     assert (done["path"], done["complete"], done["damaged"], done["stale"]) == (
-        str(folder), True, None, None)
+        str(folder),
+        True,
+        None,
+        None,
+    )

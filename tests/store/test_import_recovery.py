@@ -16,14 +16,16 @@ from dvai_bridge import Bridge, StartConfig
 from dvai_bridge.backends.mlx.gguf_import import cached_import
 from dvai_bridge.store.resolve import embedded_default_gguf
 
-ASK = {"messages": [{"role": "user", "content": "What is the capital of France?"}],
-       "temperature": 0, "max_tokens": 12}
+ASK = {
+    "messages": [{"role": "user", "content": "What is the capital of France?"}],
+    "temperature": 0,
+    "max_tokens": 12,
+}
 
 
 def _serve_and_ask() -> str:
     bridge = Bridge()
-    bound = bridge.start_blocking(StartConfig(backend="mlx", http_base_port=0,
-                                              log_level="warning"))
+    bound = bridge.start_blocking(StartConfig(backend="mlx", http_base_port=0, log_level="warning"))
     try:
         r = httpx.post(f"{bound.base_url}/chat/completions", json=ASK, timeout=120)
         assert r.status_code == 200, r.text
@@ -46,8 +48,7 @@ def _overwrite(weights: Path) -> None:
 
 
 @pytest.mark.e2e
-def test_the_server_starts_on_a_damaged_import_and_answers_as_before(tmp_path, monkeypatch,
-                                                                     caplog):
+def test_the_server_starts_on_a_damaged_import_and_answers_as_before(tmp_path, monkeypatch, caplog):
     monkeypatch.setenv("DVAI_BRIDGE_CACHE", str(tmp_path))
     monkeypatch.setenv("DVAI_BRIDGE_BLAS_THREADS", os.environ.get("DVAI_BRIDGE_BLAS_THREADS", "1"))
     folder = cached_import(embedded_default_gguf())  # what the first start does

@@ -32,9 +32,17 @@ def fake_import(source: Path, name: str, version: int = 1, size: int = 1000) -> 
     stat = source.stat()
     (folder / "config.json").write_text("{}")
     (folder / "model.safetensors").write_bytes(os.urandom(size))
-    (folder / "dvai_import.json").write_text(json.dumps(
-        {"source": str(source), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns,
-         "importer_version": version, "files": store_imports.record_files(folder)}))
+    (folder / "dvai_import.json").write_text(
+        json.dumps(
+            {
+                "source": str(source),
+                "size": stat.st_size,
+                "mtime_ns": stat.st_mtime_ns,
+                "importer_version": version,
+                "files": store_imports.record_files(folder),
+            }
+        )
+    )
     return folder
 
 
@@ -61,7 +69,10 @@ def test_stale_imports_are_listed_and_pruned(gguf, tmp_path):
     assert "is gone" in found[orphan]
     listed = {m.path: m for m in list_cached_models()}
     assert (listed[current].kind, listed[current].backend, listed[current].source) == (
-        "mlx", "mlx", gguf)
+        "mlx",
+        "mlx",
+        gguf,
+    )
     assert listed[current].bytes >= 1000
 
     dry = prune_stale_imports(dry_run=True)
@@ -112,7 +123,8 @@ def test_the_cli_lists_and_prunes_imports(gguf, tmp_path):
     assert f"{orphan}  (stale: its source {gone} is gone)" in dry
     assert runner.invoke(main, ["models", "prune"]).stdout.startswith("Deleted 1 MLX import(s)")
     assert runner.invoke(main, ["models", "prune"]).stdout.strip() == (
-        "No stale, damaged or unfinished MLX imports.")
+        "No stale, damaged or unfinished MLX imports."
+    )
     assert not orphan.exists()
 
 
@@ -139,8 +151,7 @@ def test_damaged_imports_are_flagged_and_pruned(gguf, damage):
     assert f"{broken} (damaged import)" in table and f"{intact} (" not in table
     assert "1 damaged MLX import(s)" in table
     as_json = json.loads(runner.invoke(main, ["models", "ls", "--json"]).stdout)
-    assert [m["damaged"] for m in as_json if m["path"] == str(broken)] == [
-        listed[broken].damaged]
+    assert [m["damaged"] for m in as_json if m["path"] == str(broken)] == [listed[broken].damaged]
     lease = take_lease(str(broken), "http://127.0.0.1:38999/v1")  # served: kept
     try:
         assert prune_stale_imports().models == ()

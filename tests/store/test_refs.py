@@ -10,20 +10,33 @@ from dvai_bridge.store.refs import is_remote_reference, parse_reference
 SHA = "ab" * 32
 
 
-@pytest.mark.parametrize("text, kind, canonical", [
-    ("mlx-community/Llama-3.2-1B-Instruct-4bit", "hf-repo",
-     "mlx-community/Llama-3.2-1B-Instruct-4bit"),
-    ("org/name@v1.0", "hf-repo", "org/name@v1.0"),
-    ("org/name@refs/pr/3", "hf-repo", "org/name@refs/pr/3"),
-    ("org/name/q4.gguf", "hf-file", "org/name/q4.gguf"),
-    ("org/name@main/sub/q4.gguf", "hf-file", "org/name@main/sub/q4.gguf"),
-    ("hf://org/name", "hf-repo", "org/name"),
-    ("hf://org/name@v2/q4.gguf", "hf-file", "org/name@v2/q4.gguf"),
-    ("https://huggingface.co/org/name/resolve/main/q4.gguf", "hf-file", "org/name@main/q4.gguf"),
-    ("https://huggingface.co/org/name/blob/main/q4.gguf", "hf-file", "org/name@main/q4.gguf"),
-    ("https://example.com/models/x.gguf?download=1", "url",
-     "https://example.com/models/x.gguf?download=1"),
-])
+@pytest.mark.parametrize(
+    "text, kind, canonical",
+    [
+        (
+            "mlx-community/Llama-3.2-1B-Instruct-4bit",
+            "hf-repo",
+            "mlx-community/Llama-3.2-1B-Instruct-4bit",
+        ),
+        ("org/name@v1.0", "hf-repo", "org/name@v1.0"),
+        ("org/name@refs/pr/3", "hf-repo", "org/name@refs/pr/3"),
+        ("org/name/q4.gguf", "hf-file", "org/name/q4.gguf"),
+        ("org/name@main/sub/q4.gguf", "hf-file", "org/name@main/sub/q4.gguf"),
+        ("hf://org/name", "hf-repo", "org/name"),
+        ("hf://org/name@v2/q4.gguf", "hf-file", "org/name@v2/q4.gguf"),
+        (
+            "https://huggingface.co/org/name/resolve/main/q4.gguf",
+            "hf-file",
+            "org/name@main/q4.gguf",
+        ),
+        ("https://huggingface.co/org/name/blob/main/q4.gguf", "hf-file", "org/name@main/q4.gguf"),
+        (
+            "https://example.com/models/x.gguf?download=1",
+            "url",
+            "https://example.com/models/x.gguf?download=1",
+        ),
+    ],
+)
 def test_remote_references(text, kind, canonical):
     ref = parse_reference(text)
     assert (ref.kind, ref.canonical) == (kind, canonical)
@@ -48,18 +61,21 @@ def test_a_sha256_comes_with_the_url_or_beside_it():
         parse_reference("https://x.org/a.gguf", sha256="abc")
     with pytest.raises(ConfigurationInvalid, match="Two different"):
         parse_reference(f"https://x.org/a.gguf#sha256={SHA}", sha256="cd" * 32)
-    with pytest.raises(ConfigurationInvalid, match="single .gguf"):
+    with pytest.raises(ConfigurationInvalid, match=r"single \.gguf"):
         parse_reference("org/name", sha256=SHA)
 
 
-@pytest.mark.parametrize("text, words", [
-    ("", "Empty model reference"),
-    ("./missing.gguf", "not found"),
-    ("models/missing.gguf", "not found"),
-    ("org/name/config.json", "must be a .gguf"),
-    ("https://example.com/model.bin", "does not point to a .gguf"),
-    ("hf://datasets/org/name", "dataset repo"),
-])
+@pytest.mark.parametrize(
+    "text, words",
+    [
+        ("", "Empty model reference"),
+        ("./missing.gguf", "not found"),
+        ("models/missing.gguf", "not found"),
+        ("org/name/config.json", "must be a .gguf"),
+        ("https://example.com/model.bin", "does not point to a .gguf"),
+        ("hf://datasets/org/name", "dataset repo"),
+    ],
+)
 def test_bad_references_name_the_grammar(text, words):
     with pytest.raises(ConfigurationInvalid, match=words) as info:
         parse_reference(text)

@@ -6,9 +6,11 @@ from dvai_bridge.protocol.call_schema import closed, rebased
 
 
 def test_local_refs_are_rebased_and_values_left_alone() -> None:
-    schema = {"$defs": {"A": {"type": "object", "properties": {"next": {"$ref": "#"}}}},
-              "properties": {"a": {"$ref": "#/$defs/A"}, "b": {"const": {"$ref": "#/x"}}},
-              "anyOf": [{"$ref": "other.json#/x"}]}
+    schema = {
+        "$defs": {"A": {"type": "object", "properties": {"next": {"$ref": "#"}}}},
+        "properties": {"a": {"$ref": "#/$defs/A"}, "b": {"const": {"$ref": "#/x"}}},
+        "anyOf": [{"$ref": "other.json#/x"}],
+    }
     out = rebased(schema, "#/properties/arguments")
     assert out["properties"]["a"]["$ref"] == "#/properties/arguments/$defs/A"
     assert out["$defs"]["A"]["properties"]["next"]["$ref"] == "#/properties/arguments"
@@ -17,13 +19,17 @@ def test_local_refs_are_rebased_and_values_left_alone() -> None:
 
 
 def test_objects_without_additional_properties_are_closed() -> None:
-    schema = {"type": "object", "properties": {
-        "inner": {"type": "object", "properties": {"x": {"type": "integer"}}},
-        "free": {"type": "object", "additionalProperties": True},
-        "pattern": {"type": "object", "patternProperties": {"^a": {}}},
-        "items": {"type": "array", "items": {"properties": {"y": {}}}},
-        "properties": {"type": "string"},  # a property named like the keyword
-        "mixed": {"allOf": [{"properties": {"a": {}}}, {"properties": {"b": {}}}]}}}
+    schema = {
+        "type": "object",
+        "properties": {
+            "inner": {"type": "object", "properties": {"x": {"type": "integer"}}},
+            "free": {"type": "object", "additionalProperties": True},
+            "pattern": {"type": "object", "patternProperties": {"^a": {}}},
+            "items": {"type": "array", "items": {"properties": {"y": {}}}},
+            "properties": {"type": "string"},  # a property named like the keyword
+            "mixed": {"allOf": [{"properties": {"a": {}}}, {"properties": {"b": {}}}]},
+        },
+    }
     out = closed(schema)
     assert out["additionalProperties"] is False
     p = out["properties"]
@@ -34,5 +40,8 @@ def test_objects_without_additional_properties_are_closed() -> None:
     assert p["properties"] == {"type": "string"}
     assert all("additionalProperties" not in s for s in p["mixed"]["allOf"])
     assert closed({"type": "object", "properties": {}}) == {
-        "type": "object", "properties": {}, "additionalProperties": False}
+        "type": "object",
+        "properties": {},
+        "additionalProperties": False,
+    }
     assert "additionalProperties" not in schema["properties"]["inner"]  # input untouched

@@ -48,14 +48,19 @@ def test_half_precision_goes_to_mlx(everywhere):
 
 def qkv(b, h, hk, length, s, d=32, seed=0):
     k0, k1, k2 = mx.random.split(mx.random.key(seed), 3)
-    return (mx.random.normal((b, h, length, d), key=k0), mx.random.normal((b, hk, s, d), key=k1),
-            mx.random.normal((b, hk, s, d), key=k2))
+    return (
+        mx.random.normal((b, h, length, d), key=k0),
+        mx.random.normal((b, hk, s, d), key=k1),
+        mx.random.normal((b, hk, s, d), key=k2),
+    )
 
 
-SHAPES = [(1, 9, 3, 300, 700),  # causal prefill over a cached prefix, several query blocks
-          (4, 9, 3, 33, 84),    # a batched prefill
-          (8, 9, 3, 1, 120),    # batched decode
-          (2, 4, 4, 129, 129)]  # no grouping, one query past a block
+SHAPES = [
+    (1, 9, 3, 300, 700),  # causal prefill over a cached prefix, several query blocks
+    (4, 9, 3, 33, 84),  # a batched prefill
+    (8, 9, 3, 1, 120),  # batched decode
+    (2, 4, 4, 129, 129),
+]  # no grouping, one query past a block
 
 
 @pytest.mark.parametrize("shape", SHAPES)
@@ -64,8 +69,13 @@ def test_attention_matches_mlx(shape, form, everywhere):
     b, h, _, length, s = shape
     q, k, v = qkv(*shape)
     u = mx.random.uniform(shape=(b, h, length, s), key=mx.random.key(7)) > 0.3
-    mask = {"causal": "causal", "none": None, "bool_b1": u[:, :1], "bool_2d": u[0, 0],
-            "additive_bh": mx.where(u, 0.0, -mx.inf)}[form]
+    mask = {
+        "causal": "causal",
+        "none": None,
+        "bool_b1": u[:, :1],
+        "bool_2d": u[0, 0],
+        "additive_bh": mx.where(u, 0.0, -mx.inf),
+    }[form]
     if form == "causal" and length == 1:
         mask = None  # mlx-lm passes no mask for one query
     ours = K.scaled_dot_product_attention(q, k, v, None, 0.17, mask)
@@ -90,8 +100,9 @@ def test_small_arrays_go_to_mlx(monkeypatch):
     small = mx.ones((8, 1, 1536))  # a batched decode step's MLP activations
     assert K.swiglu(small, small) == "swiglu"
     q, k, v = qkv(8, 9, 3, 1, 120)  # its attention over a short context
-    assert K.scaled_dot_product_attention(q, k, v, None, 1.0, None) == \
-        "scaled_dot_product_attention"
+    assert (
+        K.scaled_dot_product_attention(q, k, v, None, 1.0, None) == "scaled_dot_product_attention"
+    )
     big = mx.ones((8, 8, 1536))
     assert K.swiglu(big, big).shape == big.shape
     q, k, v = qkv(8, 9, 3, 1, 1000)  # a long context: the fast form
@@ -101,8 +112,9 @@ def test_small_arrays_go_to_mlx(monkeypatch):
 
 def test_sinks_and_quantized_caches_go_to_mlx(monkeypatch, everywhere):
     calls = []
-    monkeypatch.setitem(K._originals, "scaled_dot_product_attention",
-                        lambda *a, **kw: calls.append(kw) or "mlx")
+    monkeypatch.setitem(
+        K._originals, "scaled_dot_product_attention", lambda *a, **kw: calls.append(kw) or "mlx"
+    )
     q, k, v = qkv(1, 2, 2, 4, 4)
     assert K.scaled_dot_product_attention(q, k, v, None, 1.0, None, sinks=mx.zeros(2)) == "mlx"
     quantized = types.SimpleNamespace(bits=4)

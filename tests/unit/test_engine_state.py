@@ -68,8 +68,9 @@ def test_a_failure_that_escapes_the_loop_is_a_state_not_a_silent_death(mode):
     # running: a 500 as any failed generation; never started: a 503 (serial runs one at a time)
     started = running if mode == "loop" else running[:1]
     assert all(isinstance(sink.finished.error, BackendError) for sink in started)
-    assert all(isinstance(sink.finished.error, EngineFailed)
-               for sink in [*running[len(started):], queued])
+    assert all(
+        isinstance(sink.finished.error, EngineFailed) for sink in [*running[len(started) :], queued]
+    )
     why = s.health()
     assert why is not None and ("broke" in why or "went away" in why)
     with pytest.raises(EngineFailed) as info:
@@ -119,8 +120,10 @@ def test_a_failed_load_raises_from_the_constructor():
 
 
 def test_limits_may_depend_on_the_loaded_backend():
-    s = Scheduler(lambda: FakeBackend(context_length=77),
-                  limits=lambda b: BatchLimits(max_batch=b.context_length // 10))
+    s = Scheduler(
+        lambda: FakeBackend(context_length=77),
+        limits=lambda b: BatchLimits(max_batch=b.context_length // 10),
+    )
     assert s.max_batch == 7
     s.close()
 
@@ -151,8 +154,7 @@ def test_queued_sequences_whose_callers_left_free_their_slots_at_once():
     for token in tokens:
         token.cancel()
     assert s.queued == 0 and s.metrics.queue_depth == 0
-    assert all(sink.finished is not None and sink.finished.reason == "cancelled"
-               for sink in sinks)
+    assert all(sink.finished is not None and sink.finished.reason == "cancelled" for sink in sinks)
     s.submit(request(backend, "q"), Collector(), CancelToken())  # a slot is free again
     s.close()
 
@@ -173,6 +175,7 @@ def test_sequences_are_handed_out_fairly_between_requests():
             inner(event)
             if c.finished is not None:
                 order.append(name)
+
         return call, c
 
     many = [sink_for(f"big{i}") for i in range(6)]

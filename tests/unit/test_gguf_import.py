@@ -274,7 +274,8 @@ def test_logits_and_greedy_match_llama_cpp(loaded, llama_full):
         identical += bool(hits.all())
         rows = ref[len(ids) - 1 :][~hits]
         forks += [
-            abs(float(r[g] - r[m])) for r, g, m in zip(rows, np.array(greedy)[~hits], mine[~hits])
+            abs(float(r[g] - r[m]))
+            for r, g, m in zip(rows, np.array(greedy)[~hits], mine[~hits], strict=False)
         ]
     kl, agree = float(np.concatenate(kls).mean()), float(np.concatenate(top1).mean())
     greedy_rate = float(np.concatenate(greedy_hits).mean())
@@ -621,8 +622,9 @@ def test_unsupported_architecture_and_types_raise(tmp_path):
 
 
 @needs_model
-def test_the_store_lists_a_real_import_and_prunes_it_once_its_gguf_changes(tmp_path, tiny,
-                                                                          monkeypatch):
+def test_the_store_lists_a_real_import_and_prunes_it_once_its_gguf_changes(
+    tmp_path, tiny, monkeypatch
+):
     from dvai_bridge.store import list_cached_models, prune_stale_imports
 
     monkeypatch.setenv("DVAI_BRIDGE_CACHE", str(tmp_path / "cache"))
@@ -632,7 +634,11 @@ def test_the_store_lists_a_real_import_and_prunes_it_once_its_gguf_changes(tmp_p
     folder = cached_import(gguf)
     (found,) = list_cached_models()
     assert (found.path, found.cache, found.kind, found.source) == (
-        folder, "mlx-imports", "mlx", gguf)
+        folder,
+        "mlx-imports",
+        "mlx",
+        gguf,
+    )
     assert not found.stale and found.bytes > (folder / "model.safetensors").stat().st_size
     assert prune_stale_imports().models == ()
     os.utime(gguf, ns=(time.time_ns(), time.time_ns()))  # the GGUF changed: a new import

@@ -10,16 +10,24 @@ import pytest
 
 llguidance = pytest.importorskip("llguidance")
 
-from dvai_bridge.engine.grammar import Grammar, GrammarError, json_schema_grammar  # noqa: E402
-from dvai_bridge.protocol.structured import grammar_text  # noqa: E402
-from dvai_bridge.protocol.tools import ToolPlan  # noqa: E402
+from dvai_bridge.engine.grammar import Grammar, GrammarError, json_schema_grammar
+from dvai_bridge.protocol.structured import grammar_text
+from dvai_bridge.protocol.tools import ToolPlan
 
 EOS = 2  # <|im_end|>
 VOCAB = 49152
-TOOL = {"type": "function", "function": {"name": "get_weather", "parameters": {
-    "type": "object", "properties": {"city": {"type": "string"},
-                                     "unit": {"enum": ["celsius", "fahrenheit"]}},
-    "required": ["city", "unit"], "additionalProperties": False}}}
+TOOL = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string"}, "unit": {"enum": ["celsius", "fahrenheit"]}},
+            "required": ["city", "unit"],
+            "additionalProperties": False,
+        },
+    },
+}
 
 
 @pytest.fixture(scope="module")
@@ -28,8 +36,9 @@ def tokenizer():
     from dvai_bridge.store.resolve import embedded_default_gguf
 
     folder = cached_import(embedded_default_gguf())
-    return llguidance.LLTokenizer((folder / "tokenizer.json").read_text(), n_vocab=VOCAB,
-                                  eos_token=[EOS])
+    return llguidance.LLTokenizer(
+        (folder / "tokenizer.json").read_text(), n_vocab=VOCAB, eos_token=[EOS]
+    )
 
 
 def drive(grammar: Grammar, tokenizer, text: str) -> np.ndarray:
@@ -42,8 +51,12 @@ def drive(grammar: Grammar, tokenizer, text: str) -> np.ndarray:
 
 
 def test_a_complete_value_allows_only_the_end(tokenizer) -> None:
-    g = Grammar.compile(json_schema_grammar({"type": "object", "properties": {
-        "n": {"type": "integer"}}, "required": ["n"]}), tokenizer)
+    g = Grammar.compile(
+        json_schema_grammar(
+            {"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]}
+        ),
+        tokenizer,
+    )
     mask = drive(g, tokenizer, '{"n": 42}')
     assert mask.nonzero()[0].tolist() == [EOS]
 
@@ -83,16 +96,33 @@ def test_unsupported_keyword_is_named(tokenizer) -> None:
         Grammar.compile(json_schema_grammar({"type": "array", "uniqueItems": True}), tokenizer)
 
 
-@pytest.mark.parametrize(("choice", "parallel", "text", "ok"), [
-    ("required", True, '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris", '
-                       '"unit": "celsius"}}\n</tool_call>', True),
-    ("required", True, '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}'
-                       '\n</tool_call>', False),  # "unit" is required
-    ("required", True, 'Sure! <tool_call>', False),  # no text before a forced call
-    ({"type": "function", "function": {"name": "get_weather"}}, True,
-     '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Oslo", "unit": "fahrenheit"}}'
-     '\n</tool_call>', True),
-])
+@pytest.mark.parametrize(
+    ("choice", "parallel", "text", "ok"),
+    [
+        (
+            "required",
+            True,
+            '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris", '
+            '"unit": "celsius"}}\n</tool_call>',
+            True,
+        ),
+        (
+            "required",
+            True,
+            '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>',
+            False,
+        ),  # "unit" is required
+        ("required", True, "Sure! <tool_call>", False),  # no text before a forced call
+        (
+            {"type": "function", "function": {"name": "get_weather"}},
+            True,
+            "<tool_call>\n"
+            '{"name": "get_weather", "arguments": {"city": "Oslo", "unit": "fahrenheit"}}'
+            "\n</tool_call>",
+            True,
+        ),
+    ],
+)
 def test_forced_call_grammar(tokenizer, choice, parallel, text: str, ok: bool) -> None:
     plan = ToolPlan.build([TOOL], choice, parallel, None, False)
     spec, param = grammar_text(None, plan.calls_grammar())
@@ -115,50 +145,91 @@ def test_forced_call_grammar(tokenizer, choice, parallel, text: str, ok: bool) -
 
 def test_hermes_history_for_a_template_without_tools() -> None:
     plan = ToolPlan.build([TOOL], "auto", None, None, True)
-    out = plan.messages([
-        {"role": "system", "content": "Be brief."},
-        {"role": "user", "content": "weather?"},
-        {"role": "assistant", "content": "", "tool_calls": [{"id": "call_1", "type": "function",
-         "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}]},
-        {"role": "tool", "tool_call_id": "call_1", "content": "sunny"},
-        {"role": "tool", "tool_call_id": "call_2", "content": "18 C"},
-    ])
+    out = plan.messages(
+        [
+            {"role": "system", "content": "Be brief."},
+            {"role": "user", "content": "weather?"},
+            {
+                "role": "assistant",
+                "content": "",
+                "tool_calls": [
+                    {
+                        "id": "call_1",
+                        "type": "function",
+                        "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'},
+                    }
+                ],
+            },
+            {"role": "tool", "tool_call_id": "call_1", "content": "sunny"},
+            {"role": "tool", "tool_call_id": "call_2", "content": "18 C"},
+        ]
+    )
     assert [m["role"] for m in out] == ["system", "user", "assistant", "user"]
     assert out[0]["content"].startswith("Be brief.") and "<tools>" in out[0]["content"]
     assert json.dumps(TOOL["function"]["parameters"]) in out[0]["content"]
-    assert out[2]["content"] == ('<tool_call>\n{"name": "get_weather", "arguments": '
-                                 '{"city": "Paris"}}\n</tool_call>')
-    assert out[3]["content"] == ("<tool_response>\nsunny\n</tool_response>\n"
-                                 "<tool_response>\n18 C\n</tool_response>")
+    assert out[2]["content"] == (
+        '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>'
+    )
+    assert out[3]["content"] == (
+        "<tool_response>\nsunny\n</tool_response>\n<tool_response>\n18 C\n</tool_response>"
+    )
 
 
 def test_native_history_gives_templates_argument_objects() -> None:
     plan = ToolPlan.build([TOOL], "auto", None, "{% if tools %}<tool_call>{% endif %}", True)
     assert plan.native
-    out = plan.messages([
-        {"role": "assistant", "content": "", "tool_calls": [{"id": "c1", "type": "function",
-         "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}]},
-        {"role": "tool", "tool_call_id": "c1", "content": "sunny"},
-    ])
+    out = plan.messages(
+        [
+            {
+                "role": "assistant",
+                "content": "",
+                "tool_calls": [
+                    {
+                        "id": "c1",
+                        "type": "function",
+                        "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'},
+                    }
+                ],
+            },
+            {"role": "tool", "tool_call_id": "c1", "content": "sunny"},
+        ]
+    )
     assert out[0]["tool_calls"][0]["function"]["arguments"] == {"city": "Paris"}
     assert out[1]["name"] == "get_weather"
-    assert plan.template_tools() == [{"type": "function", "function": {
-        "name": "get_weather", "description": "", "parameters": TOOL["function"]["parameters"]}}]
+    assert plan.template_tools() == [
+        {
+            "type": "function",
+            "function": {
+                "name": "get_weather",
+                "description": "",
+                "parameters": TOOL["function"]["parameters"],
+            },
+        }
+    ]
 
 
-FUNCS = [{"name": "get_weather", "parameters": TOOL["function"]["parameters"]},
-         {"name": "get_time", "parameters": {"type": "object", "properties": {
-             "tz": {"type": "string"}}, "required": ["tz"], "additionalProperties": False}}]
+FUNCS = [
+    {"name": "get_weather", "parameters": TOOL["function"]["parameters"]},
+    {
+        "name": "get_time",
+        "parameters": {
+            "type": "object",
+            "properties": {"tz": {"type": "string"}},
+            "required": ["tz"],
+            "additionalProperties": False,
+        },
+    },
+]
 FORCED = {  # per format: a reply its forced grammar must accept, with the calls it holds
     "hermes": '<tool_call>\n{"name": "get_time", "arguments": {"tz": "UTC"}}\n</tool_call>\n'
-              '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Oslo", '
-              '"unit": "celsius"}}\n</tool_call>',
+    '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Oslo", '
+    '"unit": "celsius"}}\n</tool_call>',
     "mistral": '[TOOL_CALLS][{"name": "get_time", "arguments": {"tz": "UTC"}}, '
-               '{"name": "get_weather", "arguments": {"city": "Oslo", "unit": "celsius"}}]',
+    '{"name": "get_weather", "arguments": {"city": "Oslo", "unit": "celsius"}}]',
     "mistral_args": '[TOOL_CALLS]get_time[ARGS]{"tz": "UTC"}[TOOL_CALLS]get_weather[ARGS]'
-                    '{"city": "Oslo", "unit": "celsius"}',
+    '{"city": "Oslo", "unit": "celsius"}',
     "llama3": '{"name": "get_time", "parameters": {"tz": "UTC"}}; {"name": "get_weather", '
-              '"parameters": {"city": "Oslo", "unit": "celsius"}}',
+    '"parameters": {"city": "Oslo", "unit": "celsius"}}',
 }
 
 
@@ -197,11 +268,24 @@ def _forced(tools: list[dict], tokenizer, choice="required", parallel=None) -> G
     return Grammar.compile(grammar_text(None, plan.calls_grammar())[0], tokenizer)
 
 
-NESTED = {"type": "function", "function": {"name": "plan_trip", "parameters": {
-    "$defs": {"Country": {"type": "object", "properties": {"name": {"type": "string"}},
-                          "required": ["name"]}},
-    "type": "object", "properties": {"country": {"$ref": "#/$defs/Country"}},
-    "required": ["country"]}}}
+NESTED = {
+    "type": "function",
+    "function": {
+        "name": "plan_trip",
+        "parameters": {
+            "$defs": {
+                "Country": {
+                    "type": "object",
+                    "properties": {"name": {"type": "string"}},
+                    "required": ["name"],
+                }
+            },
+            "type": "object",
+            "properties": {"country": {"$ref": "#/$defs/Country"}},
+            "required": ["country"],
+        },
+    },
+}
 
 
 @pytest.mark.parametrize("tools", [[NESTED], [NESTED, TOOL]], ids=["alone", "anyOf"])
@@ -224,8 +308,13 @@ def test_every_format_embeds_parameters_with_refs(tokenizer, fmt: str) -> None:
 
 
 def test_a_forced_call_takes_no_undeclared_keys(tokenizer) -> None:
-    open_tool = {"type": "function", "function": {"name": "get_time", "parameters": {
-        "type": "object", "properties": {"city": {"type": "string"}}}}}
+    open_tool = {
+        "type": "function",
+        "function": {
+            "name": "get_time",
+            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+        },
+    }
     g = _forced([open_tool], tokenizer)
     head = '<tool_call>\n{"name": "get_time", "arguments": {"city": "Oslo"'
     assert _accepts(g, tokenizer, head + "}}\n</tool_call>")[0]
@@ -237,8 +326,17 @@ def test_a_forced_call_takes_no_undeclared_keys(tokenizer) -> None:
 
 
 def test_required_ends_after_one_call_per_offered_function(tokenizer) -> None:
-    time_tool = {"type": "function", "function": {"name": "get_time", "parameters": {
-        "type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}
+    time_tool = {
+        "type": "function",
+        "function": {
+            "name": "get_time",
+            "parameters": {
+                "type": "object",
+                "properties": {"city": {"type": "string"}},
+                "required": ["city"],
+            },
+        },
+    }
     g = _forced([TOOL, time_tool], tokenizer)
     one = '<tool_call>\n{"name": "get_time", "arguments": {"city": "Oslo"}}\n</tool_call>'
     ok, mask = _accepts(g, tokenizer, one)

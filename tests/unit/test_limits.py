@@ -6,7 +6,10 @@ from dvai_bridge.engine.limits import MiB, resolve_limits
 def test_the_cpu_keeps_its_small_batches():
     limits = resolve_limits("cpu")
     assert (limits.max_batch, limits.prefill_chunk, limits.prompt_cache_bytes) == (
-        8, 512, 1024 * MiB)
+        8,
+        512,
+        1024 * MiB,
+    )
 
 
 def test_a_gpu_batches_more_and_reads_prompts_in_larger_chunks():
@@ -17,8 +20,10 @@ def test_a_gpu_batches_more_and_reads_prompts_in_larger_chunks():
 
 
 def test_the_prompt_cache_takes_at_most_a_share_of_a_small_gpu():
-    assert resolve_limits("cuda", device_memory=16 << 30).prompt_cache_bytes == (16 << 30) // 10 \
-        // MiB * MiB
+    assert (
+        resolve_limits("cuda", device_memory=16 << 30).prompt_cache_bytes
+        == (16 << 30) // 10 // MiB * MiB
+    )
     assert resolve_limits("cuda", device_memory=141 << 30).prompt_cache_bytes == 8192 * MiB
 
 

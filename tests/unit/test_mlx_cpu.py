@@ -15,9 +15,9 @@ mx = pytest.importorskip("mlx.core")
 nn = pytest.importorskip("mlx.nn")
 pytest.importorskip("mlx_lm")
 
-from mlx.utils import tree_flatten, tree_map  # noqa: E402
+from mlx.utils import tree_flatten, tree_map
 
-from dvai_bridge.backends.mlx import cpu  # noqa: E402
+from dvai_bridge.backends.mlx import cpu
 
 
 class Tiny(nn.Module):
@@ -40,8 +40,9 @@ def stock_quantized(seed=0):
     model = Tiny()
     model.update(tree_map(lambda p: p + 0.1 * mx.random.normal(p.shape), model.parameters()))
     nn.quantize(model, group_size=32, bits=4)
-    model.update(tree_map(lambda p: p.astype(mx.float16) if p.dtype == mx.float32 else p,
-                          model.parameters()))
+    model.update(
+        tree_map(lambda p: p.astype(mx.float16) if p.dtype == mx.float32 else p, model.parameters())
+    )
     mx.eval(model.parameters())
     return model
 
@@ -49,14 +50,16 @@ def stock_quantized(seed=0):
 def reference_logits(tokens):
     """The quantized model's output computed with fp32 scales (the exact quantized function)."""
     model = stock_quantized()
-    model.update(tree_map(lambda p: p.astype(mx.float32) if p.dtype == mx.float16 else p,
-                          model.parameters()))
+    model.update(
+        tree_map(lambda p: p.astype(mx.float32) if p.dtype == mx.float16 else p, model.parameters())
+    )
     return model(tokens)
 
 
 def float_dtypes(model):
-    return {p.dtype for _, p in tree_flatten(model.parameters())
-            if mx.issubdtype(p.dtype, mx.floating)}
+    return {
+        p.dtype for _, p in tree_flatten(model.parameters()) if mx.issubdtype(p.dtype, mx.floating)
+    }
 
 
 TOKENS = mx.array([[1, 5, 17, 200, 3, 99, 42]])
@@ -71,8 +74,9 @@ def test_dequantize_matches_quantized(fake_blas):
     model = stock_quantized()
     form = cpu.prepare_model_for_cpu(model, memory_budget_bytes=1 << 30)
     assert "dequantized float32" in form
-    assert not any(isinstance(m, (nn.QuantizedLinear, nn.QuantizedEmbedding))
-                   for _, m in model.named_modules())
+    assert not any(
+        isinstance(m, (nn.QuantizedLinear, nn.QuantizedEmbedding)) for _, m in model.named_modules()
+    )
     assert isinstance(model.up, nn.Linear) and isinstance(model.embed, nn.Embedding)
     assert model.down.bias.dtype == mx.float32
     assert float_dtypes(model) == {mx.float32}
@@ -150,15 +154,21 @@ SUBPROCESS = textwrap.dedent("""
 def run_blas_subprocess(order, cache_dir):
     env = dict(os.environ, DVAI_BRIDGE_CACHE=str(cache_dir))
     env.pop("DVAI_BRIDGE_BLAS", None)
-    p = subprocess.run([sys.executable, "-c", SUBPROCESS, order], capture_output=True,
-                       text=True, timeout=60, env=env)
+    p = subprocess.run(
+        [sys.executable, "-c", SUBPROCESS, order],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
     assert p.returncode == 0, p.stderr
     return json.loads(p.stdout.strip().splitlines()[-1])
 
 
 HAVE_WHEEL = importlib.util.find_spec("ngsolve_openblas") is not None
-linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"),
-                                reason="BLAS swap is Linux-only")
+linux_only = pytest.mark.skipif(
+    not sys.platform.startswith("linux"), reason="BLAS swap is Linux-only"
+)
 
 
 @linux_only
@@ -184,11 +194,14 @@ def test_without_enable_mlx_uses_bundled_blas(tmp_path):
 
 
 def test_enable_fast_blas_disabled_by_env():
-    code = ("from dvai_bridge.backends.mlx import cpu; "
-            "print(cpu.enable_fast_blas(), cpu.enable_fast_blas())")
+    code = (
+        "from dvai_bridge.backends.mlx import cpu; "
+        "print(cpu.enable_fast_blas(), cpu.enable_fast_blas())"
+    )
     env = dict(os.environ, DVAI_BRIDGE_BLAS="none")
-    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                       timeout=60, env=env)
+    p = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=env
+    )
     assert p.returncode == 0, p.stderr
     assert p.stdout.split() == ["None", "None"]
 
@@ -200,10 +213,22 @@ def test_plt_slots_finds_cblas_sgemm():
     assert "cblas_sgemm" in cpu._plt_slots(maps[0], "cblas_")
 
 
-@pytest.mark.parametrize(("foreign", "physical", "threads"), [
-    (0.0, 2, 2), (0.25, 2, 2), (0.35, 2, 1), (1.0, 2, 1), (1.9, 2, 1), (3.0, 2, 1),
-    (0.1, 8, 8), (2.5, 8, 5), (7.5, 8, 1), (0.0, 1, 1), (0.9, 1, 1),
-])
+@pytest.mark.parametrize(
+    ("foreign", "physical", "threads"),
+    [
+        (0.0, 2, 2),
+        (0.25, 2, 2),
+        (0.35, 2, 1),
+        (1.0, 2, 1),
+        (1.9, 2, 1),
+        (3.0, 2, 1),
+        (0.1, 8, 8),
+        (2.5, 8, 5),
+        (7.5, 8, 1),
+        (0.0, 1, 1),
+        (0.9, 1, 1),
+    ],
+)
 def test_blas_threads_follow_what_other_processes_leave_free(foreign, physical, threads):
     from dvai_bridge.backends.mlx.cpu import blas_threads_for
 

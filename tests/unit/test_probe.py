@@ -63,14 +63,19 @@ def test_the_installed_llama_build_decodes_here():
 
 
 def test_auto_serves_through_mlx_when_llama_fails_its_probe(monkeypatch, caplog):
-    monkeypatch.setattr(registry, "_choose_for_gguf",
-                        lambda: ("llama", "MLX would run on the CPU"))
+    monkeypatch.setattr(registry, "_choose_for_gguf", lambda: ("llama", "MLX would run on the CPU"))
     monkeypatch.setattr(probe_mod, "installed", lambda backend: True)
-    monkeypatch.setattr(probe_mod, "probe", lambda backend, model: ProbeResult(
-        backend, False, "the process died with SIGSEGV while decoding a test prompt"))
+    monkeypatch.setattr(
+        probe_mod,
+        "probe",
+        lambda backend, model: ProbeResult(
+            backend, False, "the process died with SIGSEGV while decoding a test prompt"
+        ),
+    )
     with caplog.at_level(logging.WARNING):
         assert registry.resolve_name(StartConfig()) == "mlx"
     assert "SIGSEGV" in caplog.text
-    monkeypatch.setattr(probe_mod, "probe",
-                        lambda backend, model: ProbeResult(backend, True, "decoded"))
+    monkeypatch.setattr(
+        probe_mod, "probe", lambda backend, model: ProbeResult(backend, True, "decoded")
+    )
     assert registry.resolve_name(StartConfig()) == "llama"

@@ -20,16 +20,34 @@ from dvai_bridge.protocol.reasoning_plan import template_kwargs
 
 # (format, starts inside, reply text, reasoning, content)
 CASES = [
-    (THINK, False, "<think>\nLet me see: 2+2.\n</think>\n\nIt is 4.", "Let me see: 2+2.\n",
-     "It is 4."),
-    (THINK, True, "Hmm, < and </ and <thi are text.</think>\n\nAnswer </b>",
-     "Hmm, < and </ and <thi are text.", "Answer </b>"),
+    (
+        THINK,
+        False,
+        "<think>\nLet me see: 2+2.\n</think>\n\nIt is 4.",
+        "Let me see: 2+2.\n",
+        "It is 4.",
+    ),
+    (
+        THINK,
+        True,
+        "Hmm, < and </ and <thi are text.</think>\n\nAnswer </b>",
+        "Hmm, < and </ and <thi are text.",
+        "Answer </b>",
+    ),
     (THINK, False, "No reasoning at all <", "", "No reasoning at all <"),
     (THINK, True, "cut off mid-thought </thi", "cut off mid-thought </thi", ""),
     (THINK, False, "<think>\n\n</think>\n\nOff.", "", "Off."),
     (MISTRAL, False, "[THINK]Sum it.[/THINK]The sum is 4.", "Sum it.", "The sum is 4."),
-    (HARMONY, False, ("<|channel|>analysis<|message|>User asks 2+2.<|end|><|start|>assistant"
-                      "<|channel|>final<|message|>4<|return|>"), "User asks 2+2.", "4"),
+    (
+        HARMONY,
+        False,
+        (
+            "<|channel|>analysis<|message|>User asks 2+2.<|end|><|start|>assistant"
+            "<|channel|>final<|message|>4<|return|>"
+        ),
+        "User asks 2+2.",
+        "4",
+    ),
 ]
 
 
@@ -37,7 +55,7 @@ def run(fmt, inside, text, size):
     parser = ReasoningParser(fmt, inside=inside)
     reasoning = content = ""
     for i in range(0, len(text), size):
-        part = parser.feed(text[i:i + size])
+        part = parser.feed(text[i : i + size])
         reasoning, content = reasoning + part.reasoning, content + part.content
     part = parser.finish()
     return reasoning + part.reasoning, content + part.content
@@ -174,18 +192,21 @@ def test_gate_forces_the_close_at_the_budget_then_hands_over() -> None:
 
 def test_a_constrained_reply_cannot_end_inside_its_reasoning() -> None:
     eos = TOK[b"b"]  # stands for the end-of-sequence token here
-    gate = GatedGrammar(ReasoningSpec("</think>", CLOSE), Inner(), token_bytes,
-                        frozenset({eos})).matcher()
+    gate = GatedGrammar(
+        ReasoningSpec("</think>", CLOSE), Inner(), token_bytes, frozenset({eos})
+    ).matcher()
     mask = gate.allowed(len(VOCAB))
     assert not mask[eos] and mask.sum() == len(VOCAB) - 1
-    free = GatedGrammar(ReasoningSpec("</think>", CLOSE, budget=5), None, token_bytes,
-                        frozenset({eos})).matcher()
+    free = GatedGrammar(
+        ReasoningSpec("</think>", CLOSE, budget=5), None, token_bytes, frozenset({eos})
+    ).matcher()
     assert free.allowed(len(VOCAB)).all()  # no grammar: the model may stop while thinking
 
 
 def test_gate_hands_over_when_the_model_closes_the_block_itself() -> None:
-    gate = GatedGrammar(ReasoningSpec("</think>", CLOSE, budget=100), Inner(),
-                        token_bytes).matcher()
+    gate = GatedGrammar(
+        ReasoningSpec("</think>", CLOSE, budget=100), Inner(), token_bytes
+    ).matcher()
     for t in (b"a", b"</think>"):
         assert gate.allowed(len(VOCAB)).all()
         gate.advance(TOK[t])
@@ -203,8 +224,11 @@ def test_chat_template_file_replaces_the_models_own(tmp_path) -> None:
     good.write_text("{% for m in messages %}[{{ m.content }}]{% endfor %}<think>\n")
     backend = create_backend(StartConfig(backend="fake", chat_template=str(good)), ProgressHub())
     assert backend.chat_template_source == good.read_text()
-    assert backend.prompt_tail(backend.chat_tokens([{"role": "user", "content": "hi"}])
-                               ).rstrip().endswith("[hi]<think>")
+    assert (
+        backend.prompt_tail(backend.chat_tokens([{"role": "user", "content": "hi"}]))
+        .rstrip()
+        .endswith("[hi]<think>")
+    )
     bad = tmp_path / "bad.jinja"
     bad.write_text("{% for m in messages %}")
     for path in (bad, tmp_path / "missing.jinja"):

@@ -34,10 +34,9 @@ class Collector:
 
 
 def request(backend: FakeBackend, text: str, **kw) -> GenerationRequest:
-    return GenerationRequest(tuple(backend.tokenize(text)), max_tokens=kw.pop("max_tokens", 500),
-                             **kw)
-
-
+    return GenerationRequest(
+        tuple(backend.tokenize(text)), max_tokens=kw.pop("max_tokens", 500), **kw
+    )
 
 
 @pytest.mark.parametrize("batched", [True, False], ids=["batched", "serial"])
@@ -93,7 +92,9 @@ def test_second_turn_reports_cached_prompt_tokens():
     s.submit(request(backend, "a conversation goes on"), second, CancelToken())
     assert second.done.wait(5)
     a, b = backend.tokenize("a conversation"), backend.tokenize("a conversation goes on")
-    shared = next(i for i, (x, y) in enumerate(zip(a, b)) if x != y)  # BOS + the common text
+    shared = next(
+        i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y
+    )  # BOS + the common text
     assert shared == 1 + len("a conversation")
     assert second.finished.cached_tokens == shared
     assert s.metrics.prompt_cache_entries >= 1

@@ -41,12 +41,15 @@ def test_earliest_of_several_stops_wins():
     assert feed_all(["c", "ab"], ["xxabc"]) == ("xx", True)
 
 
-@given(st.text(alphabet="abc", max_size=40), st.lists(st.integers(1, 5), max_size=20),
-       st.text(alphabet="abc", min_size=1, max_size=3))
+@given(
+    st.text(alphabet="abc", max_size=40),
+    st.lists(st.integers(1, 5), max_size=20),
+    st.text(alphabet="abc", min_size=1, max_size=3),
+)
 def test_any_split_equals_cutting_the_whole_text(text, cuts, stop):
     pieces, i = [], 0
     for c in cuts:
-        pieces.append(text[i:i + c])
+        pieces.append(text[i : i + c])
         i += c
     pieces.append(text[i:])
     out, stopped = feed_all([stop], pieces)

@@ -19,35 +19,50 @@ from dvai_bridge.protocol.tool_stream import ToolCallSplitter
 
 WEATHER = {"location": "Paris, France", "unit": "celsius"}
 
-QWEN = ('<tool_call>\n{"name": "get_weather", "arguments": {"location": "Paris, France", '
-        '"unit": "celsius"}}\n</tool_call>')
-QWEN_TWO = (QWEN + '\n<tool_call>\n{"name": "get_time", "arguments": {"timezone": '
-            '"Europe/Paris"}}\n</tool_call>')
-HERMES3_WITH_TEXT = ("Let me check the weather for you.\n<tool_call>\n"
-                     "{\"arguments\": {\"location\": \"Paris, France\", \"unit\": \"celsius\"}, "
-                     "\"name\": \"get_weather\"}\n</tool_call>")
-MISTRAL_V3 = ('[TOOL_CALLS] [{"name": "get_weather", "arguments": {"location": "Paris, France", '
-              '"unit": "celsius"}}]')
-MISTRAL_ARGS = ('[TOOL_CALLS]get_weather[ARGS]{"location": "Paris, France", "unit": "celsius"}'
-                '[TOOL_CALLS]get_time[ARGS]{"timezone": "Europe/Paris"}')
+QWEN = (
+    '<tool_call>\n{"name": "get_weather", "arguments": {"location": "Paris, France", '
+    '"unit": "celsius"}}\n</tool_call>'
+)
+QWEN_TWO = (
+    QWEN + '\n<tool_call>\n{"name": "get_time", "arguments": {"timezone": '
+    '"Europe/Paris"}}\n</tool_call>'
+)
+HERMES3_WITH_TEXT = (
+    "Let me check the weather for you.\n<tool_call>\n"
+    '{"arguments": {"location": "Paris, France", "unit": "celsius"}, '
+    '"name": "get_weather"}\n</tool_call>'
+)
+MISTRAL_V3 = (
+    '[TOOL_CALLS] [{"name": "get_weather", "arguments": {"location": "Paris, France", '
+    '"unit": "celsius"}}]'
+)
+MISTRAL_ARGS = (
+    '[TOOL_CALLS]get_weather[ARGS]{"location": "Paris, France", "unit": "celsius"}'
+    '[TOOL_CALLS]get_time[ARGS]{"timezone": "Europe/Paris"}'
+)
 LLAMA31 = '{"name": "get_weather", "parameters": {"location": "Paris, France", "unit": "celsius"}}'
-LLAMA32_TAG = ('<|python_tag|>{"name": "get_weather", "parameters": {"location": "Paris, France", '
-               '"unit": "celsius"}}; {"name": "get_time", "parameters": {"timezone": '
-               '"Europe/Paris"}}')
+LLAMA32_TAG = (
+    '<|python_tag|>{"name": "get_weather", "parameters": {"location": "Paris, France", '
+    '"unit": "celsius"}}; {"name": "get_time", "parameters": {"timezone": '
+    '"Europe/Paris"}}'
+)
 KNOWN = frozenset({"get_weather", "get_time"})
 
 
-@pytest.mark.parametrize(("fmt", "text", "names"), [
-    ("hermes", QWEN, ["get_weather"]),
-    ("hermes", QWEN_TWO, ["get_weather", "get_time"]),
-    ("mistral", MISTRAL_V3, ["get_weather"]),
-    ("mistral", MISTRAL_ARGS, ["get_weather", "get_time"]),
-    ("llama3", LLAMA31, ["get_weather"]),
-    ("llama3", LLAMA32_TAG, ["get_weather", "get_time"]),
-])
+@pytest.mark.parametrize(
+    ("fmt", "text", "names"),
+    [
+        ("hermes", QWEN, ["get_weather"]),
+        ("hermes", QWEN_TWO, ["get_weather", "get_time"]),
+        ("mistral", MISTRAL_V3, ["get_weather"]),
+        ("mistral", MISTRAL_ARGS, ["get_weather", "get_time"]),
+        ("llama3", LLAMA31, ["get_weather"]),
+        ("llama3", LLAMA32_TAG, ["get_weather", "get_time"]),
+    ],
+)
 def test_parse_recorded_outputs(fmt: str, text: str, names: list[str]) -> None:
     f = FORMATS[fmt]
-    calls = f.parse(text[f.opens_calls(text):])
+    calls = f.parse(text[f.opens_calls(text) :])
     assert [c.name for c in calls] == names
     assert calls[0].arguments == WEATHER
 
@@ -59,19 +74,27 @@ def test_hermes_text_before_the_call_is_content() -> None:
     assert a.calls + b.calls == [ParsedCall("get_weather", WEATHER)]
 
 
-@pytest.mark.parametrize(("fmt", "text", "n"), [
-    ("hermes", QWEN_TWO, 2), ("hermes", HERMES3_WITH_TEXT, 1), ("mistral", MISTRAL_V3, 1),
-    ("mistral", MISTRAL_ARGS, 2), ("llama3", LLAMA31, 1), ("llama3", LLAMA32_TAG, 2),
-])
+@pytest.mark.parametrize(
+    ("fmt", "text", "n"),
+    [
+        ("hermes", QWEN_TWO, 2),
+        ("hermes", HERMES3_WITH_TEXT, 1),
+        ("mistral", MISTRAL_V3, 1),
+        ("mistral", MISTRAL_ARGS, 2),
+        ("llama3", LLAMA31, 1),
+        ("llama3", LLAMA32_TAG, 2),
+    ],
+)
 @pytest.mark.parametrize("piece", [1, 2, 3, 7])
-def test_streaming_in_pieces_gives_what_whole_gives(fmt: str, text: str, n: int,
-                                                     piece: int) -> None:
+def test_streaming_in_pieces_gives_what_whole_gives(
+    fmt: str, text: str, n: int, piece: int
+) -> None:
     whole = ToolCallSplitter(FORMATS[fmt], KNOWN)
     w1, w2 = whole.feed(text), whole.finish()
     s = ToolCallSplitter(FORMATS[fmt], KNOWN)
     content, calls = "", []
     for i in range(0, len(text), piece):
-        out = s.feed(text[i:i + piece])
+        out = s.feed(text[i : i + piece])
         assert "<tool_call" not in out.content and "[TOOL_CALLS" not in out.content
         assert "python_tag" not in out.content
         content += out.content
@@ -98,11 +121,14 @@ def test_plain_text_passes_through_and_a_marker_prefix_waits() -> None:
     assert s.finish().content == ""
 
 
-@pytest.mark.parametrize("broken", [
-    '<tool_call>\n{"name": "get_weather", "arguments": {"loc',  # cut off (length)
-    '<tool_call>\n{"name": "launch_rockets", "arguments": {}}\n</tool_call>',  # undeclared
-    '<tool_call>\nnot json\n</tool_call>',
-])
+@pytest.mark.parametrize(
+    "broken",
+    [
+        '<tool_call>\n{"name": "get_weather", "arguments": {"loc',  # cut off (length)
+        '<tool_call>\n{"name": "launch_rockets", "arguments": {}}\n</tool_call>',  # undeclared
+        "<tool_call>\nnot json\n</tool_call>",
+    ],
+)
 def test_a_region_that_does_not_parse_comes_back_as_content(broken: str) -> None:
     s = ToolCallSplitter(FORMATS["hermes"], KNOWN, stream=False)
     a = s.feed("Sure. " + broken)
@@ -132,19 +158,28 @@ def test_parallel_false_keeps_the_first_call() -> None:
 
 
 def test_arguments_written_as_a_json_string_are_read() -> None:
-    text = ('<tool_call>{"name": "get_weather", "arguments": '
-            + json.dumps(json.dumps(WEATHER)) + "}</tool_call>")
+    text = (
+        '<tool_call>{"name": "get_weather", "arguments": '
+        + json.dumps(json.dumps(WEATHER))
+        + "}</tool_call>"
+    )
     assert FORMATS["hermes"].parse(text) == [ParsedCall("get_weather", WEATHER)]
 
 
-@pytest.mark.parametrize(("template", "fmt", "native"), [
-    (None, "hermes", False),
-    ("{% for m in messages %}{{ m.content }}{% endfor %}", "hermes", False),
-    ("{% if tools %}<tools>{{ tools }}</tools> ... <tool_call>{% endif %}", "hermes", True),
-    ("{% if tools %}[AVAILABLE_TOOLS]{{ tools }}[/AVAILABLE_TOOLS]{% endif %}[TOOL_CALLS]",
-     "mistral", True),
-    ("{% if tools %}...{% endif %}<|python_tag|>{{ m.content }}", "llama3", True),
-])
+@pytest.mark.parametrize(
+    ("template", "fmt", "native"),
+    [
+        (None, "hermes", False),
+        ("{% for m in messages %}{{ m.content }}{% endfor %}", "hermes", False),
+        ("{% if tools %}<tools>{{ tools }}</tools> ... <tool_call>{% endif %}", "hermes", True),
+        (
+            "{% if tools %}[AVAILABLE_TOOLS]{{ tools }}[/AVAILABLE_TOOLS]{% endif %}[TOOL_CALLS]",
+            "mistral",
+            True,
+        ),
+        ("{% if tools %}...{% endif %}<|python_tag|>{{ m.content }}", "llama3", True),
+    ],
+)
 def test_detect_format(template: str | None, fmt: str, native: bool) -> None:
     found = detect_format(template)
     assert found is not None
@@ -156,8 +191,7 @@ def test_detect_format_refuses_an_unknown_tool_template() -> None:
 
 
 @pytest.mark.parametrize("stream", [True, False])
-def test_an_unfinished_call_after_complete_ones_is_the_same_streamed_or_not(stream: bool
-                                                                             ) -> None:
+def test_an_unfinished_call_after_complete_ones_is_the_same_streamed_or_not(stream: bool) -> None:
     s = ToolCallSplitter(FORMATS["hermes"], KNOWN, stream=stream)
     text = QWEN + '\n<tool_call>\n{"name": "get_time", "arguments": {"time'  # max_tokens
     a, b = s.feed(text), s.finish()
@@ -180,8 +214,11 @@ ECHO_CALL = '<tool_call>\n{"name": "echo", "arguments": {"text": "a</tool_call>b
 def test_an_end_marker_inside_a_json_string_does_not_end_the_call(piece: int) -> None:
     assert FORMATS["hermes"].parse(ECHO_CALL) == [ParsedCall("echo", {"text": "a</tool_call>b"})]
     s = ToolCallSplitter(FORMATS["hermes"], frozenset({"echo"}), stream=bool(piece))
-    pieces = [ECHO_CALL[i:i + piece] for i in range(0, len(ECHO_CALL), piece)] if piece \
+    pieces = (
+        [ECHO_CALL[i : i + piece] for i in range(0, len(ECHO_CALL), piece)]
+        if piece
         else [ECHO_CALL]
+    )
     outs = [s.feed(p) for p in pieces] + [s.finish()]
     assert "".join(o.content for o in outs) == ""
     assert [c for o in outs for c in o.calls] == [ParsedCall("echo", {"text": "a</tool_call>b"})]
@@ -198,17 +235,24 @@ def _stream(fmt: str, text: str, piece: int) -> tuple[str, list]:
     s = ToolCallSplitter(FORMATS[fmt], KNOWN)
     content, deltas = "", []
     for i in range(0, len(text), piece):
-        out = s.feed(text[i:i + piece])
+        out = s.feed(text[i : i + piece])
         content += out.content
         deltas += out.deltas
     end = s.finish()
     return content + end.content, deltas + end.deltas
 
 
-@pytest.mark.parametrize(("fmt", "text", "n"), [
-    ("hermes", QWEN_TWO, 2), ("hermes", HERMES3_WITH_TEXT, 1), ("mistral", MISTRAL_V3, 1),
-    ("mistral", MISTRAL_ARGS, 2), ("llama3", LLAMA31, 1), ("llama3", LLAMA32_TAG, 2),
-])
+@pytest.mark.parametrize(
+    ("fmt", "text", "n"),
+    [
+        ("hermes", QWEN_TWO, 2),
+        ("hermes", HERMES3_WITH_TEXT, 1),
+        ("mistral", MISTRAL_V3, 1),
+        ("mistral", MISTRAL_ARGS, 2),
+        ("llama3", LLAMA31, 1),
+        ("llama3", LLAMA32_TAG, 2),
+    ],
+)
 @pytest.mark.parametrize("piece", [1, 3, 11])
 def test_stream_deltas_rebuild_the_calls(fmt: str, text: str, n: int, piece: int) -> None:
     _, deltas = _stream(fmt, text, piece)
@@ -222,7 +266,7 @@ def test_stream_deltas_rebuild_the_calls(fmt: str, text: str, n: int, piece: int
         else:
             assert d.index in names, "arguments come after the name"
         args[d.index] = args.get(d.index, "") + d.arguments
-    whole = FORMATS[fmt].parse(text[FORMATS[fmt].opens_calls(text):])
+    whole = FORMATS[fmt].parse(text[FORMATS[fmt].opens_calls(text) :])
     assert len(names) == n
     assert [ParsedCall(names[k], json.loads(args[k])) for k in range(n)] == whole
 
@@ -238,14 +282,15 @@ def test_arguments_stream_before_the_call_closes() -> None:
 
 
 def test_arguments_before_the_name_are_sent_whole_once_parsed() -> None:
-    content, deltas = _stream("hermes", HERMES3_WITH_TEXT, 2)
+    _content, deltas = _stream("hermes", HERMES3_WITH_TEXT, 2)
     assert [d.name for d in deltas] == ["get_weather", None]
     assert json.loads(deltas[1].arguments) == WEATHER
 
 
 def test_a_streamed_call_cut_short_is_not_repeated_as_content() -> None:
-    content, deltas = _stream("hermes", 'Sure. <tool_call>\n{"name": "get_weather", '
-                              '"arguments": {"loc', 4)
+    content, deltas = _stream(
+        "hermes", 'Sure. <tool_call>\n{"name": "get_weather", "arguments": {"loc', 4
+    )
     assert content == "Sure. "
     assert deltas[0].name == "get_weather"
     assert "".join(d.arguments for d in deltas) == '{"loc'

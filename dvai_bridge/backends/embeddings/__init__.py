@@ -50,7 +50,7 @@ class Embedder(ABC):
             vectors = np.asarray(self._embed(batch), dtype=np.float32)
         return l2_normalize(vectors)
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 (optional: most embedders hold nothing to free)
         """Free the model."""
 
 

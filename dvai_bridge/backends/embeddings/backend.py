@@ -24,7 +24,9 @@ class EmbeddingBackend(Backend):
     def _refuse(self, param: str) -> NotSupported:
         return NotSupported(
             f"{self.model_id} is an embedding model: it serves /v1/embeddings only. Start a "
-            "chat model with embedding_model set to serve both.", param=param)
+            "chat model with embedding_model set to serve both.",
+            param=param,
+        )
 
     def chat_tokens(self, messages: list[Message]) -> list[int]:
         raise self._refuse("messages")
@@ -39,8 +41,10 @@ class EmbeddingBackend(Backend):
         raise self._refuse("prompt")
 
     def embed(self, inputs: list[list[int]] | list[str]) -> list[list[float]]:
-        batch = [self.embedder.tokenize(x) if isinstance(x, str) else self.embedder.frame(x)
-                 for x in inputs]
+        batch = [
+            self.embedder.tokenize(x) if isinstance(x, str) else self.embedder.frame(x)
+            for x in inputs
+        ]
         return self.embedder.embed_tokens(batch).tolist()
 
     def close(self) -> None:

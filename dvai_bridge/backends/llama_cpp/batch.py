@@ -58,12 +58,12 @@ def checked_prompt(request: GenerationRequest, vocab: int, n_ctx: int) -> list[i
     if not prompt:
         raise InvalidRequest("The prompt is empty.", param="prompt")
     if any(not 0 <= t < vocab for t in prompt):
-        raise InvalidRequest("The prompt holds token ids outside the vocabulary.",
-                             param="prompt")
+        raise InvalidRequest("The prompt holds token ids outside the vocabulary.", param="prompt")
     if len(prompt) >= n_ctx:
         raise ContextLengthExceeded(
             f"This model's context is {n_ctx} tokens; the prompt has {len(prompt)}.",
-            param="messages")
+            param="messages",
+        )
     return prompt
 
 
@@ -84,8 +84,9 @@ class _Seq:
 
 
 class LlamaBatch(Batch):
-    def __init__(self, backend: LlamaBackend, *, max_batch: int, prefill_chunk: int,
-                 prompt_cache_bytes: int) -> None:
+    def __init__(
+        self, backend: LlamaBackend, *, max_batch: int, prefill_chunk: int, prompt_cache_bytes: int
+    ) -> None:
         lc = self._lc = backend._lc
         self.backend = backend
         self.n_seq = max(1, min(max_batch, int(lc.llama_max_parallel_sequences())))
@@ -93,12 +94,18 @@ class LlamaBatch(Batch):
         self.n_ctx = backend.context_length
         n_batch = max(self.chunk, self.n_seq)
         self.n_ubatch = n_batch if backend.device_kind != "cpu" else min(n_batch, CPU_UBATCH)
-        self.ctx = open_context(lc, backend.llm.model, n_ctx=self.n_ctx, n_seq=self.n_seq,
-                                n_batch=n_batch, n_ubatch=self.n_ubatch, threads=backend.threads)
+        self.ctx = open_context(
+            lc,
+            backend.llm.model,
+            n_ctx=self.n_ctx,
+            n_seq=self.n_seq,
+            n_batch=n_batch,
+            n_ubatch=self.n_ubatch,
+            threads=backend.threads,
+        )
         self.mem = lc.llama_get_memory(self.ctx)
         self.batch = TokenBatch(lc, max(self.chunk, self.n_seq))
-        self.cache: PromptCache[Snapshot] = PromptCache(SnapshotOps(),
-                                                        max_bytes=prompt_cache_bytes)
+        self.cache: PromptCache[Snapshot] = PromptCache(SnapshotOps(), max_bytes=prompt_cache_bytes)
         self._free = list(range(self.n_seq - 1, -1, -1))
         self._seqs: dict[int, _Seq] = {}
         self._admitted = 0
@@ -110,8 +117,12 @@ class LlamaBatch(Batch):
         if not self._free:
             raise BackendError(f"All {self.n_seq} sequence slots are in use.")
         matcher = request.grammar.matcher() if request.grammar is not None else None
-        chain = SamplerChain(request.sampling, n_vocab=self.backend.vocab_size, prompt=prompt,
-                             max_tokens=request.max_tokens)
+        chain = SamplerChain(
+            request.sampling,
+            n_vocab=self.backend.vocab_size,
+            prompt=prompt,
+            max_tokens=request.max_tokens,
+        )
         slot = self._free.pop()
         try:
             cached = self._restore(slot, prompt)
@@ -120,10 +131,18 @@ class LlamaBatch(Batch):
             chain.close()
             raise
         self._admitted += 1
-        self._seqs[key] = _Seq(key, slot, self._admitted, prompt, len(prompt), chain,
-                               request.sampling,
-                               request.top_logprobs if request.logprobs else -1, matcher,
-                               n_kv=cached)
+        self._seqs[key] = _Seq(
+            key,
+            slot,
+            self._admitted,
+            prompt,
+            len(prompt),
+            chain,
+            request.sampling,
+            request.top_logprobs if request.logprobs else -1,
+            matcher,
+            n_kv=cached,
+        )
         return cached
 
     def _restore(self, slot: int, prompt: list[int]) -> int:
@@ -141,7 +160,7 @@ class LlamaBatch(Batch):
             if seq.sound and seq.n_kv >= self.cache.min_reuse:
                 snapshot = save_sequence(self._lc, self.ctx, seq.slot, seq.n_kv)
                 if snapshot is not None:
-                    self.cache.insert(seq.tokens[:seq.n_kv], snapshot)
+                    self.cache.insert(seq.tokens[: seq.n_kv], snapshot)
         finally:
             self._lc.llama_memory_seq_rm(self.mem, seq.slot, -1, -1)
             self._free.append(seq.slot)
@@ -177,8 +196,7 @@ class LlamaBatch(Batch):
         batch = self.batch
         batch.clear()
         rows = []
-        running = sorted((s for s in self._seqs.values() if not s.waiting),
-                         key=lambda s: s.order)
+        running = sorted((s for s in self._seqs.values() if not s.waiting), key=lambda s: s.order)
         for seq in running:  # generating: one token each
             if len(seq.tokens) - seq.n_kv == 1:
                 idx = batch.add(seq.slot, seq.tokens[-1:], seq.n_kv, True)
@@ -190,7 +208,7 @@ class LlamaBatch(Batch):
                 continue
             take = min(pending, room)
             last = take == pending
-            idx = batch.add(seq.slot, seq.tokens[seq.n_kv:seq.n_kv + take], seq.n_kv, last)
+            idx = batch.add(seq.slot, seq.tokens[seq.n_kv : seq.n_kv + take], seq.n_kv, last)
             rows.append((seq, seq.n_kv, take, idx if last else None))
         return rows
 
@@ -198,8 +216,7 @@ class LlamaBatch(Batch):
         """The pool is full: the newest running sequence hands its cells back and waits."""
         running = [s for s in self._seqs.values() if not s.waiting]
         if len(running) <= 1:
-            raise BackendError(f"The KV cache ({self.n_ctx} tokens) has no room for one "
-                               "sequence.")
+            raise BackendError(f"The KV cache ({self.n_ctx} tokens) has no room for one sequence.")
         newest = max(running, key=lambda s: s.order)
         self._lc.llama_memory_seq_rm(self.mem, newest.slot, -1, -1)
         newest.n_kv = 0
@@ -220,9 +237,8 @@ class LlamaBatch(Batch):
             row[~seq.matcher.allowed(self.backend.vocab_size)] = -np.inf
         logprobs = None
         if seq.want >= 0:
-            generated = seq.tokens[seq.n_prompt:]
-            recent = (seq.tokens[-REPETITION_WINDOW:]
-                      if seq.params.repetition_penalty != 1.0 else ())
+            generated = seq.tokens[seq.n_prompt :]
+            recent = seq.tokens[-REPETITION_WINDOW:] if seq.params.repetition_penalty != 1.0 else ()
             logprobs = log_softmax(adjusted_logits(row, seq.params, generated, recent))
         token = seq.chain.sample(self.ctx, idx)
         if seq.matcher is not None:

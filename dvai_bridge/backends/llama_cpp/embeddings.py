@@ -44,14 +44,18 @@ class LlamaEmbedder(Embedder):
         self._add_bos = bool(lc.llama_vocab_get_add_bos(vocab)) and self._bos >= 0
         self._add_eos = bool(lc.llama_vocab_get_add_eos(vocab)) and self._eos >= 0
         self._encoder_only = bool(lc.llama_model_has_encoder(model)) and not bool(
-            lc.llama_model_has_decoder(model))
+            lc.llama_model_has_decoder(model)
+        )
 
         md = llm.metadata
         arch = md.get("general.architecture", "")
         declared = md.get(f"{arch}.pooling_type")
         pooling = int(declared) if declared is not None else lc.LLAMA_POOLING_TYPE_MEAN
-        if pooling not in (lc.LLAMA_POOLING_TYPE_MEAN, lc.LLAMA_POOLING_TYPE_CLS,
-                           lc.LLAMA_POOLING_TYPE_LAST):
+        if pooling not in (
+            lc.LLAMA_POOLING_TYPE_MEAN,
+            lc.LLAMA_POOLING_TYPE_CLS,
+            lc.LLAMA_POOLING_TYPE_LAST,
+        ):
             pooling = lc.LLAMA_POOLING_TYPE_MEAN
         self.pooling = {1: "mean", 2: "cls", 3: "last"}[pooling]
         self._n_seq = max(1, min(MAX_SEQUENCES, int(lc.llama_max_parallel_sequences())))
@@ -66,16 +70,21 @@ class LlamaEmbedder(Embedder):
         params.no_perf = True
         self._ctx = lc.llama_init_from_model(model, params)
         if not self._ctx:
-            raise ModelLoadFailed(f"llama.cpp could not create an embedding context for "
-                                  f"{model_id}.")
+            raise ModelLoadFailed(
+                f"llama.cpp could not create an embedding context for {model_id}."
+            )
         self._batch = lc.llama_batch_init(self.max_tokens, 0, 1)
         self._closed = False
-        log.info("llama embeddings: %s, %d dimensions, %s pooling, up to %d tokens",
-                 model_id, self.dimensions, self.pooling, self.max_tokens)
+        log.info(
+            "llama embeddings: %s, %d dimensions, %s pooling, up to %d tokens",
+            model_id,
+            self.dimensions,
+            self.pooling,
+            self.max_tokens,
+        )
 
     def tokenize(self, text: str) -> list[int]:
-        return self.frame(self._llm.tokenize(text.encode("utf-8"), add_bos=False,
-                                             special=False))
+        return self.frame(self._llm.tokenize(text.encode("utf-8"), add_bos=False, special=False))
 
     def frame(self, tokens: Sequence[int]) -> list[int]:
         out = list(tokens)

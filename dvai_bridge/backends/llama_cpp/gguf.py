@@ -16,8 +16,19 @@ from ...errors import ModelLoadFailed
 from ...progress import ProgressHub
 from ...store.resolve import EMBEDDED_ID, embedded_default_gguf, hf_snapshot
 
-_SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?",
-            10: "<Q", 11: "<q", 12: "<d"}
+_SCALARS = {
+    0: "<B",
+    1: "<b",
+    2: "<H",
+    3: "<h",
+    4: "<I",
+    5: "<i",
+    6: "<f",
+    7: "<?",
+    10: "<Q",
+    11: "<q",
+    12: "<d",
+}
 _STRING, _ARRAY = 8, 9
 
 
@@ -35,7 +46,9 @@ def resolve_gguf(ref: str | None, progress: ProgressHub | None = None) -> tuple[
     if not path.is_file() or path.suffix.lower() != ".gguf":
         raise ModelLoadFailed(
             f"{ref!r} is not a GGUF file; the llama backend serves .gguf models (an MLX "
-            "checkpoint runs on backend='mlx').", param="model_path")
+            "checkpoint runs on backend='mlx').",
+            param="model_path",
+        )
     return path, path.stem
 
 
@@ -49,7 +62,9 @@ def _resolve_simple(ref: str, progress: ProgressHub | None) -> Path:
         return hf_snapshot(repo, patterns=[filename], progress=progress) / filename
     raise ModelLoadFailed(
         f"Model {ref!r} not found: the llama backend takes a .gguf file path or "
-        "org/repo/file.gguf.", param="model_path")
+        "org/repo/file.gguf.",
+        param="model_path",
+    )
 
 
 def _read(f: BinaryIO, fmt: str) -> Any:

@@ -23,8 +23,9 @@ import numpy as np
 from ...errors import ModelLoadFailed
 
 
-def open_context(lc: Any, model: Any, *, n_ctx: int, n_seq: int, n_batch: int, n_ubatch: int,
-                 threads: int) -> Any:
+def open_context(
+    lc: Any, model: Any, *, n_ctx: int, n_seq: int, n_batch: int, n_ubatch: int, threads: int
+) -> Any:
     """A context for ``n_seq`` sequences sharing ``n_ctx`` KV cells; one ``llama_decode``
     takes up to ``n_batch`` tokens and computes them ``n_ubatch`` at a time."""
     params = lc.llama_context_default_params()
@@ -38,8 +39,9 @@ def open_context(lc: Any, model: Any, *, n_ctx: int, n_seq: int, n_batch: int, n
     params.no_perf = True
     ctx = lc.llama_init_from_model(model, params)
     if not ctx:
-        raise ModelLoadFailed(f"llama.cpp could not create a context for {n_seq} sequences "
-                              f"of {n_ctx} tokens.")
+        raise ModelLoadFailed(
+            f"llama.cpp could not create a context for {n_seq} sequences of {n_ctx} tokens."
+        )
     return ctx
 
 
@@ -58,8 +60,9 @@ class TokenBatch:
         self._n_seq_id = np.ones(capacity, dtype=np.int32)
         i32 = ctypes.POINTER(ctypes.c_int32)
         base = self.seq.ctypes.data
-        self._seq_ptrs = (i32 * capacity)(*(ctypes.cast(base + 4 * i, i32)
-                                            for i in range(capacity)))
+        self._seq_ptrs = (i32 * capacity)(
+            *(ctypes.cast(base + 4 * i, i32) for i in range(capacity))
+        )
         b = self.struct = lc.llama_batch()
         b.token = self.token.ctypes.data_as(i32)
         b.embd = None
@@ -118,8 +121,7 @@ def save_sequence(lc: Any, ctx: Any, seq: int, n: int) -> Snapshot | None:
     if size <= 0:
         return None
     data = bytearray(size)
-    written = lc.llama_state_seq_get_data(ctx, (ctypes.c_uint8 * size).from_buffer(data),
-                                          size, seq)
+    written = lc.llama_state_seq_get_data(ctx, (ctypes.c_uint8 * size).from_buffer(data), size, seq)
     if written != size:
         return None
     return Snapshot(data, n)
@@ -129,10 +131,14 @@ def restore_sequence(lc: Any, ctx: Any, mem: Any, seq: int, snapshot: Snapshot) 
     """Put ``snapshot`` into sequence ``seq`` (empty before), cut back to ``snapshot.n``
     positions. False (and ``seq`` empty again) when llama.cpp cannot."""
     size = len(snapshot.data)
-    read = lc.llama_state_seq_set_data(ctx, (ctypes.c_uint8 * size).from_buffer(snapshot.data),
-                                       size, seq)
-    if read and lc.llama_memory_seq_rm(mem, seq, snapshot.n, -1) \
-            and lc.llama_memory_seq_pos_max(mem, seq) == snapshot.n - 1:
+    read = lc.llama_state_seq_set_data(
+        ctx, (ctypes.c_uint8 * size).from_buffer(snapshot.data), size, seq
+    )
+    if (
+        read
+        and lc.llama_memory_seq_rm(mem, seq, snapshot.n, -1)
+        and lc.llama_memory_seq_pos_max(mem, seq) == snapshot.n - 1
+    ):
         return True
     lc.llama_memory_seq_rm(mem, seq, -1, -1)
     return False

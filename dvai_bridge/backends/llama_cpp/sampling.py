@@ -24,8 +24,9 @@ REPETITION_WINDOW = 64  # tokens the repetition penalty looks back over, as on t
 _RANDOM_SEED = 0xFFFFFFFF  # LLAMA_DEFAULT_SEED: llama.cpp draws a random seed
 
 
-def adjusted_logits(raw: np.ndarray, params: SamplingParams, generated: Sequence[int],
-                    recent: Sequence[int]) -> np.ndarray:
+def adjusted_logits(
+    raw: np.ndarray, params: SamplingParams, generated: Sequence[int], recent: Sequence[int]
+) -> np.ndarray:
     """The logits the sampler truncates and draws from (a new array; ``raw`` is untouched).
 
     ``generated`` is the completion so far (presence/frequency count over it, as OpenAI
@@ -37,8 +38,9 @@ def adjusted_logits(raw: np.ndarray, params: SamplingParams, generated: Sequence
     if params.repetition_penalty != 1.0 and len(recent):
         ids = np.unique(np.asarray(recent[-REPETITION_WINDOW:], dtype=np.int64))
         sel = logits[ids]
-        logits[ids] = np.where(sel <= 0, sel * params.repetition_penalty,
-                               sel / params.repetition_penalty)
+        logits[ids] = np.where(
+            sel <= 0, sel * params.repetition_penalty, sel / params.repetition_penalty
+        )
     if (params.presence_penalty or params.frequency_penalty) and len(generated):
         counts = Counter(generated)
         ids = np.fromiter(counts.keys(), dtype=np.int64, count=len(counts))
@@ -70,8 +72,9 @@ def top_entries(logprobs: np.ndarray, n: int) -> tuple[tuple[int, float], ...]:
 class SamplerChain:
     """One request's llama.cpp sampler chain. ``sample`` accepts the token it returns."""
 
-    def __init__(self, params: SamplingParams, *, n_vocab: int, prompt: Sequence[int],
-                 max_tokens: int) -> None:
+    def __init__(
+        self, params: SamplingParams, *, n_vocab: int, prompt: Sequence[int], max_tokens: int
+    ) -> None:
         import llama_cpp as lc
 
         self._lc = lc
@@ -81,17 +84,21 @@ class SamplerChain:
         self._chain = chain
         # Nothing but the argmax of the logits: the batch takes it from the row itself,
         # the same token (the first of equal maxima, as llama.cpp's greedy sampler) for less.
-        self.argmax_only = params.greedy and not _known(params.logit_bias, n_vocab) \
-            and params.repetition_penalty == 1.0 \
+        self.argmax_only = (
+            params.greedy
+            and not _known(params.logit_bias, n_vocab)
+            and params.repetition_penalty == 1.0
             and not (params.presence_penalty or params.frequency_penalty)
+        )
         try:
             self._build(params, n_vocab, prompt, max_tokens)
         except BaseException:
             self.close()
             raise
 
-    def _build(self, p: SamplingParams, n_vocab: int, prompt: Sequence[int],
-               max_tokens: int) -> None:
+    def _build(
+        self, p: SamplingParams, n_vocab: int, prompt: Sequence[int], max_tokens: int
+    ) -> None:
         lc, add = self._lc, self._add
         known = _known(p.logit_bias, n_vocab)
         if known:
@@ -100,14 +107,18 @@ class SamplerChain:
                 bias[i].token, bias[i].bias = token, value
             add(lc.llama_sampler_init_logit_bias(n_vocab, len(known), bias))
         if p.repetition_penalty != 1.0:
-            rep = lc.llama_sampler_init_penalties(n_vocab, REPETITION_WINDOW,
-                                                  p.repetition_penalty, 0.0, 0.0)
+            rep = lc.llama_sampler_init_penalties(
+                n_vocab, REPETITION_WINDOW, p.repetition_penalty, 0.0, 0.0
+            )
             for token in prompt[-REPETITION_WINDOW:]:  # the window starts in the prompt
                 lc.llama_sampler_accept(rep, token)
             add(rep)
         if p.presence_penalty or p.frequency_penalty:
-            add(lc.llama_sampler_init_penalties(n_vocab, max(1, max_tokens), 1.0,
-                                                p.frequency_penalty, p.presence_penalty))
+            add(
+                lc.llama_sampler_init_penalties(
+                    n_vocab, max(1, max_tokens), 1.0, p.frequency_penalty, p.presence_penalty
+                )
+            )
         if p.greedy:
             add(lc.llama_sampler_init_greedy())
             return

@@ -31,8 +31,7 @@ def _cores_from_cpuinfo(text: str, allowed: set[int] | None) -> int:
             continue
         if allowed is not None and int(fields["processor"]) not in allowed:
             continue
-        cores.add((fields.get("physical id", "0"),
-                   fields.get("core id", fields["processor"])))
+        cores.add((fields.get("physical id", "0"), fields.get("core id", fields["processor"])))
     return len(cores)
 
 

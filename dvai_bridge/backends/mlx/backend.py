@@ -65,7 +65,8 @@ def resolve_model(model_path: str | None, progress: ProgressHub) -> tuple[Path, 
         if path.suffix.lower() != ".gguf" or not path.is_file():
             raise ModelLoadFailed(
                 f"Model {model_path!r} not found: give an MLX folder, a .gguf file or an "
-                "HF repo id (org/name).")
+                "HF repo id (org/name)."
+            )
         gguf, model_id = path, path.stem
     from .gguf_import import cached_import
 
@@ -79,7 +80,7 @@ def _device_memory() -> int | None:
 
     try:
         info = mx.device_info()
-    except Exception:  # noqa: BLE001 - older MLX, or no device info here
+    except Exception:
         return None
     size = info.get("memory_size") or info.get("total_memory")
     return int(size) if size else None
@@ -89,8 +90,9 @@ class MLXBackend(Backend):
     name = "mlx"
     capabilities = Capabilities(chat=True, completions=True, embeddings=False, logprobs=True)
 
-    def __init__(self, model: Any, tokenizer: Any, *, model_id: str, context_length: int,
-                 device: MLXDevice) -> None:
+    def __init__(
+        self, model: Any, tokenizer: Any, *, model_id: str, context_length: int, device: MLXDevice
+    ) -> None:
         self.model = model
         self.tokenizer = tokenizer
         self.model_id = model_id
@@ -108,8 +110,9 @@ class MLXBackend(Backend):
             self._fallback = jinja2.Environment().from_string(FALLBACK_CHAT_TEMPLATE)
 
     @classmethod
-    def load(cls, model_path: str | None, *, context_size: int | None,
-             progress: ProgressHub) -> MLXBackend:
+    def load(
+        cls, model_path: str | None, *, context_size: int | None, progress: ProgressHub
+    ) -> MLXBackend:
         device = select_device()
         folder, model_id = resolve_model(model_path, progress)
         progress.emit(ProgressEvent("load", message=f"Loading {model_id} on MLX ({device.kind})"))
@@ -132,8 +135,13 @@ class MLXBackend(Backend):
             governor = BlasThreadGovernor.create()
         config = json.loads((folder / "config.json").read_text())
         native = int(config.get("max_position_embeddings") or 4096)
-        backend = cls(model, tokenizer, model_id=model_id,
-                      context_length=min(context_size or native, native), device=device)
+        backend = cls(
+            model,
+            tokenizer,
+            model_id=model_id,
+            context_length=min(context_size or native, native),
+            device=device,
+        )
         backend.blas_governor = governor
         return backend
 
@@ -142,35 +150,54 @@ class MLXBackend(Backend):
     def control_text(self) -> ControlText:
         return ControlText(hf_control_strings(self.tokenizer._tokenizer))
 
-    def chat_tokens(self, messages: list[Message], tools: list[dict[str, Any]] | None = None,
-                    template_kwargs: dict[str, Any] | None = None) -> list[int]:
+    def chat_tokens(
+        self,
+        messages: list[Message],
+        tools: list[dict[str, Any]] | None = None,
+        template_kwargs: dict[str, Any] | None = None,
+    ) -> list[int]:
         # Control-token strings in the request are tokenized as text (backends/chat_text.py).
         masked = self.control_text.mask(messages, tools)
         if masked is not None:
             messages, tools = masked.messages, masked.tools
         try:
             if self._fallback is not None:
-                text = self._fallback.render(messages=messages, add_generation_prompt=True,
-                                             **(template_kwargs or {}))
+                text = self._fallback.render(
+                    messages=messages, add_generation_prompt=True, **(template_kwargs or {})
+                )
             else:
                 # A --chat-template goes straight to the HF tokenizer: mlx-lm's wrapper would
                 # set enable_thinking from the model's vocabulary, not the template's default.
-                render = (self.tokenizer._tokenizer.apply_chat_template
-                          if self._template_override is not None
-                          else self.tokenizer.apply_chat_template)
-                extra = {"chat_template": self._template_override} \
-                    if self._template_override is not None else {}
-                text = render(messages, tools=tools or None, add_generation_prompt=True,
-                              tokenize=False, **extra, **(template_kwargs or {}))
+                render = (
+                    self.tokenizer._tokenizer.apply_chat_template
+                    if self._template_override is not None
+                    else self.tokenizer.apply_chat_template
+                )
+                extra = (
+                    {"chat_template": self._template_override}
+                    if self._template_override is not None
+                    else {}
+                )
+                text = render(
+                    messages,
+                    tools=tools or None,
+                    add_generation_prompt=True,
+                    tokenize=False,
+                    **extra,
+                    **(template_kwargs or {}),
+                )
         except jinja2.TemplateError as exc:
-            raise InvalidRequest(f"The model's chat template rejected the messages: {exc}",
-                                 param="messages") from None
+            raise InvalidRequest(
+                f"The model's chat template rejected the messages: {exc}", param="messages"
+            ) from None
         encode = self.tokenizer.encode
         if masked is None:
             return list(encode(text, add_special_tokens=False))
         return masked.tokenize(
-            text, special=lambda s: list(encode(s, add_special_tokens=False)),
-            text=lambda s: list(encode(s, add_special_tokens=False, split_special_tokens=True)))
+            text,
+            special=lambda s: list(encode(s, add_special_tokens=False)),
+            text=lambda s: list(encode(s, add_special_tokens=False, split_special_tokens=True)),
+        )
 
     @property
     def chat_template_source(self) -> str | None:
@@ -188,8 +215,9 @@ class MLXBackend(Backend):
     def _build_grammar_tokenizer(self) -> Any:
         from llguidance.hf import from_tokenizer
 
-        return from_tokenizer(self.tokenizer._tokenizer, n_vocab=self.vocab_size,
-                              eos_token=sorted(self.eos_token_ids))
+        return from_tokenizer(
+            self.tokenizer._tokenizer, n_vocab=self.vocab_size, eos_token=sorted(self.eos_token_ids)
+        )
 
     def tokenize(self, text: str) -> list[int]:
         return list(self.tokenizer.encode(text))
@@ -210,13 +238,17 @@ class MLXBackend(Backend):
 
         with _boundary("preparing generation"):
             sampler = sampling.make_sequence_sampler(request.sampling)
-            processors = sampling.logits_processors(request.sampling,
-                                                    len(request.prompt_tokens), request.grammar)
+            processors = sampling.logits_processors(
+                request.sampling, len(request.prompt_tokens), request.grammar
+            )
             steps = generate_step(
-                mx.array(request.prompt_tokens), self.model,
-                max_tokens=request.max_tokens, sampler=sampler,
+                mx.array(request.prompt_tokens),
+                self.model,
+                max_tokens=request.max_tokens,
+                sampler=sampler,
                 logits_processors=processors or None,
-                prefill_step_size=PREFILL_STEP, prompt_progress_callback=on_prefill,
+                prefill_step_size=PREFILL_STEP,
+                prompt_progress_callback=on_prefill,
             )
         want = request.top_logprobs if request.logprobs else -1
         try:
@@ -242,7 +274,7 @@ class MLXBackend(Backend):
         try:
             mx.synchronize()
             mx.clear_cache()
-        except Exception:  # noqa: BLE001 - closing must not fail the shutdown
+        except Exception:
             log.exception("freeing MLX state failed")
 
     def end_thread(self) -> None:
@@ -260,7 +292,7 @@ class MLXBackend(Backend):
         try:
             if hasattr(mx, "clear_streams"):
                 mx.clear_streams()
-        except Exception:  # noqa: BLE001
+        except Exception:
             log.exception("clearing the engine thread's MLX streams failed")
 
     def on_idle(self) -> None:
@@ -270,8 +302,12 @@ class MLXBackend(Backend):
     def open_batch(self, limits: BatchLimits) -> Batch | None:
         from .batch import MLXBatch
 
-        return MLXBatch(self, max_batch=limits.max_batch, prefill_step=limits.prefill_chunk,
-                        prompt_cache_bytes=limits.prompt_cache_bytes)
+        return MLXBatch(
+            self,
+            max_batch=limits.max_batch,
+            prefill_step=limits.prefill_chunk,
+            prompt_cache_bytes=limits.prompt_cache_bytes,
+        )
 
     @staticmethod
     def choice(token: int, logprobs: Any, top_n: int) -> TokenChoice:

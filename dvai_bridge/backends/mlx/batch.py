@@ -46,11 +46,16 @@ class MLXCacheOps:
 
 
 class MLXBatch(Batch):
-    def __init__(self, backend: MLXBackend, *, max_batch: int, prefill_step: int,
-                 prompt_cache_bytes: int) -> None:
+    def __init__(
+        self, backend: MLXBackend, *, max_batch: int, prefill_step: int, prompt_cache_bytes: int
+    ) -> None:
         self.backend = backend
-        self.gen = BatchGenerator(backend.model, completion_batch_size=max_batch,
-                                  prefill_batch_size=max_batch, prefill_step_size=prefill_step)
+        self.gen = BatchGenerator(
+            backend.model,
+            completion_batch_size=max_batch,
+            prefill_batch_size=max_batch,
+            prefill_step_size=prefill_step,
+        )
         self.cache: PromptCache[KV] = PromptCache(MLXCacheOps(), max_bytes=prompt_cache_bytes)
         self._uid: dict[int, int] = {}  # engine key -> mlx-lm uid
         self._key: dict[int, int] = {}  # mlx-lm uid -> engine key
@@ -76,10 +81,10 @@ class MLXBatch(Batch):
     def _sampler(self, key: int, request: GenerationRequest) -> sampling.Sampler:
         return sampling.make_sequence_sampler(request.sampling)
 
-    def _processors(self, key: int, request: GenerationRequest
-                    ) -> list[sampling.LogitsProcessor]:
-        return sampling.logits_processors(request.sampling, len(request.prompt_tokens),
-                                          request.grammar)
+    def _processors(self, key: int, request: GenerationRequest) -> list[sampling.LogitsProcessor]:
+        return sampling.logits_processors(
+            request.sampling, len(request.prompt_tokens), request.grammar
+        )
 
     def step(self) -> list[tuple[int, TokenChoice]]:
         if self.backend.blas_governor is not None:

@@ -40,8 +40,12 @@ log = logging.getLogger(__name__)
 
 _lock = threading.Lock()
 _state: dict = {}  # "done": bool, "result": str | None, "lib": the CDLL in use
-_SYSTEM_BLAS = ["/usr/lib/x86_64-linux-gnu/libopenblas.so.0", "/usr/lib64/libopenblas.so.0",
-                "/usr/lib/aarch64-linux-gnu/libopenblas.so.0", "/usr/lib/libopenblas.so.0"]
+_SYSTEM_BLAS = [
+    "/usr/lib/x86_64-linux-gnu/libopenblas.so.0",
+    "/usr/lib64/libopenblas.so.0",
+    "/usr/lib/aarch64-linux-gnu/libopenblas.so.0",
+    "/usr/lib/libopenblas.so.0",
+]
 _JUMP_SLOT = {62: 7, 183: 1026}  # e_machine -> R_*_JUMP_SLOT (x86_64, aarch64)
 
 
@@ -99,7 +103,9 @@ def default_blas_threads() -> int:
 
 def blas_threads_fixed() -> bool:
     """The user chose the thread count (environment); nothing may change it."""
-    return bool(os.environ.get("DVAI_BRIDGE_BLAS_THREADS") or os.environ.get("OPENBLAS_NUM_THREADS"))
+    return bool(
+        os.environ.get("DVAI_BRIDGE_BLAS_THREADS") or os.environ.get("OPENBLAS_NUM_THREADS")
+    )
 
 
 def set_blas_threads(n: int) -> bool:
@@ -150,8 +156,11 @@ class BlasThreadGovernor:
     @classmethod
     def create(cls) -> BlasThreadGovernor | None:
         """A governor if the thread count may change here, else None."""
-        if blas_threads_fixed() or fast_blas_active() is None or not hasattr(
-                _state.get("lib"), "openblas_set_num_threads"):
+        if (
+            blas_threads_fixed()
+            or fast_blas_active() is None
+            or not hasattr(_state.get("lib"), "openblas_set_num_threads")
+        ):
             return None  # fixed by the user, or no OpenBLAS in use (fast_blas is Linux-only)
         return cls(default_blas_threads())
 
@@ -174,8 +183,12 @@ class BlasThreadGovernor:
 
         mx.synchronize()  # no BLAS call may be running while OpenBLAS changes its pool
         if set_blas_threads(want):
-            log.info("BLAS threads %d -> %d (other processes use %.2f cores)",
-                     self.threads, want, foreign)
+            log.info(
+                "BLAS threads %d -> %d (other processes use %.2f cores)",
+                self.threads,
+                want,
+                foreign,
+            )
             self.threads = want
         self._pending = None
 
@@ -411,8 +424,11 @@ def prepare_model_for_cpu(model, *, memory_budget_bytes: int | None = None) -> s
     import mlx.core as mx
     from mlx.utils import tree_flatten, tree_map
 
-    quant = [m for _, m in model.named_modules()
-             if hasattr(m, "bits") and "scales" in m and "weight" in m]
+    quant = [
+        m
+        for _, m in model.named_modules()
+        if hasattr(m, "bits") and "scales" in m and "weight" in m
+    ]
     fp32_bytes = sum(m["weight"].size * 32 // m.bits * 4 for m in quant)
     quant_ids = {id(m["weight"]) for m in quant}
     for _, p in tree_flatten(model.parameters()):
@@ -421,8 +437,9 @@ def prepare_model_for_cpu(model, *, memory_budget_bytes: int | None = None) -> s
     budget = default_memory_budget() if memory_budget_bytes is None else memory_budget_bytes
 
     half = (mx.float16, mx.bfloat16)
-    model.update(tree_map(lambda p: p.astype(mx.float32) if p.dtype in half else p,
-                          model.parameters()))
+    model.update(
+        tree_map(lambda p: p.astype(mx.float32) if p.dtype in half else p, model.parameters())
+    )
     blas, mib = fast_blas_active(), fp32_bytes / 2**20
     if not quant:
         form = f"float32 weights ({mib:.0f} MiB)"
@@ -433,8 +450,11 @@ def prepare_model_for_cpu(model, *, memory_budget_bytes: int | None = None) -> s
         form = f"dequantized float32 ({len(quant)} layers, {mib:.0f} MiB), BLAS {blas}"
     else:
         bits = "/".join(str(b) for b in sorted({m.bits for m in quant}))
-        why = (f"fp32 would need {mib:.0f} MiB > budget {budget / 2**20:.0f} MiB" if blas
-               else "no fast BLAS")
+        why = (
+            f"fp32 would need {mib:.0f} MiB > budget {budget / 2**20:.0f} MiB"
+            if blas
+            else "no fast BLAS"
+        )
         form = f"quantized {bits}-bit, float32 scales ({why})"
     mx.eval(model.parameters())
     log.info("CPU weight form: %s", form)

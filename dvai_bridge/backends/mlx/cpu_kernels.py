@@ -100,8 +100,11 @@ def _attend(q: mx.array, keys: mx.array, values: mx.array, mask: Any) -> mx.arra
         if mask.ndim == 3:  # [B, L, S]
             mask = mx.expand_dims(mask, 1)
         if mask.ndim == 4:  # [B, 1|H, L, S] -> [B, 1|Hk, 1|r, L, S]
-            mask = (mx.expand_dims(mask, 2) if mask.shape[1] == 1 else
-                    mask.reshape(mask.shape[0], *scores.shape[1:3], *mask.shape[2:]))
+            mask = (
+                mx.expand_dims(mask, 2)
+                if mask.shape[1] == 1
+                else mask.reshape(mask.shape[0], *scores.shape[1:3], *mask.shape[2:])
+            )
         if mask.dtype == mx.bool_:
             scores = mx.where(mask, scores, -mx.inf)
         else:
@@ -109,16 +112,28 @@ def _attend(q: mx.array, keys: mx.array, values: mx.array, mask: Any) -> mx.arra
     return _softmax_matmul(scores, values)
 
 
-def scaled_dot_product_attention(queries: mx.array, keys: mx.array, values: mx.array,
-                                 cache: Any, scale: float, mask: Any,
-                                 sinks: mx.array | None = None) -> mx.array:
+def scaled_dot_product_attention(
+    queries: mx.array,
+    keys: mx.array,
+    values: mx.array,
+    cache: Any,
+    scale: float,
+    mask: Any,
+    sinks: mx.array | None = None,
+) -> mx.array:
     b, h, length, d = queries.shape
     hk, s = keys.shape[1], keys.shape[2]
-    if (sinks is not None or hasattr(cache, "bits") or queries.dtype != mx.float32
-            or keys.dtype != mx.float32 or values.dtype != mx.float32
-            or b * h * length * s < MIN_ELEMENTS):
+    if (
+        sinks is not None
+        or hasattr(cache, "bits")
+        or queries.dtype != mx.float32
+        or keys.dtype != mx.float32
+        or values.dtype != mx.float32
+        or b * h * length * s < MIN_ELEMENTS
+    ):
         return _original("scaled_dot_product_attention")(
-            queries, keys, values, cache=cache, scale=scale, mask=mask, sinks=sinks)
+            queries, keys, values, cache=cache, scale=scale, mask=mask, sinks=sinks
+        )
     q = (queries * scale).reshape(b, hk, h // hk, length, d)
     k, v = mx.expand_dims(keys, 2), mx.expand_dims(values, 2)
     if isinstance(mask, str):  # "causal": query i (of the last L positions) sees keys <= i
@@ -130,8 +145,7 @@ def scaled_dot_product_attention(queries: mx.array, keys: mx.array, values: mx.a
                 j = min(length, i + _QUERY_BLOCK)
                 end = s - length + j  # the block's last query sees keys [0, end)
                 visible = mx.arange(end)[None] <= mx.arange(s - length + i, end)[:, None]
-                blocks.append(_attend(q[..., i:j, :], k[..., :end, :], v[..., :end, :],
-                                      visible))
+                blocks.append(_attend(q[..., i:j, :], k[..., :end, :], v[..., :end, :], visible))
             out = blocks[0] if len(blocks) == 1 else mx.concatenate(blocks, axis=-2)
     else:
         out = _attend(q, k, v, mask)
@@ -155,7 +169,11 @@ def _original(name: str) -> Any:
 
 def enabled() -> bool:
     return os.environ.get("DVAI_BRIDGE_CPU_KERNELS", "1").strip().lower() not in (
-        "0", "false", "no", "off")
+        "0",
+        "false",
+        "no",
+        "off",
+    )
 
 
 def self_check() -> str | None:
@@ -169,15 +187,18 @@ def self_check() -> str | None:
         checks = [
             ("exp", fast_exp(x), mx.exp(x)),
             ("swiglu", swiglu(gate, up), _original("swiglu")(gate, up)),
-            ("attention", scaled_dot_product_attention(q, kv, kv, None, 0.25, "causal"),
-             mx.fast.scaled_dot_product_attention(q, kv, kv, scale=0.25, mask="causal")),
+            (
+                "attention",
+                scaled_dot_product_attention(q, kv, kv, None, 0.25, "causal"),
+                mx.fast.scaled_dot_product_attention(q, kv, kv, scale=0.25, mask="causal"),
+            ),
         ]
         for name, ours, ref in checks:
             scale = mx.max(mx.abs(ref)).item()
             if not mx.allclose(ours, ref, rtol=1e-5, atol=1e-6 * scale).item():
                 err = mx.max(mx.abs(ours - ref)).item()
                 return f"the fast {name} differs from MLX's by up to {err:.2e}"
-    except Exception as exc:  # noqa: BLE001 - e.g. no C++ compiler for mx.compile
+    except Exception as exc:
         return f"{type(exc).__name__}: {exc}"
     return None
 

@@ -52,7 +52,8 @@ def select_device() -> MLXDevice:
     """
     if platform.system() == "Darwin" and platform.machine() != "arm64":
         raise BackendUnavailable(
-            "MLX needs Apple Silicon; this is an Intel Mac (no MLX device). " + _HINT)
+            "MLX needs Apple Silicon; this is an Intel Mac (no MLX device). " + _HINT
+        )
     blas = None
     if platform.system() == "Linux" and not cuda_expected():
         from .cpu import enable_fast_blas  # before mlx binds its BLAS
@@ -63,30 +64,33 @@ def select_device() -> MLXDevice:
     except ImportError as exc:
         raise BackendUnavailable(
             f"MLX is not installed ({exc}). Install it with pip install 'dvai-bridge[mlx]'. "
-            + _HINT) from None
+            + _HINT
+        ) from None
     except OSError as exc:  # a wheel whose native library cannot load here
         raise BackendUnavailable(f"MLX cannot load on this machine: {exc}. " + _HINT) from None
 
     try:
         if mx.metal.is_available():
             return MLXDevice("metal")
-    except Exception:  # noqa: BLE001 - no Metal module in this build
+    except Exception:
         pass
     cuda = getattr(mx, "cuda", None)
     try:
         if cuda is not None and cuda.is_available():
             return MLXDevice("cuda")
-    except Exception:  # noqa: BLE001
+    except Exception:
         pass
     if blas is None and platform.system() == "Linux" and cuda_expected():
-        log.warning("an MLX CUDA build is installed but MLX found no usable GPU; the CPU runs "
-                    "with MLX's bundled reference BLAS (slow)")
+        log.warning(
+            "an MLX CUDA build is installed but MLX found no usable GPU; the CPU runs "
+            "with MLX's bundled reference BLAS (slow)"
+        )
     if platform.system() == "Darwin":
         raise BackendUnavailable("MLX found no Metal device on this Mac. " + _HINT)
     try:
         mx.set_default_device(mx.cpu)
         mx.eval(mx.zeros((1,)) + 1)
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         raise BackendUnavailable(f"MLX has no usable device here: {exc}. " + _HINT) from None
     log.info("MLX device: cpu (BLAS: %s)", blas or "bundled reference BLAS")
     return MLXDevice("cpu", blas)

@@ -429,8 +429,12 @@ def cached_import(
         damaged = imports.check_import(out, full=None)
         if not damaged:
             return out
-        log.warning("The MLX import %s is damaged (%s); importing %s again", out, damaged,
-                    pathlib.Path(gguf_path).name)
+        log.warning(
+            "The MLX import %s is damaged (%s); importing %s again",
+            out,
+            damaged,
+            pathlib.Path(gguf_path).name,
+        )
         _set_aside(out)
     for left in imports.sweep_leftovers(root):
         log.info("Deleted %s, left by an import that did not finish", left)
@@ -440,6 +444,5 @@ def cached_import(
             os.rename(tmp, out)
         except OSError:
             if imports.check_import(out):
-                raise ModelLoadFailed(f"cannot store the import of {gguf_path} in {out}") \
-                    from None
+                raise ModelLoadFailed(f"cannot store the import of {gguf_path} in {out}") from None
     return out

@@ -154,16 +154,18 @@ def make_sequence_sampler(params: SamplingParams) -> Sampler:
     return sample
 
 
-def logits_processors(params: SamplingParams, prompt_len: int,
-                      grammar: Grammar | None = None) -> list[LogitsProcessor]:
+def logits_processors(
+    params: SamplingParams, prompt_len: int, grammar: Grammar | None = None
+) -> list[LogitsProcessor]:
     """The logits processors one request asks for (in the order OpenAI applies them); a
     grammar's mask goes last, so nothing can lift a forbidden token back."""
     processors: list[LogitsProcessor] = []
     if params.logit_bias:
         processors.append(logit_bias(params.logit_bias))
     if params.presence_penalty or params.frequency_penalty:
-        processors.append(openai_penalties(params.presence_penalty, params.frequency_penalty,
-                                           prompt_len))
+        processors.append(
+            openai_penalties(params.presence_penalty, params.frequency_penalty, prompt_len)
+        )
     if params.repetition_penalty != 1.0:
         processors.append(repetition_penalty(params.repetition_penalty))
     if grammar is not None:

@@ -1,7 +1,8 @@
 """``POST /v1/messages`` (Anthropic Messages API) requests, converted into chat requests.
 
 ``system``, text / ``tool_use`` / ``tool_result`` blocks, ``tools``, ``tool_choice`` (``auto``,
-``any``, ``tool``, ``none``), ``stop_sequences``, sampling fields and ``thinking`` (as ``reasoning_effort``; thinking
+``any``, ``tool``, ``none``), ``stop_sequences``, sampling fields and ``thinking`` (as
+``reasoning_effort``; thinking
 blocks in the history as ``reasoning_content``) become one ``ChatCompletionRequest``, run as
 chat runs.
 """
@@ -49,8 +50,9 @@ class CountTokensRequest(MessagesRequest):
 
 def _block_text(block: dict[str, Any], where: str) -> str:
     if block.get("type") != "text":
-        raise InvalidRequest(f"{where} is a {block.get('type')!r} block; this model accepts "
-                             "text only.", param=where)
+        raise InvalidRequest(
+            f"{where} is a {block.get('type')!r} block; this model accepts text only.", param=where
+        )
     return str(block.get("text", ""))
 
 
@@ -63,8 +65,11 @@ def _result_text(content: Any, where: str) -> str:
 def _messages(req: MessagesRequest) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
     if req.system:
-        text = req.system if isinstance(req.system, str) else \
-            "\n".join(_block_text(b, f"system[{j}]") for j, b in enumerate(req.system))
+        text = (
+            req.system
+            if isinstance(req.system, str)
+            else "\n".join(_block_text(b, f"system[{j}]") for j, b in enumerate(req.system))
+        )
         out.append({"role": "system", "content": text})
     for i, msg in enumerate(req.messages):
         if isinstance(msg.content, str):
@@ -80,20 +85,30 @@ def _messages(req: MessagesRequest) -> list[dict[str, Any]]:
                 text = _result_text(block.get("content"), f"{where}.content")
                 if block.get("is_error"):
                     text = f"Error: {text}"
-                out.append({"role": "tool", "tool_call_id": str(block.get("tool_use_id")),
-                            "content": text})
+                out.append(
+                    {"role": "tool", "tool_call_id": str(block.get("tool_use_id")), "content": text}
+                )
                 results += 1
             elif kind == "tool_use" and msg.role == "assistant":
-                calls.append({"id": str(block.get("id")), "type": "function", "function": {
-                    "name": block.get("name"), "arguments": json.dumps(block.get("input", {}))}})
+                calls.append(
+                    {
+                        "id": str(block.get("id")),
+                        "type": "function",
+                        "function": {
+                            "name": block.get("name"),
+                            "arguments": json.dumps(block.get("input", {})),
+                        },
+                    }
+                )
             elif kind in ("thinking", "redacted_thinking") and msg.role == "assistant":
                 if block.get("thinking"):
                     thoughts.append(str(block["thinking"]))
             else:
                 texts.append(_block_text(block, where))
         if calls:
-            out.append({"role": "assistant", "content": "\n".join(texts) or None,
-                        "tool_calls": calls})
+            out.append(
+                {"role": "assistant", "content": "\n".join(texts) or None, "tool_calls": calls}
+            )
         elif texts or not results:
             out.append({"role": msg.role, "content": "\n".join(texts)})
         if thoughts and out[-1]["role"] == "assistant":
@@ -112,8 +127,9 @@ def reasoning_effort(thinking: ThinkingConfig | None) -> str | None:
     budget = thinking.budget_tokens
     if budget is None:
         return "high"
-    return next((e for e, cap in (("minimal", 64), ("low", 256), ("medium", 1024))
-                 if budget <= cap), "high")
+    return next(
+        (e for e, cap in (("minimal", 64), ("low", 256), ("medium", 1024)) if budget <= cap), "high"
+    )
 
 
 def _tools(tools: list[dict[str, Any]] | None) -> list[dict[str, Any]] | None:
@@ -122,12 +138,21 @@ def _tools(tools: list[dict[str, Any]] | None) -> list[dict[str, Any]] | None:
     out = []
     for i, tool in enumerate(tools):
         if tool.get("type") not in (None, "custom"):
-            raise InvalidRequest(f"tools[{i}] has type {tool.get('type')!r}; this server runs "
-                                 "client tools (name, input_schema) only.",
-                                 param=f"tools[{i}].type")
-        out.append({"type": "function", "function": {
-            "name": tool.get("name"), "description": tool.get("description", ""),
-            "parameters": tool.get("input_schema", {"type": "object"})}})
+            raise InvalidRequest(
+                f"tools[{i}] has type {tool.get('type')!r}; this server runs "
+                "client tools (name, input_schema) only.",
+                param=f"tools[{i}].type",
+            )
+        out.append(
+            {
+                "type": "function",
+                "function": {
+                    "name": tool.get("name"),
+                    "description": tool.get("description", ""),
+                    "parameters": tool.get("input_schema", {"type": "object"}),
+                },
+            }
+        )
     return out
 
 
@@ -141,8 +166,9 @@ def _tool_choice(choice: dict[str, Any] | None) -> Any:
         return "required"
     if kind == "tool":
         return {"type": "function", "function": {"name": choice.get("name")}}
-    raise InvalidRequest("tool_choice.type must be auto, any, tool or none.",
-                         param="tool_choice.type")
+    raise InvalidRequest(
+        "tool_choice.type must be auto, any, tool or none.", param="tool_choice.type"
+    )
 
 
 def to_chat(req: MessagesRequest, stream: bool) -> ChatCompletionRequest:
@@ -153,11 +179,20 @@ def to_chat(req: MessagesRequest, stream: bool) -> ChatCompletionRequest:
     parallel = None
     if req.tool_choice and req.tool_choice.get("disable_parallel_tool_use"):
         parallel = False
-    body = {"model": req.model, "messages": _messages(req), "max_tokens": req.max_tokens,
-            "stop": req.stop_sequences, "temperature": req.temperature, "top_p": req.top_p,
-            "top_k": req.top_k, "tools": tools, "tool_choice": choice,
-            "parallel_tool_calls": parallel, "stream": stream,
-            "stream_options": {"include_usage": True} if stream else None}
+    body = {
+        "model": req.model,
+        "messages": _messages(req),
+        "max_tokens": req.max_tokens,
+        "stop": req.stop_sequences,
+        "temperature": req.temperature,
+        "top_p": req.top_p,
+        "top_k": req.top_k,
+        "tools": tools,
+        "tool_choice": choice,
+        "parallel_tool_calls": parallel,
+        "stream": stream,
+        "stream_options": {"include_usage": True} if stream else None,
+    }
     effort = reasoning_effort(req.thinking)
     if effort is not None:
         body["reasoning_effort"] = effort  # the chat request's field (docs/reasoning.md)

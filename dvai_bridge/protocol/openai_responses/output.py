@@ -25,20 +25,31 @@ def new_id(prefix: str) -> str:
 def responses_usage(chat_usage: dict[str, Any] | None) -> dict[str, Any]:
     u = chat_usage or {}
     prompt, completion = u.get("prompt_tokens", 0), u.get("completion_tokens", 0)
-    return {"input_tokens": prompt,
-            "input_tokens_details": {"cached_tokens":
-                                     (u.get("prompt_tokens_details") or {}).get("cached_tokens", 0)},
-            "output_tokens": completion,
-            "output_tokens_details": {"reasoning_tokens": (u.get("completion_tokens_details")
-                                                           or {}).get("reasoning_tokens", 0)},
-            "total_tokens": prompt + completion}
+    return {
+        "input_tokens": prompt,
+        "input_tokens_details": {
+            "cached_tokens": (u.get("prompt_tokens_details") or {}).get("cached_tokens", 0)
+        },
+        "output_tokens": completion,
+        "output_tokens_details": {
+            "reasoning_tokens": (u.get("completion_tokens_details") or {}).get(
+                "reasoning_tokens", 0
+            )
+        },
+        "total_tokens": prompt + completion,
+    }
 
 
-def message_item(text: str, item_id: str | None = None, status: str = "completed"
-                 ) -> dict[str, Any]:
-    return {"type": "message", "id": item_id or new_id("msg"), "status": status,
-            "role": "assistant",
-            "content": [{"type": "output_text", "text": text, "annotations": [], "logprobs": []}]}
+def message_item(
+    text: str, item_id: str | None = None, status: str = "completed"
+) -> dict[str, Any]:
+    return {
+        "type": "message",
+        "id": item_id or new_id("msg"),
+        "status": status,
+        "role": "assistant",
+        "content": [{"type": "output_text", "text": text, "annotations": [], "logprobs": []}],
+    }
 
 
 def reasoning_text(message: dict[str, Any]) -> str | None:
@@ -46,16 +57,29 @@ def reasoning_text(message: dict[str, Any]) -> str | None:
     return message.get("reasoning_content") or message.get("reasoning")
 
 
-def reasoning_item(text: str, item_id: str | None = None, status: str = "completed"
-                   ) -> dict[str, Any]:
-    return {"type": "reasoning", "id": item_id or new_id("rs"), "status": status,
-            "summary": [], "content": [{"type": "reasoning_text", "text": text}]}
+def reasoning_item(
+    text: str, item_id: str | None = None, status: str = "completed"
+) -> dict[str, Any]:
+    return {
+        "type": "reasoning",
+        "id": item_id or new_id("rs"),
+        "status": status,
+        "summary": [],
+        "content": [{"type": "reasoning_text", "text": text}],
+    }
 
 
-def call_item(call_id: str, name: str, arguments: str, item_id: str | None = None,
-              status: str = "completed") -> dict[str, Any]:
-    return {"type": "function_call", "id": item_id or new_id("fc"), "call_id": call_id,
-            "name": name, "arguments": arguments, "status": status}
+def call_item(
+    call_id: str, name: str, arguments: str, item_id: str | None = None, status: str = "completed"
+) -> dict[str, Any]:
+    return {
+        "type": "function_call",
+        "id": item_id or new_id("fc"),
+        "call_id": call_id,
+        "name": name,
+        "arguments": arguments,
+        "status": status,
+    }
 
 
 def output_from_chat(completion: dict[str, Any]) -> tuple[list[dict[str, Any]], str]:
@@ -68,8 +92,7 @@ def output_from_chat(completion: dict[str, Any]) -> tuple[list[dict[str, Any]], 
     if msg.get("content"):
         items.append(message_item(msg["content"]))
     for call in msg.get("tool_calls") or []:
-        items.append(call_item(call["id"], call["function"]["name"],
-                               call["function"]["arguments"]))
+        items.append(call_item(call["id"], call["function"]["name"], call["function"]["arguments"]))
     if not items:
         items.append(message_item(""))
     return items, choice["finish_reason"]
@@ -81,8 +104,11 @@ def finish_fields(reason: str | None) -> dict[str, Any]:
     return {"status": "completed", "incomplete_details": None}
 
 
-async def stream_events(chunks: AsyncIterator[dict[str, Any]], response: dict[str, Any],
-                        on_done: Callable[[dict[str, Any]], Any]) -> AsyncIterator[dict[str, Any]]:
+async def stream_events(
+    chunks: AsyncIterator[dict[str, Any]],
+    response: dict[str, Any],
+    on_done: Callable[[dict[str, Any]], Any],
+) -> AsyncIterator[dict[str, Any]]:
     """Chat stream chunks -> Responses events. ``response`` is the object without output;
     ``on_done(final)`` runs with the finished response (to store it)."""
     seq = 0
@@ -104,25 +130,52 @@ async def stream_events(chunks: AsyncIterator[dict[str, Any]], response: dict[st
         out = []
         if think is not None:
             i, text = output.index(think), think["content"][0]["text"]
-            out.append(ev("response.reasoning_text.done", item_id=think["id"], output_index=i,
-                          content_index=0, text=text))
+            out.append(
+                ev(
+                    "response.reasoning_text.done",
+                    item_id=think["id"],
+                    output_index=i,
+                    content_index=0,
+                    text=text,
+                )
+            )
             think["status"] = "completed"
             out.append(ev("response.output_item.done", output_index=i, item=think))
             think = None
         if msg is not None:
             i, text = output.index(msg), msg["content"][0]["text"]
             part = msg["content"][0]
-            out += [ev("response.output_text.done", item_id=msg["id"], output_index=i,
-                       content_index=0, text=text, logprobs=[]),
-                    ev("response.content_part.done", item_id=msg["id"], output_index=i,
-                       content_index=0, part=part)]
+            out += [
+                ev(
+                    "response.output_text.done",
+                    item_id=msg["id"],
+                    output_index=i,
+                    content_index=0,
+                    text=text,
+                    logprobs=[],
+                ),
+                ev(
+                    "response.content_part.done",
+                    item_id=msg["id"],
+                    output_index=i,
+                    content_index=0,
+                    part=part,
+                ),
+            ]
             msg["status"] = "completed"
             out.append(ev("response.output_item.done", output_index=i, item=msg))
             msg = None
         if call is not None:
             i = output.index(call)
-            out.append(ev("response.function_call_arguments.done", item_id=call["id"],
-                          output_index=i, name=call["name"], arguments=call["arguments"]))
+            out.append(
+                ev(
+                    "response.function_call_arguments.done",
+                    item_id=call["id"],
+                    output_index=i,
+                    name=call["name"],
+                    arguments=call["arguments"],
+                )
+            )
             call["status"] = "completed"
             out.append(ev("response.output_item.done", output_index=i, item=call))
             call = None
@@ -145,11 +198,19 @@ async def stream_events(chunks: AsyncIterator[dict[str, Any]], response: dict[st
                             yield e
                         think = reasoning_item("", status="in_progress")
                         output.append(think)
-                        yield ev("response.output_item.added", output_index=len(output) - 1,
-                                 item={**think, "content": []})
+                        yield ev(
+                            "response.output_item.added",
+                            output_index=len(output) - 1,
+                            item={**think, "content": []},
+                        )
                     think["content"][0]["text"] += thought
-                    yield ev("response.reasoning_text.delta", item_id=think["id"],
-                             output_index=output.index(think), content_index=0, delta=thought)
+                    yield ev(
+                        "response.reasoning_text.delta",
+                        item_id=think["id"],
+                        output_index=output.index(think),
+                        content_index=0,
+                        delta=thought,
+                    )
                 if delta.get("content"):
                     if msg is None or think is not None:
                         for e in close_open():
@@ -157,17 +218,34 @@ async def stream_events(chunks: AsyncIterator[dict[str, Any]], response: dict[st
                         msg = message_item("", status="in_progress")
                         msg["content"] = []
                         output.append(msg)
-                        yield ev("response.output_item.added", output_index=len(output) - 1,
-                                 item={**msg, "content": []})
-                        part = {"type": "output_text", "text": "", "annotations": [],
-                                "logprobs": []}
+                        yield ev(
+                            "response.output_item.added",
+                            output_index=len(output) - 1,
+                            item={**msg, "content": []},
+                        )
+                        part = {
+                            "type": "output_text",
+                            "text": "",
+                            "annotations": [],
+                            "logprobs": [],
+                        }
                         msg["content"] = [part]
-                        yield ev("response.content_part.added", item_id=msg["id"],
-                                 output_index=len(output) - 1, content_index=0, part=dict(part))
+                        yield ev(
+                            "response.content_part.added",
+                            item_id=msg["id"],
+                            output_index=len(output) - 1,
+                            content_index=0,
+                            part=dict(part),
+                        )
                     msg["content"][0]["text"] += delta["content"]
-                    yield ev("response.output_text.delta", item_id=msg["id"],
-                             output_index=output.index(msg), content_index=0,
-                             delta=delta["content"], logprobs=[])
+                    yield ev(
+                        "response.output_text.delta",
+                        item_id=msg["id"],
+                        output_index=output.index(msg),
+                        content_index=0,
+                        delta=delta["content"],
+                        logprobs=[],
+                    )
                 for tc in delta.get("tool_calls") or []:
                     fn = tc.get("function") or {}
                     if tc.get("id"):
@@ -175,24 +253,34 @@ async def stream_events(chunks: AsyncIterator[dict[str, Any]], response: dict[st
                             yield e
                         call = call_item(tc["id"], fn.get("name", ""), "", status="in_progress")
                         output.append(call)
-                        yield ev("response.output_item.added", output_index=len(output) - 1,
-                                 item=dict(call))
+                        yield ev(
+                            "response.output_item.added",
+                            output_index=len(output) - 1,
+                            item=dict(call),
+                        )
                     if call is not None and fn.get("arguments"):
                         call["arguments"] += fn["arguments"]
-                        yield ev("response.function_call_arguments.delta", item_id=call["id"],
-                                 output_index=output.index(call), delta=fn["arguments"])
+                        yield ev(
+                            "response.function_call_arguments.delta",
+                            item_id=call["id"],
+                            output_index=output.index(call),
+                            delta=fn["arguments"],
+                        )
                 if choice.get("finish_reason"):
                     reason = choice["finish_reason"]
         for e in close_open():
             yield e
     except (_Failed, BridgeError) as exc:
         err = exc.error if isinstance(exc, _Failed) else exc.to_openai()["error"]
-        final = {**response, "status": "failed", "output": output,
-                 "error": {"code": "server_error", "message": err.get("message", "")}}
+        final = {
+            **response,
+            "status": "failed",
+            "output": output,
+            "error": {"code": "server_error", "message": err.get("message", "")},
+        }
         yield ev("response.failed", response=final)
         return
-    final = {**response, **finish_fields(reason), "output": output,
-             "usage": responses_usage(usage)}
+    final = {**response, **finish_fields(reason), "output": output, "usage": responses_usage(usage)}
     await on_done(final)
     kind = "response.incomplete" if final["status"] == "incomplete" else "response.completed"
     yield ev(kind, response=final)
@@ -208,16 +296,27 @@ def base_response(resp_id: str, model: str, req: Any) -> dict[str, Any]:
     """The response object's request-echoing fields (no output yet)."""
     fmt = (req.text or {}).get("format") or {"type": "text"}
     return {
-        "id": resp_id, "object": "response", "created_at": int(time.time()),
-        "status": "in_progress", "error": None, "incomplete_details": None,
-        "instructions": req.instructions, "max_output_tokens": req.max_output_tokens,
-        "model": model, "output": [], "parallel_tool_calls": req.parallel_tool_calls is not False,
+        "id": resp_id,
+        "object": "response",
+        "created_at": int(time.time()),
+        "status": "in_progress",
+        "error": None,
+        "incomplete_details": None,
+        "instructions": req.instructions,
+        "max_output_tokens": req.max_output_tokens,
+        "model": model,
+        "output": [],
+        "parallel_tool_calls": req.parallel_tool_calls is not False,
         "previous_response_id": req.previous_response_id,
-        "reasoning": {"effort": req.reasoning.effort if req.reasoning else None,
-                      "summary": None},
-        "store": req.store, "temperature": 1.0 if req.temperature is None else req.temperature,
-        "text": {"format": fmt}, "tool_choice": req.tool_choice or "auto",
-        "tools": req.tools or [], "top_p": 1.0 if req.top_p is None else req.top_p,
-        "truncation": "disabled", "usage": None, "user": None,
+        "reasoning": {"effort": req.reasoning.effort if req.reasoning else None, "summary": None},
+        "store": req.store,
+        "temperature": 1.0 if req.temperature is None else req.temperature,
+        "text": {"format": fmt},
+        "tool_choice": req.tool_choice or "auto",
+        "tools": req.tools or [],
+        "top_p": 1.0 if req.top_p is None else req.top_p,
+        "truncation": "disabled",
+        "usage": None,
+        "user": None,
         "metadata": req.metadata or {},
     }

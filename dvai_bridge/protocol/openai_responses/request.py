@@ -67,8 +67,11 @@ def _text_of(content: Any, where: str) -> str:
         elif kind == "refusal":
             texts.append(str(part.get("refusal", "")))
         else:
-            raise InvalidRequest(f"{where}[{j}] is an {kind!r} part; this model accepts text "
-                                 "only (input_text, output_text).", param=f"{where}[{j}]")
+            raise InvalidRequest(
+                f"{where}[{j}] is an {kind!r} part; this model accepts text "
+                "only (input_text, output_text).",
+                param=f"{where}[{j}]",
+            )
     return "\n".join(texts)
 
 
@@ -86,19 +89,23 @@ def items_to_messages(items: list[dict[str, Any]], where: str = "input") -> list
         if kind == "message":
             role = item.get("role")
             if role not in ("user", "system", "developer", "assistant"):
-                raise InvalidRequest(f"{at}.role must be user, system, developer or assistant.",
-                                     param=f"{at}.role")
-            out.append({"role": role, "content": _text_of(item.get("content", ""),
-                                                          f"{at}.content")})
+                raise InvalidRequest(
+                    f"{at}.role must be user, system, developer or assistant.", param=f"{at}.role"
+                )
+            out.append(
+                {"role": role, "content": _text_of(item.get("content", ""), f"{at}.content")}
+            )
             if role == "assistant" and pending_reasoning is not None:
                 out[-1]["reasoning_content"], pending_reasoning = pending_reasoning, None
         elif kind == "function_call":
             for key in ("call_id", "name"):
                 if not isinstance(item.get(key), str):
                     raise InvalidRequest(f"{at}.{key} is required.", param=f"{at}.{key}")
-            call = {"id": item["call_id"], "type": "function",
-                    "function": {"name": item["name"],
-                                 "arguments": item.get("arguments") or "{}"}}
+            call = {
+                "id": item["call_id"],
+                "type": "function",
+                "function": {"name": item["name"], "arguments": item.get("arguments") or "{}"},
+            }
             last = out[-1] if out else None
             if last is not None and last["role"] == "assistant":
                 last.setdefault("tool_calls", []).append(call)
@@ -120,8 +127,11 @@ def items_to_messages(items: list[dict[str, Any]], where: str = "input") -> list
             if thought:
                 pending_reasoning = thought
         else:
-            raise InvalidRequest(f"{at} is a {kind!r} item; supported: message, function_call, "
-                                 "function_call_output, reasoning.", param=f"{at}.type")
+            raise InvalidRequest(
+                f"{at} is a {kind!r} item; supported: message, function_call, "
+                "function_call_output, reasoning.",
+                param=f"{at}.type",
+            )
     return out
 
 
@@ -137,8 +147,10 @@ def _tools(tools: list[dict[str, Any]] | None) -> list[dict[str, Any]] | None:
         elif kind in IGNORED_TOOLS:
             log.warning("responses: ignoring hosted tool tools[%d] of type %r", i, kind)
         else:
-            raise InvalidRequest(f"tools[{i}] has type {kind!r}; this server runs function "
-                                 "tools only.", param=f"tools[{i}].type")
+            raise InvalidRequest(
+                f"tools[{i}] has type {kind!r}; this server runs function tools only.",
+                param=f"tools[{i}].type",
+            )
     return out
 
 
@@ -147,9 +159,11 @@ def _tool_choice(choice: str | dict[str, Any] | None) -> Any:
         return choice
     if choice.get("type") == "function":
         return {"type": "function", "function": {"name": choice.get("name")}}
-    raise InvalidRequest(f"tool_choice of type {choice.get('type')!r} is not supported; use "
-                         "none, auto, required or {'type': 'function', 'name': ...}.",
-                         param="tool_choice")
+    raise InvalidRequest(
+        f"tool_choice of type {choice.get('type')!r} is not supported; use "
+        "none, auto, required or {'type': 'function', 'name': ...}.",
+        param="tool_choice",
+    )
 
 
 def _response_format(text: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -159,36 +173,54 @@ def _response_format(text: dict[str, Any] | None) -> dict[str, Any] | None:
     if fmt.get("type") == "json_object":
         return {"type": "json_object"}
     if fmt.get("type") == "json_schema":
-        return {"type": "json_schema", "json_schema": {
-            "name": fmt.get("name", "response"), "schema": fmt.get("schema", {}),
-            "strict": fmt.get("strict")}}
-    raise InvalidRequest(f"text.format type {fmt.get('type')!r} is not supported; use text, "
-                         "json_object or json_schema.", param="text.format.type")
+        return {
+            "type": "json_schema",
+            "json_schema": {
+                "name": fmt.get("name", "response"),
+                "schema": fmt.get("schema", {}),
+                "strict": fmt.get("strict"),
+            },
+        }
+    raise InvalidRequest(
+        f"text.format type {fmt.get('type')!r} is not supported; use text, "
+        "json_object or json_schema.",
+        param="text.format.type",
+    )
 
 
-def to_chat(req: ResponsesRequest, history: list[dict[str, Any]], stream: bool
-            ) -> ChatCompletionRequest:
+def to_chat(
+    req: ResponsesRequest, history: list[dict[str, Any]], stream: bool
+) -> ChatCompletionRequest:
     """The chat request for ``req`` after ``history`` (a stored conversation's items)."""
     if req.background:
         raise InvalidRequest("background responses are not supported.", param="background")
-    messages = items_to_messages(history, "previous_response_id") + \
-        items_to_messages(req.input_items())
+    messages = items_to_messages(history, "previous_response_id") + items_to_messages(
+        req.input_items()
+    )
     if req.instructions:
         messages.insert(0, {"role": "system", "content": req.instructions})
     if not messages:
         raise InvalidRequest("input is empty.", param="input")
     body: dict[str, Any] = {
-        "model": req.model, "messages": messages, "max_tokens": req.max_output_tokens,
-        "temperature": req.temperature, "top_p": req.top_p, "tools": _tools(req.tools),
+        "model": req.model,
+        "messages": messages,
+        "max_tokens": req.max_output_tokens,
+        "temperature": req.temperature,
+        "top_p": req.top_p,
+        "tools": _tools(req.tools),
         "tool_choice": _tool_choice(req.tool_choice),
         "parallel_tool_calls": req.parallel_tool_calls,
-        "response_format": _response_format(req.text), "seed": req.seed, "top_k": req.top_k,
-        "stream": stream, "stream_options": {"include_usage": True} if stream else None,
+        "response_format": _response_format(req.text),
+        "seed": req.seed,
+        "top_k": req.top_k,
+        "stream": stream,
+        "stream_options": {"include_usage": True} if stream else None,
     }
     if req.reasoning is not None and req.reasoning.effort is not None:
         # the chat request's reasoning_effort (docs/reasoning.md); xhigh is chat's high
-        body["reasoning_effort"] = "high" if req.reasoning.effort == "xhigh" \
-            else req.reasoning.effort
+        body["reasoning_effort"] = (
+            "high" if req.reasoning.effort == "xhigh" else req.reasoning.effort
+        )
     if not body["tools"]:
         body["tools"] = None
         if body["tool_choice"] in ("auto", "none"):

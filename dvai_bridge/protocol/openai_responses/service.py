@@ -55,8 +55,10 @@ class ResponsesService:
     async def _entry(self, resp_id: str, param: str = "response_id") -> dict[str, Any]:
         entry = await self._io(self.store.get, resp_id)
         if entry is None:
-            raise NotFound(f"No stored response with id {resp_id!r} (never stored, deleted, "
-                           "or expired).", param=param)
+            raise NotFound(
+                f"No stored response with id {resp_id!r} (never stored, deleted, or expired).",
+                param=param,
+            )
         return entry
 
     async def _history(self, req: ResponsesRequest) -> list[dict[str, Any]]:
@@ -65,20 +67,25 @@ class ResponsesService:
         entry = await self._entry(req.previous_response_id, "previous_response_id")
         return entry["context"] + entry["response"]["output"]
 
-    async def _save(self, history: list[dict[str, Any]], req: ResponsesRequest,
-                    response: dict[str, Any]) -> None:
+    async def _save(
+        self, history: list[dict[str, Any]], req: ResponsesRequest, response: dict[str, Any]
+    ) -> None:
         if req.store:
             context = history + _with_ids(req.input_items())
-            await self._io(self.store.put, response["id"],
-                           {"response": response, "context": context})
+            await self._io(
+                self.store.put, response["id"], {"response": response, "context": context}
+            )
 
     async def create(self, req: ResponsesRequest) -> dict[str, Any]:
         history = await self._history(req)
         completion = await self.chat.chat(to_chat(req, history, stream=False))
         output, reason = output_from_chat(completion)
-        response = {**base_response(new_id("resp"), completion["model"], req),
-                    **finish_fields(reason), "output": output,
-                    "usage": responses_usage(completion["usage"])}
+        response = {
+            **base_response(new_id("resp"), completion["model"], req),
+            **finish_fields(reason),
+            "output": output,
+            "usage": responses_usage(completion["usage"]),
+        }
         await self._save(history, req, response)
         return response
 
@@ -106,8 +113,9 @@ class ResponsesService:
             raise NotFound(f"No stored response with id {resp_id!r}.", param="response_id")
         return {"id": resp_id, "object": "response.deleted", "deleted": True}
 
-    async def input_items(self, resp_id: str, order: str = "desc", limit: int = 20,
-                          after: str | None = None) -> dict[str, Any]:
+    async def input_items(
+        self, resp_id: str, order: str = "desc", limit: int = 20, after: str | None = None
+    ) -> dict[str, Any]:
         if order not in ("asc", "desc"):
             raise InvalidRequest("order must be 'asc' or 'desc'.", param="order")
         if not 1 <= limit <= 100:
@@ -117,9 +125,12 @@ class ResponsesService:
             items.reverse()
         if after is not None:
             ids = [i.get("id") for i in items]
-            items = items[ids.index(after) + 1:] if after in ids else []
+            items = items[ids.index(after) + 1 :] if after in ids else []
         page = items[:limit]
-        return {"object": "list", "data": page,
-                "first_id": page[0]["id"] if page else None,
-                "last_id": page[-1]["id"] if page else None,
-                "has_more": len(items) > limit}
+        return {
+            "object": "list",
+            "data": page,
+            "first_id": page[0]["id"] if page else None,
+            "last_id": page[-1]["id"] if page else None,
+            "has_more": len(items) > limit,
+        }

@@ -78,8 +78,12 @@ class ResponseStore:
         """Keep ``data`` under ``key``; False when it alone is over the byte limit."""
         raw = json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode()
         if len(raw) > self.limits.max_bytes:
-            log.warning("response %s not stored: %d bytes, over the store's %d", key, len(raw),
-                        self.limits.max_bytes)
+            log.warning(
+                "response %s not stored: %d bytes, over the store's %d",
+                key,
+                len(raw),
+                self.limits.max_bytes,
+            )
             return False
         if self._dir is not None:
             tmp = self._path(key).with_suffix(".tmp")
@@ -87,8 +91,9 @@ class ResponseStore:
             os.replace(tmp, self._path(key))
         with self._lock:
             self._drop(key)
-            self._entries[key] = _Entry(len(raw), self._clock(),
-                                        None if self._dir is not None else data)
+            self._entries[key] = _Entry(
+                len(raw), self._clock(), None if self._dir is not None else data
+            )
             self._bytes += len(raw)
             self._evict()
         return True
@@ -129,6 +134,7 @@ class ResponseStore:
         now = self._clock()
         for key in [k for k, e in self._entries.items() if now - e.stored_at > self.limits.ttl_s]:
             self._drop(key)
-        while self._entries and (len(self._entries) > self.limits.max_entries
-                                 or self._bytes > self.limits.max_bytes):
+        while self._entries and (
+            len(self._entries) > self.limits.max_entries or self._bytes > self.limits.max_bytes
+        ):
             self._drop(next(iter(self._entries)))  # least recently used

@@ -56,7 +56,7 @@ def run(cells: dict[str, Callable[[], Any]]) -> None:
             if inspect.isawaitable(out):
                 asyncio.run(out)
             results[name] = "ok"
-        except BaseException as exc:  # noqa: BLE001 - every failure is reported, not raised
+        except BaseException as exc:
             tb = traceback.format_exc(limit=4)
             results[name] = f"FAIL: {type(exc).__name__}: {exc}"[:1500] + "\n" + tb[-1500:]
     print("RESULTS " + json.dumps(results))

@@ -5,15 +5,15 @@ from langchain_core.messages import HumanMessage, ToolMessage
 from langchain_core.tools import tool
 from langchain_openai import ChatOpenAI
 
-llm = ChatOpenAI(model=FOREIGN, base_url=BASE_URL, api_key=API_KEY, max_tokens=60,
-                 temperature=0, max_retries=0)
+llm = ChatOpenAI(
+    model=FOREIGN, base_url=BASE_URL, api_key=API_KEY, max_tokens=60, temperature=0, max_retries=0
+)
 
 
 def chat():
     m = llm.invoke("Say hi.", max_tokens=12)
     check(m.response_metadata.get("model_name") == SERVED, f"{m.response_metadata}")
-    check(m.content and m.response_metadata.get("finish_reason") in ("stop", "length"),
-          "content")
+    check(m.content and m.response_metadata.get("finish_reason") in ("stop", "length"), "content")
 
 
 def stream():
@@ -30,8 +30,10 @@ def tools():
     call = ai.tool_calls[0]
     result = ToolMessage(weather.invoke(call["args"]), tool_call_id=call["id"])
     final = llm.bind_tools([weather]).invoke([ask, ai, result], max_tokens=20)
-    check(final.response_metadata.get("finish_reason") in ("stop", "length", "tool_calls"),
-          f"{final.response_metadata}")
+    check(
+        final.response_metadata.get("finish_reason") in ("stop", "length", "tool_calls"),
+        f"{final.response_metadata}",
+    )
 
 
 def structured():
@@ -44,5 +46,4 @@ async def async_():
     check(m.content, "async reply")
 
 
-run({"chat": chat, "stream": stream, "tools": tools, "structured": structured,
-     "async": async_})
+run({"chat": chat, "stream": stream, "tools": tools, "structured": structured, "async": async_})

@@ -6,9 +6,17 @@ from llama_index.core.prompts import PromptTemplate
 from llama_index.core.tools import FunctionTool
 from llama_index.llms.openai_like import OpenAILike
 
-llm = OpenAILike(model=FOREIGN, api_base=BASE_URL, api_key=API_KEY, is_chat_model=True,
-                 is_function_calling_model=True, max_tokens=60, temperature=0, max_retries=0,
-                 context_window=2048)
+llm = OpenAILike(
+    model=FOREIGN,
+    api_base=BASE_URL,
+    api_key=API_KEY,
+    is_chat_model=True,
+    is_function_calling_model=True,
+    max_tokens=60,
+    temperature=0,
+    max_retries=0,
+    context_window=2048,
+)
 HI = [ChatMessage(role="user", content="Say hi.")]
 
 
@@ -24,13 +32,16 @@ def stream():
 
 def tools():
     weather = FunctionTool.from_defaults(fn=get_weather)
-    r = llm.chat_with_tools([weather], user_msg="What is the weather in Paris?",
-                            tool_required=True)
+    r = llm.chat_with_tools([weather], user_msg="What is the weather in Paris?", tool_required=True)
     calls = llm.get_tool_calls_from_response(r, error_on_no_tool_call=True)
     result = weather(**calls[0].tool_kwargs)
-    history = [ChatMessage(role="user", content="What is the weather in Paris?"), r.message,
-               ChatMessage(role="tool", content=str(result),
-                           additional_kwargs={"tool_call_id": calls[0].tool_id})]
+    history = [
+        ChatMessage(role="user", content="What is the weather in Paris?"),
+        r.message,
+        ChatMessage(
+            role="tool", content=str(result), additional_kwargs={"tool_call_id": calls[0].tool_id}
+        ),
+    ]
     final = llm.chat(history, max_tokens=20)
     check(final.message is not None, "second turn")
 
@@ -45,5 +56,4 @@ async def async_():
     check(r.message.content, "async reply")
 
 
-run({"chat": chat, "stream": stream, "tools": tools, "structured": structured,
-     "async": async_})
+run({"chat": chat, "stream": stream, "tools": tools, "structured": structured, "async": async_})

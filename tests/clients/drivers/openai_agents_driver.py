@@ -40,17 +40,24 @@ def visit(country: Country) -> str:
 
 
 def tools():  # a model-typed argument ($defs), forced once, then the result goes back
-    agent = Agent(name="a", model=model(), tools=[function_tool(get_weather), visit],
-                  model_settings=ModelSettings(max_tokens=60, temperature=0,
-                                               tool_choice="required"))
+    agent = Agent(
+        name="a",
+        model=model(),
+        tools=[function_tool(get_weather), visit],
+        model_settings=ModelSettings(max_tokens=60, temperature=0, tool_choice="required"),
+    )
     r = Runner.run_sync(agent, "Visit France.", max_turns=4)
     kinds = [i.type for i in r.new_items]
     check("tool_call_item" in kinds and "tool_call_output_item" in kinds, f"{kinds}")
 
 
 def structured():
-    agent = Agent(name="a", model=model(), output_type=Trip,
-                  model_settings=ModelSettings(max_tokens=80, temperature=0))
+    agent = Agent(
+        name="a",
+        model=model(),
+        output_type=Trip,
+        model_settings=ModelSettings(max_tokens=80, temperature=0),
+    )
     r = Runner.run_sync(agent, "A trip to Rome.")
     check(isinstance(r.final_output, Trip), f"{r.final_output!r}")
 
@@ -60,5 +67,4 @@ async def async_():
     check(r.final_output, "async reply")
 
 
-run({"chat": chat, "stream": stream_, "tools": tools, "structured": structured,
-     "async": async_})
+run({"chat": chat, "stream": stream_, "tools": tools, "structured": structured, "async": async_})

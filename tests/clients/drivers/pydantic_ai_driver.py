@@ -40,5 +40,4 @@ async def async_():
     check(r.output, "async reply")
 
 
-run({"chat": chat, "stream": stream_, "tools": tools, "structured": structured,
-     "async": async_})
+run({"chat": chat, "stream": stream_, "tools": tools, "structured": structured, "async": async_})

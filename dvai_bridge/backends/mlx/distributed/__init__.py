@@ -31,9 +31,15 @@ def load(config: StartConfig, progress: ProgressHub) -> GroupBackend:
     found = current()
     assert found is not None
     group, info = found
-    return load_sharded(config.model_path, context_size=config.context_size, progress=progress,
-                        group=group, info=info, shard=config.shard,
-                        stall_timeout=config.group_timeout_s)
+    return load_sharded(
+        config.model_path,
+        context_size=config.context_size,
+        progress=progress,
+        group=group,
+        info=info,
+        shard=config.shard,
+        stall_timeout=config.group_timeout_s,
+    )
 
 
 def run_follower(config: StartConfig, progress: ProgressHub) -> int:

@@ -73,17 +73,17 @@ class Channel:
     def send(self, tail: list[int] = ()) -> None:  # type: ignore[assignment]
         """Rank 0: the queued words and ``tail``, to every other rank."""
         words, self._pending = [*self._pending, *tail], []
-        head = [len(words), *words[:HEAD - 1]]
+        head = [len(words), *words[: HEAD - 1]]
         self._collective(head + [0] * (HEAD - len(head)))
         if len(words) > HEAD - 1:
-            self._collective(words[HEAD - 1:])
+            self._collective(words[HEAD - 1 :])
 
     # -- other ranks -----------------------------------------------------------------
     def receive(self) -> list[int]:
         """Ranks > 0: the next message from rank 0 (blocks until it comes)."""
         head = self._collective([0] * HEAD)
         n = head[0]
-        words = head[1:1 + min(n, HEAD - 1)]
+        words = head[1 : 1 + min(n, HEAD - 1)]
         if n > HEAD - 1:
             words += self._collective([0] * (n - (HEAD - 1)))
         return words
@@ -92,16 +92,16 @@ class Channel:
     def broadcast(self, values: mx.array) -> mx.array:
         """Rank 0's ``values`` on every rank (others pass zeros of the same shape). Lazy: it
         becomes part of the step's graph."""
-        return mx.distributed.all_sum(values.astype(mx.int32), group=self.group,
-                                      stream=self.stream)
+        return mx.distributed.all_sum(values.astype(mx.int32), group=self.group, stream=self.stream)
 
     def _collective(self, words: list[int]) -> list[int]:
         if self.lost is not None:
             raise GroupLost(self.lost)
         try:
             with self.busy():
-                out = mx.distributed.all_sum(mx.array(words, dtype=mx.int32),
-                                             group=self.group, stream=self.stream)
+                out = mx.distributed.all_sum(
+                    mx.array(words, dtype=mx.int32), group=self.group, stream=self.stream
+                )
                 return out.tolist()
         except Exception as exc:  # whatever the backend raised, the group is gone
             raise self.fail(exc) from exc
@@ -110,8 +110,10 @@ class Channel:
         """Mark the group lost (for good) and return the error that says so."""
         if self.lost is None:
             who = "rank 0" if self.info.rank else "another rank"
-            self.lost = (f"The MLX distributed group ({self.info.backend}, {self.info.size} "
-                         f"ranks) stopped working: {who} is gone or out of step ({cause}). "
-                         "Restart the whole group.")
+            self.lost = (
+                f"The MLX distributed group ({self.info.backend}, {self.info.size} "
+                f"ranks) stopped working: {who} is gone or out of step ({cause}). "
+                "Restart the whole group."
+            )
             log.critical("%s", self.lost)
         return GroupLost(self.lost)

@@ -31,8 +31,12 @@ class GroupInfo:
         return f"{self.backend}, {self.size} ranks{how}, this is rank {self.rank}"
 
     def as_dict(self) -> dict[str, Any]:
-        return {"size": self.size, "rank": self.rank, "backend": self.backend,
-                "shard": self.shard or None}
+        return {
+            "size": self.size,
+            "rank": self.rank,
+            "backend": self.backend,
+            "shard": self.shard or None,
+        }
 
 
 def launched_backend(env: dict[str, str] | None = None) -> str | None:
@@ -70,7 +74,8 @@ def current() -> tuple[Any, GroupInfo] | None:
         group = mx.distributed.init(strict=True, backend=backend)
     except Exception as exc:  # the launcher's environment is wrong
         raise ConfigurationInvalid(
-            f"Launched for MLX's {backend} backend, but the group did not form: {exc}") from exc
+            f"Launched for MLX's {backend} backend, but the group did not form: {exc}"
+        ) from exc
     if group.size() < 2:
         return None
     return group, GroupInfo(group.size(), group.rank(), backend)

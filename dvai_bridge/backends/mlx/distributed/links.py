@@ -59,8 +59,10 @@ class RingLinks:
         self.process = psutil.Process()
         self.links = self._established()
         if not self.links:
-            log.warning("found none of this rank's ring connections; a dead peer is noticed "
-                        "by the group timeout only")
+            log.warning(
+                "found none of this rank's ring connections; a dead peer is noticed "
+                "by the group timeout only"
+            )
 
     @classmethod
     def from_env(cls, backend: str) -> RingLinks | None:
@@ -70,18 +72,30 @@ class RingLinks:
         try:
             return cls(hostfile_endpoints(path))
         except (OSError, ValueError, psutil.Error) as exc:
-            log.warning("cannot watch the ring's connections (%s); a dead peer is noticed by "
-                        "the group timeout only", exc)
+            log.warning(
+                "cannot watch the ring's connections (%s); a dead peer is noticed by "
+                "the group timeout only",
+                exc,
+            )
             return None
 
     def _connections(self) -> list[Any]:
-        return [c for c in self.process.net_connections(kind="tcp")
-                if c.raddr and ((_ip(c.laddr.ip), c.laddr.port) in self.endpoints
-                                or (_ip(c.raddr.ip), c.raddr.port) in self.endpoints)]
+        return [
+            c
+            for c in self.process.net_connections(kind="tcp")
+            if c.raddr
+            and (
+                (_ip(c.laddr.ip), c.laddr.port) in self.endpoints
+                or (_ip(c.raddr.ip), c.raddr.port) in self.endpoints
+            )
+        ]
 
     def _established(self) -> set[tuple[Endpoint, Endpoint]]:
-        return {((_ip(c.laddr.ip), c.laddr.port), (_ip(c.raddr.ip), c.raddr.port))
-                for c in self._connections() if c.status == psutil.CONN_ESTABLISHED}
+        return {
+            ((_ip(c.laddr.ip), c.laddr.port), (_ip(c.raddr.ip), c.raddr.port))
+            for c in self._connections()
+            if c.status == psutil.CONN_ESTABLISHED
+        }
 
     def lost(self) -> str | None:
         """Why the ring is broken (a connection closed by its peer), or None."""

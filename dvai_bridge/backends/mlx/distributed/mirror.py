@@ -65,12 +65,17 @@ class GroupCacheOps(MLXCacheOps):
 
 class _GroupBatch(MLXBatch):
     def __init__(self, backend: GroupBackend, limits: BatchLimits) -> None:
-        super().__init__(backend, max_batch=limits.max_batch, prefill_step=limits.prefill_chunk,
-                         prompt_cache_bytes=limits.prompt_cache_bytes)
+        super().__init__(
+            backend,
+            max_batch=limits.max_batch,
+            prefill_step=limits.prefill_chunk,
+            prompt_cache_bytes=limits.prompt_cache_bytes,
+        )
         self.channel = backend.channel
         # Whole MiB, as sent to the other ranks: every rank evicts at the same size.
-        self.cache = PromptCache(GroupCacheOps(backend.total_layers),
-                                 max_bytes=limits.prompt_cache_bytes // MIB * MIB)
+        self.cache = PromptCache(
+            GroupCacheOps(backend.total_layers), max_bytes=limits.prompt_cache_bytes // MIB * MIB
+        )
 
 
 class LeaderBatch(_GroupBatch):
@@ -80,8 +85,9 @@ class LeaderBatch(_GroupBatch):
         super().__init__(backend, limits)
         self._errors: list[BaseException] = []
         self._shared_greedy = self._broadcasting(greedy_sampler)
-        self.channel.queue([OPEN, limits.max_batch, limits.prefill_chunk,
-                            limits.prompt_cache_bytes // MIB])
+        self.channel.queue(
+            [OPEN, limits.max_batch, limits.prefill_chunk, limits.prompt_cache_bytes // MIB]
+        )
 
     def add(self, key: int, request: GenerationRequest) -> int:
         cached = super().add(key, request)
@@ -121,7 +127,7 @@ class LeaderBatch(_GroupBatch):
         def sample(logprobs: mx.array) -> mx.array:
             try:
                 tokens = sampler(logprobs)
-            except Exception as exc:  # noqa: BLE001 - raised after the step
+            except Exception as exc:
                 self._errors.append(exc)
                 tokens = mx.zeros(logprobs.shape[:-1], dtype=mx.int32)
             return self.channel.broadcast(tokens)
@@ -132,7 +138,7 @@ class LeaderBatch(_GroupBatch):
         def process(tokens: mx.array, logits: mx.array) -> mx.array:
             try:
                 return processor(tokens, logits)
-            except Exception as exc:  # noqa: BLE001 - raised after the step
+            except Exception as exc:
                 self._errors.append(exc)
                 return logits
 
@@ -148,7 +154,8 @@ class FollowerBatch(_GroupBatch):
 
     def _follow(self) -> Sampler:
         return lambda logprobs: self.channel.broadcast(
-            mx.zeros(logprobs.shape[:-1], dtype=mx.int32))
+            mx.zeros(logprobs.shape[:-1], dtype=mx.int32)
+        )
 
     def _sampler(self, key: int, request: GenerationRequest) -> Sampler:
         # Same object structure as rank 0 (shared for greedy), so the batch takes the same
@@ -162,8 +169,15 @@ class FollowerBatch(_GroupBatch):
 class GroupBackend(MLXBackend):
     """An ``MLXBackend`` over this rank's shard; on rank 0, its batches lead the group."""
 
-    def __init__(self, *args: Any, group: Any, info: GroupInfo, total_layers: int,
-                 stall_timeout: float = 120.0, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *args: Any,
+        group: Any,
+        info: GroupInfo,
+        total_layers: int,
+        stall_timeout: float = 120.0,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(*args, **kwargs)
         self.channel = Channel(group, info)
         self.group_info = info
@@ -197,13 +211,16 @@ class GroupBackend(MLXBackend):
 
     def open_batch(self, limits: BatchLimits) -> LeaderBatch:
         if limits.max_batch < 2:
-            raise ConfigurationInvalid("Distributed serving needs max_batch_size >= 2.",
-                                       param="max_batch_size")
+            raise ConfigurationInvalid(
+                "Distributed serving needs max_batch_size >= 2.", param="max_batch_size"
+            )
         return LeaderBatch(self, limits)
 
     def generate(self, request: GenerationRequest, cancel: CancelToken) -> Iterator[TokenChoice]:
-        raise BackendError("Distributed serving runs sequences in a batch only "
-                           "(max_batch_size must be at least 2).")
+        raise BackendError(
+            "Distributed serving runs sequences in a batch only "
+            "(max_batch_size must be at least 2)."
+        )
 
     def on_idle(self) -> None:
         super().on_idle()
@@ -270,12 +287,14 @@ def _exit_stalled(error: GroupLost) -> None:
 
 
 def _add(batch: FollowerBatch, words: list[int], i: int) -> int:
-    key, max_tokens, own, cached, n = words[i + 1:i + 6]
-    tokens = tuple(words[i + 6:i + 6 + n])
-    request = GenerationRequest(tokens, SamplingParams(temperature=1.0 if own else 0.0),
-                                max_tokens=max_tokens)
+    key, max_tokens, own, cached, n = words[i + 1 : i + 6]
+    tokens = tuple(words[i + 6 : i + 6 + n])
+    request = GenerationRequest(
+        tokens, SamplingParams(temperature=1.0 if own else 0.0), max_tokens=max_tokens
+    )
     got = batch.add(key, request)
     if got != cached:
-        raise RuntimeError(f"prompt caches disagree: rank 0 reused {cached} tokens, this rank "
-                           f"{got}")
+        raise RuntimeError(
+            f"prompt caches disagree: rank 0 reused {cached} tokens, this rank {got}"
+        )
     return i + 6 + n

@@ -61,12 +61,12 @@ def pipeline_problem(model: Any) -> str | None:
 
 def choose_mode(model: Any, size: int, wanted: str) -> str:
     if wanted not in SHARD_MODES:
-        raise ConfigurationInvalid(f"shard must be one of {', '.join(SHARD_MODES)}.",
-                                   param="shard")
+        raise ConfigurationInvalid(f"shard must be one of {', '.join(SHARD_MODES)}.", param="shard")
     tensor, pipeline = tensor_parallel_problem(model, size), pipeline_problem(model)
     if wanted == "tensor" and tensor:
-        raise ConfigurationInvalid(f"Cannot shard the model tensor-parallel: {tensor}.",
-                                   param="shard")
+        raise ConfigurationInvalid(
+            f"Cannot shard the model tensor-parallel: {tensor}.", param="shard"
+        )
     if wanted == "pipeline" and pipeline:
         raise ConfigurationInvalid(f"Cannot pipeline the model: {pipeline}.", param="shard")
     if wanted != "auto":
@@ -76,8 +76,9 @@ def choose_mode(model: Any, size: int, wanted: str) -> str:
     if pipeline is None:
         log.info("shard auto: pipeline, as tensor parallel is not possible (%s)", tensor)
         return "pipeline"
-    raise ConfigurationInvalid(f"Cannot split this model across {size} ranks: {tensor}; "
-                               f"{pipeline}.", param="shard")
+    raise ConfigurationInvalid(
+        f"Cannot split this model across {size} ranks: {tensor}; {pipeline}.", param="shard"
+    )
 
 
 def _pipeline_llama(model: Any) -> None:
@@ -101,8 +102,11 @@ class _PipelinedLlamaModel:
             import mlx.core as mx
 
             def __call__(self, inputs, cache=None, input_embeddings=None):
-                h = input_embeddings if input_embeddings is not None else (
-                    self.embed_tokens(inputs))
+                h = (
+                    input_embeddings
+                    if input_embeddings is not None
+                    else (self.embed_tokens(inputs))
+                )
                 rank, size = self.pipeline_rank, self.pipeline_size
                 layers = self.pipeline_layers
                 if cache is None:
@@ -120,8 +124,9 @@ class _PipelinedLlamaModel:
                     h = mx.distributed.all_gather(h)[: h.shape[0]]
                 return self.norm(h)
 
-            cls._cls = type("PipelinedLlamaModel", (mixin, llama.LlamaModel),
-                            {"__call__": __call__})
+            cls._cls = type(
+                "PipelinedLlamaModel", (mixin, llama.LlamaModel), {"__call__": __call__}
+            )
         return cls._cls
 
 
@@ -131,14 +136,24 @@ class _PipelinedLlama:
     @classmethod
     def make(cls, llama: Any) -> Any:
         if cls._cls is None:
-            cls._cls = type("PipelinedLlama", (llama.Model,), {
-                "layers": property(lambda self: self.model.pipeline_layers)})
+            cls._cls = type(
+                "PipelinedLlama",
+                (llama.Model,),
+                {"layers": property(lambda self: self.model.pipeline_layers)},
+            )
         return cls._cls
 
 
-def load_sharded(model_path: str | None, *, context_size: int | None, progress: ProgressHub,
-                 group: Any, info: GroupInfo, shard: str = "auto",
-                 stall_timeout: float = 120.0) -> GroupBackend:
+def load_sharded(
+    model_path: str | None,
+    *,
+    context_size: int | None,
+    progress: ProgressHub,
+    group: Any,
+    info: GroupInfo,
+    shard: str = "auto",
+    stall_timeout: float = 120.0,
+) -> GroupBackend:
     """A ``GroupBackend`` over this rank's part of the model."""
     import mlx.core as mx
     from mlx_lm.utils import load_model, load_tokenizer
@@ -147,8 +162,12 @@ def load_sharded(model_path: str | None, *, context_size: int | None, progress: 
 
     device = select_device()
     folder, model_id = resolve_model(model_path, progress)
-    progress.emit(ProgressEvent("load", message=(
-        f"Loading {model_id} on MLX ({device.kind}), rank {info.rank} of {info.size}")))
+    progress.emit(
+        ProgressEvent(
+            "load",
+            message=(f"Loading {model_id} on MLX ({device.kind}), rank {info.rank} of {info.size}"),
+        )
+    )
     try:
         model, config = load_model(Path(folder), lazy=True, strict=False)
         mode = choose_mode(model, info.size, shard)
@@ -168,8 +187,9 @@ def load_sharded(model_path: str | None, *, context_size: int | None, progress: 
         if mode == "tensor":
             model.shard(group)
         mx.eval(model.parameters())
-        tokenizer = load_tokenizer(Path(folder), {"trust_remote_code": True},
-                                   eos_token_ids=config.get("eos_token_id"))
+        tokenizer = load_tokenizer(
+            Path(folder), {"trust_remote_code": True}, eos_token_ids=config.get("eos_token_id")
+        )
         # Every rank has loaded before any serves (mlx-lm's sharded_load does the same).
         mx.eval(mx.distributed.all_sum(mx.array(1.0), group=group, stream=mx.cpu))
     except BridgeError:
@@ -180,11 +200,25 @@ def load_sharded(model_path: str | None, *, context_size: int | None, progress: 
     native = int(cfg.get("max_position_embeddings") or 4096)
     total = int(cfg.get("num_hidden_layers") or len(model.layers))
     info = dataclasses.replace(info, shard=mode)
-    backend = GroupBackend(model, tokenizer, model_id=model_id,
-                           context_length=min(context_size or native, native), device=device,
-                           group=group, info=info, total_layers=total,
-                           stall_timeout=stall_timeout)
+    backend = GroupBackend(
+        model,
+        tokenizer,
+        model_id=model_id,
+        context_length=min(context_size or native, native),
+        device=device,
+        group=group,
+        info=info,
+        total_layers=total,
+        stall_timeout=stall_timeout,
+    )
     backend.blas_governor = governor
-    log.info("rank %d of %d (%s): %s parallel, %d of %d layers here", info.rank, info.size,
-             info.backend, mode, len(model.layers), total)
+    log.info(
+        "rank %d of %d (%s): %s parallel, %d of %d layers here",
+        info.rank,
+        info.size,
+        info.backend,
+        mode,
+        len(model.layers),
+        total,
+    )
     return backend
