@@ -80,11 +80,11 @@ def real_model():
 
 
 def worker(variant: str, source: str, n_prompt: int, n_decode: int) -> dict:
-    from dvai_bridge.backends.mlx import cpu
+    from dvai_bridge.backends.mlx.cpu_tuning import blas, weights
 
     if variant.endswith("t") and variant.rsplit("_", 1)[-1][:-1].isdigit():
         os.environ["DVAI_BRIDGE_BLAS_THREADS"] = variant.rsplit("_", 1)[-1][:-1]
-    blas = cpu.enable_fast_blas() if "fastblas" in variant else None
+    blas = blas.enable_fast_blas() if "fastblas" in variant else None
     import mlx.core as mx
     from mlx_lm.generate import generate_step
 
@@ -96,12 +96,12 @@ def worker(variant: str, source: str, n_prompt: int, n_decode: int) -> dict:
     elif variant == "dequant_fp32_bundled":
         from mlx_lm.utils import dequantize_model
 
-        cpu.prepare_model_for_cpu(model)  # no fast BLAS active: fp32 scales only
+        weights.prepare_model_for_cpu(model)  # no fast BLAS active: fp32 scales only
         dequantize_model(model)
         mx.eval(model.parameters())
         form = "dequantized float32, bundled BLAS"
     else:
-        form = cpu.prepare_model_for_cpu(model)
+        form = weights.prepare_model_for_cpu(model)
     prep_s = time.perf_counter() - t
 
     vocab = model.args.vocab_size

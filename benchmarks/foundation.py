@@ -159,7 +159,8 @@ def wait_quiet(max_wait: float, threshold: float) -> float:
 def raw_worker(folder: str) -> None:
     """Subprocess: load like our backend on this device, then serve JSON-line requests."""
     t0 = time.perf_counter()
-    from dvai_bridge.backends.mlx.cpu import enable_fast_blas, prepare_model_for_cpu
+    from dvai_bridge.backends.mlx.cpu_tuning import enable_fast_blas
+    from dvai_bridge.backends.mlx.cpu_tuning.weights import prepare_model_for_cpu
 
     blas = enable_fast_blas()  # before anything imports mlx
     import mlx.core as mx

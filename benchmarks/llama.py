@@ -338,7 +338,7 @@ def main() -> None:
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "llama.json"))
     args = ap.parse_args()
 
-    from dvai_bridge.backends.llama_cpp.threads import physical_cores
+    from dvai_bridge.backends.cpu_cores import physical_cores
 
     gguf = args.gguf or default_gguf()
     threads = args.threads or physical_cores()

@@ -47,8 +47,8 @@ def main() -> None:
 
     import llama_cpp as lc
 
+    from dvai_bridge.backends.cpu_cores import physical_cores
     from dvai_bridge.backends.llama_cpp import kv
-    from dvai_bridge.backends.llama_cpp.threads import physical_cores
 
     lengths = [int(x) for x in args.tokens.split(",")]
     threads = args.threads or physical_cores()

@@ -219,7 +219,7 @@ shared.stop()
 
 PEER_FAST_BLAS_SCRIPT = r"""
 import sys
-from dvai_bridge.backends.mlx.cpu import enable_fast_blas
+from dvai_bridge.backends.mlx.cpu_tuning import enable_fast_blas
 print("BLAS:", enable_fast_blas(), flush=True)  # before mlx is imported: same BLAS as ours
 from mlx_lm.server import main
 sys.argv = ["mlx_lm.server", *sys.argv[1:]]
@@ -229,7 +229,8 @@ main()
 CONVERT_SCRIPT = r"""
 import json, shutil, sys
 from pathlib import Path
-from dvai_bridge.backends.mlx.cpu import enable_fast_blas, prepare_model_for_cpu
+from dvai_bridge.backends.mlx.cpu_tuning import enable_fast_blas
+from dvai_bridge.backends.mlx.cpu_tuning.weights import prepare_model_for_cpu
 blas = enable_fast_blas()
 import mlx.core as mx
 from mlx_lm.utils import load, save_config, save_model

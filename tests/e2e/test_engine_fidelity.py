@@ -131,13 +131,13 @@ def test_cached_prefixes_give_the_same_tokens_and_are_reported(backend, referenc
 
 
 def test_the_fast_cpu_kernels_give_mlxs_greedy_tokens(backend):
-    """On the CPU the backend computes SiLU and attention with its own exp (cpu_kernels); greedy
-    output must match MLX's own ops, on a short prompt and on one long enough for chunked
+    """On the CPU the backend computes SiLU and attention with its own exp (cpu_tuning.kernels);
+    greedy output must match MLX's own ops, on a short prompt and on one long enough for chunked
     prefill and several causal query blocks."""
     import mlx.core as mx
     from mlx_lm.generate import generate_step
 
-    from dvai_bridge.backends.mlx import cpu_kernels
+    from dvai_bridge.backends.mlx.cpu_tuning import kernels as cpu_kernels
 
     if not backend.device.is_cpu:
         pytest.skip("the kernels are used on the CPU device only")

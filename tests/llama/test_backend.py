@@ -8,8 +8,8 @@ import time
 
 import pytest
 
+from dvai_bridge.backends.cpu_cores import physical_cores
 from dvai_bridge.backends.llama_cpp.backend import LlamaBackend
-from dvai_bridge.backends.llama_cpp.threads import physical_cores
 from dvai_bridge.config import StartConfig
 from dvai_bridge.engine.types import CancelToken, GenerationRequest, SamplingParams
 from dvai_bridge.errors import ContextLengthExceeded, InvalidRequest

@@ -4,16 +4,17 @@ chat template, and what ``backend="auto"`` picks."""
 from __future__ import annotations
 
 import logging
+import os
 import struct
 
 import numpy as np
 import pytest
 
 from dvai_bridge.backends import probe, registry
+from dvai_bridge.backends.cpu_cores import count_cores, physical_cores
 from dvai_bridge.backends.llama_cpp.gguf import read_metadata
 from dvai_bridge.backends.llama_cpp.sampling import adjusted_logits, log_softmax, top_entries
 from dvai_bridge.backends.llama_cpp.template import ChatTemplate
-from dvai_bridge.backends.llama_cpp.threads import _cores_from_cpuinfo, physical_cores
 from dvai_bridge.backends.mlx.device import MLXDevice
 from dvai_bridge.config import StartConfig
 from dvai_bridge.engine.types import SamplingParams
@@ -51,17 +52,19 @@ def test_log_softmax_and_top_entries():
     assert top_entries(lp, 0) == ()
 
 
-CPUINFO = """processor\t: 0\nphysical id\t: 0\ncore id\t: 0\n
-processor\t: 1\nphysical id\t: 0\ncore id\t: 1\n
-processor\t: 2\nphysical id\t: 0\ncore id\t: 0\n
-processor\t: 3\nphysical id\t: 0\ncore id\t: 1\n"""
+def _topology(root, siblings: dict[int, str]) -> None:
+    for cpu, listed in siblings.items():
+        (root / f"cpu{cpu}" / "topology").mkdir(parents=True)
+        (root / f"cpu{cpu}" / "topology" / "thread_siblings_list").write_text(listed + "\n")
 
 
-def test_physical_cores_count_smt_siblings_once_and_follow_affinity():
-    assert _cores_from_cpuinfo(CPUINFO, None) == 2
-    assert _cores_from_cpuinfo(CPUINFO, {0, 2}) == 1
-    assert _cores_from_cpuinfo(CPUINFO, {0, 1}) == 2
-    assert physical_cores() >= 1
+def test_physical_cores_count_smt_siblings_once_and_follow_affinity(tmp_path):
+    _topology(tmp_path, {0: "0,2", 1: "1,3", 2: "0,2", 3: "1,3"})  # 2 cores, 2 threads each
+    assert count_cores({0, 1, 2, 3}, tmp_path) == 2
+    assert count_cores({0, 2}, tmp_path) == 1  # both siblings of one core
+    assert count_cores({0, 1}, tmp_path) == 2  # one thread of each core
+    assert count_cores({0, 7}, tmp_path) == 2  # no topology for cpu7: a core of its own
+    assert 1 <= physical_cores() <= (os.cpu_count() or 1)
 
 
 def _gguf(path, kv: list[tuple[str, int, bytes]]) -> None:

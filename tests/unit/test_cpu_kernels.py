@@ -10,7 +10,7 @@ import pytest
 
 mx = pytest.importorskip("mlx.core")
 
-from dvai_bridge.backends.mlx import cpu_kernels as K
+from dvai_bridge.backends.mlx.cpu_tuning import kernels as K
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""dvai_bridge.backends.mlx.cpu: CPU weight forms and in-process BLAS swap (tiny models)."""
+"""dvai_bridge.backends.mlx.cpu_tuning: CPU weight forms and in-process BLAS swap (tiny models)."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ pytest.importorskip("mlx_lm")
 
 from mlx.utils import tree_flatten, tree_map
 
-from dvai_bridge.backends.mlx import cpu
+from dvai_bridge.backends.mlx.cpu_tuning import blas, elf, governor, weights
 
 
 class Tiny(nn.Module):
@@ -67,12 +67,12 @@ TOKENS = mx.array([[1, 5, 17, 200, 3, 99, 42]])
 
 @pytest.fixture
 def fake_blas(monkeypatch):
-    monkeypatch.setitem(cpu._state, "result", "fake-blas")
+    monkeypatch.setitem(blas._state, "result", "fake-blas")
 
 
 def test_dequantize_matches_quantized(fake_blas):
     model = stock_quantized()
-    form = cpu.prepare_model_for_cpu(model, memory_budget_bytes=1 << 30)
+    form = weights.prepare_model_for_cpu(model, memory_budget_bytes=1 << 30)
     assert "dequantized float32" in form
     assert not any(
         isinstance(m, (nn.QuantizedLinear, nn.QuantizedEmbedding)) for _, m in model.named_modules()
@@ -88,7 +88,7 @@ def test_dequantize_matches_quantized(fake_blas):
 
 def test_small_budget_keeps_quantized_with_fp32_scales(fake_blas):
     model = stock_quantized()
-    form = cpu.prepare_model_for_cpu(model, memory_budget_bytes=1000)
+    form = weights.prepare_model_for_cpu(model, memory_budget_bytes=1000)
     assert "quantized 4-bit" in form and "budget" in form
     assert isinstance(model.up, nn.QuantizedLinear)
     assert isinstance(model.embed, nn.QuantizedEmbedding)
@@ -99,9 +99,9 @@ def test_small_budget_keeps_quantized_with_fp32_scales(fake_blas):
 
 
 def test_without_fast_blas_keeps_quantized(monkeypatch):
-    monkeypatch.setitem(cpu._state, "result", None)
+    monkeypatch.setitem(blas._state, "result", None)
     model = stock_quantized()
-    form = cpu.prepare_model_for_cpu(model, memory_budget_bytes=1 << 40)
+    form = weights.prepare_model_for_cpu(model, memory_budget_bytes=1 << 40)
     assert "no fast BLAS" in form
     assert isinstance(model.down, nn.QuantizedLinear)
     assert float_dtypes(model) == {mx.float32}
@@ -110,12 +110,12 @@ def test_without_fast_blas_keeps_quantized(monkeypatch):
 def test_unquantized_half_model_becomes_fp32(fake_blas):
     model = Tiny()
     model.set_dtype(mx.bfloat16)
-    assert "float32 weights" in cpu.prepare_model_for_cpu(model)
+    assert "float32 weights" in weights.prepare_model_for_cpu(model)
     assert float_dtypes(model) == {mx.float32}
 
 
 def test_default_budget_is_sane():
-    budget = cpu.default_memory_budget()
+    budget = weights.default_memory_budget()
     phys = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     assert 0 < budget <= phys // 2
 
@@ -125,9 +125,9 @@ SUBPROCESS = textwrap.dedent("""
     if sys.argv[1] == "after":
         import mlx.core as mx
         mx.eval(mx.ones((8, 8)) @ mx.ones((8, 8)))  # binds cblas_sgemm to the bundled BLAS
-    from dvai_bridge.backends.mlx import cpu
-    first = cpu.enable_fast_blas() if sys.argv[1] != "none" else None
-    second = cpu.enable_fast_blas() if sys.argv[1] != "none" else None
+    from dvai_bridge.backends.mlx.cpu_tuning import blas, elf
+    first = blas.enable_fast_blas() if sys.argv[1] != "none" else None
+    second = blas.enable_fast_blas() if sys.argv[1] != "none" else None
     import mlx.core as mx, numpy as np
     mx.set_default_device(mx.cpu)
     a = mx.random.normal((64, 576), key=mx.random.key(0))
@@ -139,14 +139,14 @@ SUBPROCESS = textwrap.dedent("""
         _fields_ = [("fname", ctypes.c_char_p), ("fbase", ctypes.c_void_p),
                     ("sname", ctypes.c_char_p), ("saddr", ctypes.c_void_p)]
 
-    maps = cpu._read_maps()
+    maps = elf.read_maps()
     lib = [m[3] for m in maps if "libmlx.so" in m[3]][0]
     base = min(m[0] for m in maps if m[3] == lib and m[2] == 0)
-    slot = ctypes.c_uint64.from_address(base + cpu._plt_slots(lib, "cblas_")["cblas_sgemm"])
+    slot = ctypes.c_uint64.from_address(base + elf.plt_slots(lib, "cblas_")["cblas_sgemm"])
     info = DlInfo()
     ctypes.CDLL(None).dladdr(ctypes.c_void_p(slot.value), ctypes.byref(info))
     print(json.dumps({"first": first, "same": first == second, "err": err,
-                      "active": cpu.fast_blas_active(), "bound_to": info.fname.decode(),
+                      "active": blas.fast_blas_active(), "bound_to": info.fname.decode(),
                       "symbol": info.sname.decode()}))
 """)
 
@@ -195,8 +195,8 @@ def test_without_enable_mlx_uses_bundled_blas(tmp_path):
 
 def test_enable_fast_blas_disabled_by_env():
     code = (
-        "from dvai_bridge.backends.mlx import cpu; "
-        "print(cpu.enable_fast_blas(), cpu.enable_fast_blas())"
+        "from dvai_bridge.backends.mlx.cpu_tuning import blas; "
+        "print(blas.enable_fast_blas(), blas.enable_fast_blas())"
     )
     env = dict(os.environ, DVAI_BRIDGE_BLAS="none")
     p = subprocess.run(
@@ -207,10 +207,10 @@ def test_enable_fast_blas_disabled_by_env():
 
 
 def test_plt_slots_finds_cblas_sgemm():
-    maps = [m[3] for m in cpu._read_maps() if os.path.basename(m[3]).startswith("libmlx.so")]
+    maps = [m[3] for m in elf.read_maps() if os.path.basename(m[3]).startswith("libmlx.so")]
     if not maps:
         pytest.skip("libmlx.so not mapped (non-Linux build)")
-    assert "cblas_sgemm" in cpu._plt_slots(maps[0], "cblas_")
+    assert "cblas_sgemm" in elf.plt_slots(maps[0], "cblas_")
 
 
 @pytest.mark.parametrize(
@@ -230,25 +230,21 @@ def test_plt_slots_finds_cblas_sgemm():
     ],
 )
 def test_blas_threads_follow_what_other_processes_leave_free(foreign, physical, threads):
-    from dvai_bridge.backends.mlx.cpu import blas_threads_for
-
-    assert blas_threads_for(foreign, physical) == threads
+    assert governor.blas_threads_for(foreign, physical) == threads
 
 
 def test_the_governor_waits_for_two_agreeing_readings_and_respects_the_environment(monkeypatch):
-    from dvai_bridge.backends.mlx import cpu
-
     monkeypatch.setenv("DVAI_BRIDGE_BLAS_THREADS", "1")
-    assert cpu.BlasThreadGovernor.create() is None  # the user's choice stands
+    assert governor.BlasThreadGovernor.create() is None  # the user's choice stands
     monkeypatch.delenv("DVAI_BRIDGE_BLAS_THREADS")
     monkeypatch.delenv("OPENBLAS_NUM_THREADS", raising=False)
 
     applied = []
-    monkeypatch.setattr(cpu, "set_blas_threads", lambda n: applied.append(n) or True)
-    gov = cpu.BlasThreadGovernor(threads=1, period=0.0)
+    monkeypatch.setattr(governor, "set_blas_threads", lambda n: applied.append(n) or True)
+    gov = governor.BlasThreadGovernor(threads=1, period=0.0)
     gov.physical = 2
     readings = iter([(1000, 0), (1000, 0), (1000, 0), (1000, 0)])  # nobody else busy
-    monkeypatch.setattr(cpu, "_busy_jiffies", lambda: next(readings))
+    monkeypatch.setattr(governor, "_busy_jiffies", lambda: next(readings))
     gov._last = (gov._last[0] - 1.0, 1000, 0)
     gov.tick()
     assert applied == [] and gov.threads == 1  # one reading is not enough
@@ -258,6 +254,6 @@ def test_the_governor_waits_for_two_agreeing_readings_and_respects_the_environme
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
 def test_tune_allocator_sets_glibc_thresholds():
-    from dvai_bridge.backends.mlx.cpu import tune_allocator
+    from dvai_bridge.backends.mlx.cpu_tuning.allocator import tune_allocator
 
     assert tune_allocator() is True

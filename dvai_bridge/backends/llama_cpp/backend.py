@@ -41,10 +41,10 @@ from ...errors import (
 from ...progress import ProgressEvent, ProgressHub
 from ..base import Backend, Batch, Capabilities, Message
 from ..chat_text import ControlText
+from ..cpu_cores import physical_cores
 from .gguf import resolve_gguf
 from .sampling import SamplerChain, adjusted_logits, log_softmax, top_entries
 from .template import ChatTemplate, control_strings
-from .threads import physical_cores
 
 log = logging.getLogger(__name__)
 

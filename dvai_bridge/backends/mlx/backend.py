@@ -8,7 +8,7 @@ import logging
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jinja2
 
@@ -26,6 +26,9 @@ from ...store.resolve import (
 from ..base import FALLBACK_CHAT_TEMPLATE, Backend, Batch, Capabilities, Message
 from ..chat_text import ControlText, hf_control_strings
 from .device import MLXDevice, select_device
+
+if TYPE_CHECKING:
+    from .cpu_tuning import CpuTuning
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +105,7 @@ class MLXBackend(Backend):
         self.device_memory = _device_memory()
         self.vocab_size = int(getattr(model.args, "vocab_size", 0)) or None
         self.eos_token_ids = frozenset(int(t) for t in tokenizer.eos_token_ids)
-        self.blas_governor: Any = None  # CPU: adapts BLAS threads to other processes' load
+        self.cpu_tuning: CpuTuning | None = None  # the CPU device's tuning (cpu_tuning)
         self._fallback = None
         self._template_override: str | None = None
         if not getattr(tokenizer, "chat_template", None):
@@ -124,15 +127,11 @@ class MLXBackend(Backend):
             raise
         except Exception as exc:
             raise ModelLoadFailed(f"MLX could not load {model_id}: {exc}") from exc
-        governor = None
+        tuning = None
         if device.is_cpu:
-            from . import cpu_kernels
-            from .cpu import BlasThreadGovernor, prepare_model_for_cpu, tune_allocator
+            from . import cpu_tuning
 
-            prepare_model_for_cpu(model)  # logs the form it chose
-            tune_allocator()
-            cpu_kernels.install(model)
-            governor = BlasThreadGovernor.create()
+            tuning = cpu_tuning.apply(model)
         config = json.loads((folder / "config.json").read_text())
         native = int(config.get("max_position_embeddings") or 4096)
         backend = cls(
@@ -142,7 +141,7 @@ class MLXBackend(Backend):
             context_length=min(context_size or native, native),
             device=device,
         )
-        backend.blas_governor = governor
+        backend.cpu_tuning = tuning
         return backend
 
     # -- text <-> tokens ------------------------------------------------------------
@@ -254,8 +253,8 @@ class MLXBackend(Backend):
         try:
             while True:
                 with _boundary("generating"):
-                    if self.blas_governor is not None:
-                        self.blas_governor.tick()
+                    if self.cpu_tuning is not None:
+                        self.cpu_tuning.tick()
                     try:
                         token, logprobs = next(steps)
                     except StopIteration:
@@ -296,8 +295,8 @@ class MLXBackend(Backend):
             log.exception("clearing the engine thread's MLX streams failed")
 
     def on_idle(self) -> None:
-        if self.blas_governor is not None:
-            self.blas_governor.tick()
+        if self.cpu_tuning is not None:
+            self.cpu_tuning.tick()
 
     def open_batch(self, limits: BatchLimits) -> Batch | None:
         from .batch import MLXBatch

@@ -87,8 +87,8 @@ class MLXBatch(Batch):
         )
 
     def step(self) -> list[tuple[int, TokenChoice]]:
-        if self.backend.blas_governor is not None:
-            self.backend.blas_governor.tick()
+        if self.backend.cpu_tuning is not None:
+            self.backend.cpu_tuning.tick()
         _, responses = self.gen.next()
         out = []
         for r in responses:

@@ -56,7 +56,7 @@ def select_device() -> MLXDevice:
         )
     blas = None
     if platform.system() == "Linux" and not cuda_expected():
-        from .cpu import enable_fast_blas  # before mlx binds its BLAS
+        from .cpu_tuning import enable_fast_blas  # before mlx binds its BLAS
 
         blas = enable_fast_blas()
     try:

@@ -175,15 +175,11 @@ def load_sharded(
             if not hasattr(model.model, "pipeline"):
                 _pipeline_llama(model)
             model.model.pipeline(group)
-        governor = None
+        tuning = None
         if device.is_cpu:  # fp32 through BLAS before slicing: each rank keeps its slice
-            from .. import cpu_kernels
-            from ..cpu import BlasThreadGovernor, prepare_model_for_cpu, tune_allocator
+            from .. import cpu_tuning
 
-            prepare_model_for_cpu(model)
-            tune_allocator()
-            cpu_kernels.install(model)
-            governor = BlasThreadGovernor.create()
+            tuning = cpu_tuning.apply(model)
         if mode == "tensor":
             model.shard(group)
         mx.eval(model.parameters())
@@ -211,7 +207,7 @@ def load_sharded(
         total_layers=total,
         stall_timeout=stall_timeout,
     )
-    backend.blas_governor = governor
+    backend.cpu_tuning = tuning
     log.info(
         "rank %d of %d (%s): %s parallel, %d of %d layers here",
         info.rank,
