@@ -1,6 +1,6 @@
 """MLX imports of GGUF files, as the store sees them: ``<bridge cache>/mlx-imports/<name>/``.
 
-The importer (``backends/mlx/gguf_import.py``) writes each folder with ``dvai_import.json``:
+The importer (``backends/mlx/gguf_import/``) writes each folder with ``dvai_import.json``:
 the source GGUF's path, size and mtime, the importer's version, and each file it wrote with
 its size and hashes (``integrity``). It never loads an import again once the source is gone or
 changed, or once a newer importer has imported the same source: such an import is *stale*,

@@ -27,11 +27,8 @@ os.environ.setdefault("OMP_WAIT_POLICY", "passive")
 mx = pytest.importorskip("mlx.core")
 mlx_lm = pytest.importorskip("mlx_lm")
 
-from dvai_bridge.backends.mlx.gguf_import import (
-    cached_import,
-    import_gguf,
-    read_gguf_header,
-)
+from dvai_bridge.backends.gguf_header import read_gguf_header
+from dvai_bridge.backends.mlx.gguf_import import cached_import, import_gguf
 from dvai_bridge.errors import ModelLoadFailed
 
 
@@ -105,6 +102,28 @@ def loaded(imported):
 @pytest.fixture(scope="module")
 def llama_full():
     return _llama(MODEL, logits_all=True, n_ctx=512, seed=0)
+
+
+@needs_model
+def test_the_header_reads_what_ggmls_gguf_package_reads():
+    """One header reader for both backends, checked against ggml's own ``gguf`` package: the
+    same metadata and tensor directory; ``arrays=False`` (the llama backend's) leaves out
+    exactly the arrays."""
+    gguf = pytest.importorskip("gguf", reason="gguf (the dev extra) not installed")
+    reader = gguf.GGUFReader(MODEL)
+    header = read_gguf_header(MODEL)
+    theirs = {k: f.contents() for k, f in reader.fields.items() if not k.startswith("GGUF.")}
+    assert header.metadata == theirs
+    assert {
+        t.name: (tuple(int(d) for d in reversed(t.shape)), int(t.data_offset))
+        for t in reader.tensors
+    } == {n: (t.shape, t.offset) for n, t in header.tensors.items()}
+    assert {t.name: t.tensor_type.name for t in reader.tensors} == {
+        n: t.type_name for n, t in header.tensors.items()
+    }
+    lean = read_gguf_header(MODEL, arrays=False)
+    assert lean.metadata == {k: v for k, v in theirs.items() if not isinstance(v, list)}
+    assert lean.tensors == header.tensors
 
 
 @needs_model
