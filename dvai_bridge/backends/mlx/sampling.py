@@ -1,14 +1,23 @@
 """Sampling pieces for MLX: small pure functions over logits, testable without a model.
 
-Nothing here touches MLX's global random key: every sampled sequence draws from its own key
-(from its seed, or from the host's RNG when it has none), and top-k, top-p and min-p are
-written here rather than taken from ``mlx_lm.sample_utils``, whose versions are compiled with
-the global random state as input and output. When one of those raised while being traced
-(``top_k`` >= the vocabulary), the global state was left a placeholder of the failed trace,
-and every later unseeded request failed with "[eval] Attempting to eval an array without a
-primitive" until restart (issue 13). Compiled, they were also traced again for every distinct
-float value a client sends. The filters are total: ``top_k`` at or past the vocabulary
-keeps every token.
+mlx-lm's ``sample_utils`` is used where it does the same thing: the greedy sampler and the
+repetition penalty (``make_repetition_penalty``, over the last 64 tokens as llama.cpp's default
+window). The rest is ours, each for a reason:
+
+- Nothing here touches MLX's global random key: every sampled sequence draws from its own key
+  (from its seed, or from the host's RNG when it has none), so a seeded sequence's tokens do
+  not depend on which others share its batch. mlx-lm's ``make_sampler`` draws from the global
+  key, and its top-k, top-p and min-p are compiled with the global random state as input and
+  output. When one of those raised while being traced (``top_k`` >= the vocabulary), the global
+  state was left a placeholder of the failed trace, and every later unseeded request failed
+  with "[eval] Attempting to eval an array without a primitive" until restart (issue 13).
+  Compiled, they were also traced again for every distinct float value a client sends. Our
+  filters are total: ``top_k`` at or past the vocabulary keeps every token (mlx-lm's raises),
+  and top-p always keeps the best token.
+- Presence and frequency penalties count the completion only, as OpenAI documents them;
+  mlx-lm's ``make_presence_penalty``/``make_frequency_penalty`` count the last 20 tokens,
+  prompt included.
+- ``logit_bias`` drops ids outside the logits row; mlx-lm's would index past it.
 """
 
 from __future__ import annotations
@@ -18,13 +27,15 @@ import secrets
 from collections.abc import Callable
 
 import mlx.core as mx
-from mlx_lm.sample_utils import greedy_sampler
+from mlx_lm.sample_utils import greedy_sampler, make_repetition_penalty
 
 from ...engine.grammar import Grammar, TokenMatcher
 from ...engine.types import SamplingParams
 
 Sampler = Callable[[mx.array], mx.array]
 LogitsProcessor = Callable[[mx.array, mx.array], mx.array]
+
+REPETITION_CONTEXT = 64  # tokens the repetition penalty looks back over, prompt included
 
 
 def openai_penalties(presence: float, frequency: float, prompt_len: int) -> LogitsProcessor:
@@ -42,21 +53,6 @@ def openai_penalties(presence: float, frequency: float, prompt_len: int) -> Logi
         counts = mx.zeros((vocab,), dtype=logits.dtype).at[generated].add(1.0)
         penalty = frequency * counts + presence * (counts > 0).astype(logits.dtype)
         return logits - penalty
-
-    return process
-
-
-def repetition_penalty(penalty: float, context: int = 64) -> LogitsProcessor:
-    """CTRL-style repetition penalty over the last ``context`` tokens (prompt included)."""
-
-    def process(tokens: mx.array, logits: mx.array) -> mx.array:
-        recent = tokens[-context:]
-        if recent.size == 0:
-            return logits
-        selected = logits[:, recent]
-        selected = mx.where(selected < 0, selected * penalty, selected / penalty)
-        logits[:, recent] = selected
-        return logits
 
     return process
 
@@ -167,7 +163,7 @@ def logits_processors(
             openai_penalties(params.presence_penalty, params.frequency_penalty, prompt_len)
         )
     if params.repetition_penalty != 1.0:
-        processors.append(repetition_penalty(params.repetition_penalty))
+        processors.append(make_repetition_penalty(params.repetition_penalty, REPETITION_CONTEXT))
     if grammar is not None:
         processors.append(grammar_mask(grammar.matcher()))
     return processors
