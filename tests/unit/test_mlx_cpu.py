@@ -257,3 +257,18 @@ def test_tune_allocator_sets_glibc_thresholds():
     from dvai_bridge.backends.mlx.cpu_tuning.allocator import tune_allocator
 
     assert tune_allocator() is True
+
+
+def test_apply_is_the_one_door_and_reports_what_it_did(fake_blas, monkeypatch):
+    """cpu_tuning.apply: the weights' form, the allocator, the kernels (none here: the tiny
+    model's module has no swiglu or attention to replace) and the governor, ticked safely."""
+    from dvai_bridge.backends.mlx import cpu_tuning
+
+    monkeypatch.setenv("DVAI_BRIDGE_BLAS_THREADS", "1")  # fixed by the user: no governor
+    model = stock_quantized()
+    tuning = cpu_tuning.apply(model)
+    assert "dequantized float32" in tuning.form
+    assert tuning.allocator is sys.platform.startswith("linux")
+    assert tuning.kernels is False and tuning.governor is None
+    tuning.tick()  # nothing to govern: a no-op
+    assert mx.allclose(model(TOKENS), reference_logits(TOKENS), rtol=1e-4, atol=1e-4).item()
