@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..defaults import DEVICE_LIMITS
 from .types import BatchLimits
 
 MiB = 1 << 20
@@ -24,13 +25,7 @@ class DeviceDefaults:
     cache_share: float  # at most this share of the device's memory, when it is known
 
 
-DEFAULTS = {
-    "cpu": DeviceDefaults(max_batch=8, prefill_chunk=512, prompt_cache_mb=1024, cache_share=0.25),
-    "cuda": DeviceDefaults(max_batch=64, prefill_chunk=2048, prompt_cache_mb=8192, cache_share=0.1),
-    "metal": DeviceDefaults(
-        max_batch=32, prefill_chunk=2048, prompt_cache_mb=4096, cache_share=0.1
-    ),
-}
+DEFAULTS = {kind: DeviceDefaults(*values) for kind, values in DEVICE_LIMITS.items()}
 
 
 def defaults_for(device: str) -> DeviceDefaults:

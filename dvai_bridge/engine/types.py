@@ -7,6 +7,8 @@ import threading
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
+from ..defaults import DEVICE_LIMITS
+
 if TYPE_CHECKING:
     from .grammar import Grammar
     from .reasoning import GatedGrammar, ReasoningSpec
@@ -35,11 +37,11 @@ class SamplingParams:
 
 @dataclass(frozen=True)
 class BatchLimits:
-    """How much the engine may batch and cache."""
+    """How much the engine may batch and cache (by default: the CPU's defaults)."""
 
-    max_batch: int = 8
-    prefill_chunk: int = 512
-    prompt_cache_bytes: int = 1 << 30
+    max_batch: int = DEVICE_LIMITS["cpu"][0]
+    prefill_chunk: int = DEVICE_LIMITS["cpu"][1]
+    prompt_cache_bytes: int = DEVICE_LIMITS["cpu"][2] << 20
 
 
 @dataclass(frozen=True)

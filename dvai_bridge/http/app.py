@@ -6,6 +6,7 @@ from collections.abc import Iterable
 
 from fastapi import FastAPI
 
+from ..defaults import SHUTDOWN_GRACE_S
 from ..protocol.anthropic.service import MessagesService
 from ..protocol.openai_responses.service import ResponsesService
 from ..protocol.openai_responses.store import ResponseStore, StoreLimits
@@ -30,7 +31,7 @@ def create_app(
     api_key: str | Iterable[str] | None = None,
     allowed_hosts: Iterable[str] = (),
     max_body_bytes: int = MAX_BODY_BYTES,
-    shutdown_grace_s: float = 5.0,
+    shutdown_grace_s: float = SHUTDOWN_GRACE_S,
     body_timeout_s: float | None = None,
     responses_store: StoreLimits | None = None,
 ) -> FastAPI:

@@ -19,6 +19,7 @@ import threading
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from ..defaults import SHUTDOWN_GRACE_S
 from ..errors import ServiceUnavailable
 from .errors import error_response
 from .sse import DONE, frame
@@ -62,7 +63,7 @@ class _Exchange:
 class Drain:
     """In-flight requests of one app, shared with the thread that stops the server."""
 
-    def __init__(self, grace_s: float = 5.0) -> None:
+    def __init__(self, grace_s: float = SHUTDOWN_GRACE_S) -> None:
         self.grace_s = grace_s
         self.draining = False
         self._cond = threading.Condition()

@@ -36,6 +36,7 @@ from starlette.datastructures import Headers
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from ..defaults import MAX_BODY_MB
 from ..errors import (
     ConfigurationInvalid,
     Forbidden,
@@ -50,7 +51,7 @@ from .errors import envelope, error_response
 
 log = logging.getLogger(__name__)
 
-MAX_BODY_BYTES = 16 << 20
+MAX_BODY_BYTES = MAX_BODY_MB << 20
 BODY_TIMEOUT_S = 60.0
 LOOPBACK_NAMES = frozenset({"127.0.0.1", "localhost", "::1"})
 OPEN_PATHS = frozenset({"/health"})

@@ -22,6 +22,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from ..defaults import REASONING_BUDGETS, REASONING_FIELD
+
 REASONING = "reasoning"
 CONTENT = "content"
 
@@ -210,17 +212,16 @@ RESERVED_TEMPLATE_KWARGS = frozenset(
 class ReasoningOptions:
     """Server-wide choices (StartConfig): the response field, and the budget of each effort."""
 
-    field: str = "reasoning_content"  # "reasoning_content", "reasoning" or "both"
-    budgets: tuple[tuple[str, int], ...] = (("minimal", 64), ("low", 256), ("medium", 1024))
+    field: str = REASONING_FIELD  # "reasoning_content", "reasoning" or "both"
+    budgets: tuple[tuple[str, int], ...] = tuple(REASONING_BUDGETS.items())
 
     @classmethod
     def from_config(cls, config: object) -> ReasoningOptions:
         return cls(
-            getattr(config, "reasoning_field", "reasoning_content"),
-            (
-                ("minimal", getattr(config, "reasoning_budget_minimal", 64)),
-                ("low", getattr(config, "reasoning_budget_low", 256)),
-                ("medium", getattr(config, "reasoning_budget_medium", 1024)),
+            getattr(config, "reasoning_field", REASONING_FIELD),
+            tuple(
+                (effort, getattr(config, f"reasoning_budget_{effort}", tokens))
+                for effort, tokens in REASONING_BUDGETS.items()
             ),
         )
 

@@ -18,18 +18,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-log = logging.getLogger(__name__)
+from ...defaults import RESPONSES_MAX, RESPONSES_MAX_MB, RESPONSES_TTL_S
 
-DEFAULT_MAX_ENTRIES = 1000
-DEFAULT_MAX_BYTES = 64 << 20  # 64 MiB of JSON
-DEFAULT_TTL_S = 24 * 3600.0
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class StoreLimits:
-    max_entries: int = DEFAULT_MAX_ENTRIES
-    max_bytes: int = DEFAULT_MAX_BYTES
-    ttl_s: float = DEFAULT_TTL_S
+    max_entries: int = RESPONSES_MAX
+    max_bytes: int = RESPONSES_MAX_MB << 20  # of JSON
+    ttl_s: float = RESPONSES_TTL_S
     directory: str | None = None
 
 
