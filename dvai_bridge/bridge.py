@@ -26,8 +26,9 @@ import uvicorn
 
 from .backends.base import Backend
 from .backends.mlx.distributed.group import GroupInfo, launched_backend
-from .backends.registry import create_backend
+from .backends.registry import check_options, create_backend
 from .config import StartConfig
+from .defaults import SHUTDOWN_GRACE_S
 from .engine.limits import describe, resolve_limits
 from .engine.model_set import ModelSet
 from .engine.scheduler import AsyncEngine, Scheduler
@@ -48,8 +49,6 @@ from .protocol.service import OpenAIService
 from .store.inuse import ServingLease, take_lease
 
 log = logging.getLogger(__name__)
-
-SHUTDOWN_GRACE_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -119,6 +118,8 @@ class Bridge:
         security = SecurityOptions.from_config(config)  # a bad key file fails before the load
         _check_group(config)  # under mlx.launch, only rank 0 gets here
         models = serving_models(config) if several(config) else None
+        for each in [m.config for m in models] if models is not None else [config]:
+            check_options(each)  # a bad backend option fails before the load
         sock = bind_port(config.host, config.http_base_port, config.http_max_port_attempts)
         close: Callable[[], None] | None = None
         try:

@@ -10,34 +10,17 @@ import threading
 from typing import Any
 
 import click
-from click.core import ParameterSource
 
 from .bridge import shared
+from .cli_options import backend_flags, serve_options
 from .config import StartConfig
 from .errors import BridgeError
 from .progress import ProgressEvent
 
 
-def _help(field: str) -> str:
-    return StartConfig.model_fields[field].description or ""
-
-
 def _print_progress(event: ProgressEvent) -> None:
     if event.phase in ("load", "download", "verify") and event.message:
         click.echo(f"[{event.phase}] {event.message}", err=True)
-
-
-def _key_in_argv(
-    ctx: click.Context, _param: click.Parameter, keys: tuple[str, ...]
-) -> tuple[str, ...]:
-    if keys and ctx.get_parameter_source("api_key") is ParameterSource.COMMANDLINE:
-        click.echo(
-            "warning: --api-key on the command line is visible to every user of this "
-            "machine (ps, /proc); set DVAI_BRIDGE_API_KEY or use --api-key-file (mode "
-            "600) instead.",
-            err=True,
-        )
-    return keys
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -47,148 +30,7 @@ def main() -> None:
 
 
 @main.command()
-@click.option("--backend", default="auto", show_default=True, help=_help("backend"))
-@click.option(
-    "--model",
-    "model_path",
-    multiple=True,
-    help=_help("model_path") + " Repeat, "
-    "or give NAME=REF, to serve several models: " + _help("models"),
-)
-# -- several models behind one port (docs/models.md#several-models) --------------------------
-@click.option(
-    "--models-file",
-    type=click.Path(dir_okay=False, exists=True),
-    default=None,
-    help=_help("models_file"),
-)
-@click.option("--max-loaded-models", type=int, default=None, help=_help("max_loaded_models"))
-@click.option("--models-memory-mb", type=int, default=None, help=_help("models_memory_mb"))
-@click.option(
-    "--idle-unload", "idle_unload_s", type=float, default=None, help=_help("idle_unload_s")
-)
-@click.option("--alias", "model_aliases", multiple=True, help=_help("model_aliases"))
-@click.option("--strict-model-names", is_flag=True, default=False, help=_help("strict_model_names"))
-@click.option("--host", default="127.0.0.1", show_default=True, help=_help("host"))
-@click.option(
-    "--port",
-    "http_base_port",
-    type=int,
-    default=38883,
-    show_default=True,
-    help=_help("http_base_port"),
-)
-@click.option(
-    "--port-attempts",
-    "http_max_port_attempts",
-    type=int,
-    default=16,
-    show_default=True,
-    help=_help("http_max_port_attempts"),
-)
-@click.option("--context-size", type=int, default=None, help=_help("context_size"))
-@click.option("--threads", type=int, default=None, help=_help("threads"))
-@click.option("--gpu-layers", type=int, default=0, show_default=True, help=_help("gpu_layers"))
-@click.option("--embedding-mode", is_flag=True, default=False, help=_help("embedding_mode"))
-@click.option("--embedding-model", default=None, help=_help("embedding_model"))
-@click.option(
-    "--api-key",
-    multiple=True,
-    envvar="DVAI_BRIDGE_API_KEY",
-    callback=_key_in_argv,
-    help=_help("api_key") + " Repeat for several keys; DVAI_BRIDGE_API_KEY may hold "
-    "several, separated by spaces. Prefer the variable or --api-key-file: other "
-    "users of this machine can read the command line (ps).",
-)
-@click.option(
-    "--api-key-file",
-    envvar="DVAI_BRIDGE_API_KEY_FILE",
-    default=None,
-    type=click.Path(dir_okay=False),
-    help=_help("api_key_file"),
-)
-@click.option("--allowed-host", "allowed_hosts", multiple=True, help=_help("allowed_hosts"))
-@click.option(
-    "--cors-origin",
-    multiple=True,
-    callback=lambda _c, _p, v: None if "none" in v else list(v),
-    help=_help("cors_origin") + " Repeat for a list; 'none' lets no page in.",
-)
-@click.option("--max-body-mb", type=int, default=16, show_default=True, help=_help("max_body_mb"))
-@click.option(
-    "--shutdown-grace",
-    "shutdown_grace_s",
-    type=float,
-    default=5.0,
-    show_default=True,
-    help=_help("shutdown_grace_s"),
-)
-@click.option("--max-batch-size", type=int, default=None, help=_help("max_batch_size"))
-@click.option("--prefill-chunk", type=int, default=None, help=_help("prefill_chunk"))
-@click.option("--prompt-cache-mb", type=int, default=None, help=_help("prompt_cache_mb"))
-@click.option("--max-queued", type=int, default=64, show_default=True, help=_help("max_queued"))
-@click.option(
-    "--responses-max", type=int, default=1000, show_default=True, help=_help("responses_max")
-)
-@click.option(
-    "--responses-max-mb", type=int, default=64, show_default=True, help=_help("responses_max_mb")
-)
-@click.option(
-    "--responses-ttl",
-    "responses_ttl_s",
-    type=float,
-    default=86400.0,
-    show_default=True,
-    help=_help("responses_ttl_s"),
-)
-@click.option("--responses-dir", default=None, help=_help("responses_dir"))
-@click.option(
-    "--shard",
-    type=click.Choice(["auto", "tensor", "pipeline"]),
-    default="auto",
-    show_default=True,
-    help=_help("shard"),
-)
-@click.option(
-    "--group-timeout",
-    "group_timeout_s",
-    type=float,
-    default=120.0,
-    show_default=True,
-    help=_help("group_timeout_s"),
-)
-@click.option(
-    "--chat-template", default=None, type=click.Path(dir_okay=False), help=_help("chat_template")
-)
-@click.option(
-    "--reasoning-field",
-    default="reasoning_content",
-    show_default=True,
-    type=click.Choice(["reasoning_content", "reasoning", "both"]),
-    help=_help("reasoning_field"),
-)
-@click.option(
-    "--reasoning-budget-minimal",
-    type=int,
-    default=64,
-    show_default=True,
-    help=_help("reasoning_budget_minimal"),
-)
-@click.option(
-    "--reasoning-budget-low",
-    type=int,
-    default=256,
-    show_default=True,
-    help=_help("reasoning_budget_low"),
-)
-@click.option(
-    "--reasoning-budget-medium",
-    type=int,
-    default=1024,
-    show_default=True,
-    help=_help("reasoning_budget_medium"),
-)
-@click.option("--log-level", default="info", show_default=True, help=_help("log_level"))
+@serve_options
 def serve(**options: Any) -> None:
     """Serve a model until Ctrl-C. Prints the base_url for OpenAI clients.
 
@@ -197,6 +39,7 @@ def serve(**options: Any) -> None:
     logging.basicConfig(
         level=options["log_level"].upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    options = backend_flags(click.get_current_context(), options)
     _follow_if_not_rank_0(options)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):

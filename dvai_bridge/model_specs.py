@@ -11,7 +11,7 @@
     pinned = true                      # loaded at start, never unloaded
     [models.small]
     model = "./SmolLM2-135M-Instruct.Q4_1.gguf"
-    threads = 2                        # backend options: any per-model StartConfig field
+    threads = 2                        # its backend's options (or a backend_options table)
 
 Each model gets its own ``StartConfig``: the server's, with the model's settings over it.
 """
@@ -24,19 +24,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .backends.registry import check_options, option_names
 from .config import StartConfig
 from .engine.model_set import ModelEntry, machine_memory
 from .errors import ConfigurationInvalid
 
 # What a model's table may set besides model/aliases/pinned: the StartConfig fields that belong
-# to one model (its backend and that backend's options, its engine's limits).
+# to one model (its backend, its engine's limits), and any backend's options (by name, as
+# StartConfig takes them, or in a backend_options table), checked against the model's backend.
 PER_MODEL = (
     "backend",
     "context_size",
-    "embedding_mode",
-    "embedding_model",
-    "threads",
-    "gpu_layers",
+    "backend_options",
     "max_queued",
     "max_batch_size",
     "prefill_chunk",
@@ -159,13 +158,19 @@ def _from_file(config: StartConfig, path: Path) -> list[ModelSpec]:
             table.pop("aliases", []),
             table.pop("pinned", False),
         )
-        bad = sorted(set(table) - set(PER_MODEL))
+        options = option_names()
+        bad = sorted(set(table) - set(PER_MODEL) - options)
         if bad:
             raise ConfigurationInvalid(
                 f"{where}: unknown key(s) {bad}; a model may set model, "
-                f"aliases, pinned, {', '.join(PER_MODEL)}.",
+                f"aliases, pinned, {', '.join(PER_MODEL)} and its backend's options "
+                f"({', '.join(sorted(options))}).",
                 param="models_file",
             )
+        if not isinstance(table.get("backend_options", {}), dict):
+            raise ConfigurationInvalid(f"{where}: backend_options is a table.", param="models_file")
+        own = {k: table.pop(k) for k in list(table) if k in options}
+        table["backend_options"] = {**table.get("backend_options", {}), **own}
         if not (isinstance(aliases, list) and all(isinstance(a, str) for a in aliases)):
             raise ConfigurationInvalid(f"{where}: aliases is a list of names.", param="models_file")
         specs.append(
@@ -180,9 +185,14 @@ def _from_file(config: StartConfig, path: Path) -> list[ModelSpec]:
 
 
 def _model_config(config: StartConfig, own: dict[str, Any], where: str = "models") -> StartConfig:
+    """The server's settings with the model's over them (its backend options over the
+    server's, one by one), checked against the model's backend."""
     base = config.model_dump(exclude={"models", "models_file", "model_aliases"})
+    options = {**base.pop("backend_options"), **own.pop("backend_options", {})}
     try:
-        return StartConfig.build(**{**base, **own})
+        model = StartConfig.build(**{**base, **own, "backend_options": options})
+        check_options(model)
+        return model
     except ConfigurationInvalid as exc:
         raise ConfigurationInvalid(f"{where}: {exc.message}", param="models") from None
 

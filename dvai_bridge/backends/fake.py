@@ -10,15 +10,27 @@ import time
 from collections.abc import Iterator, Sequence
 
 import jinja2
+from pydantic import Field
 
 from ..engine.prompt_cache import PromptCache
 from ..engine.types import BatchLimits, CancelToken, GenerationRequest, TokenChoice
 from ..errors import BackendError
 from .base import FALLBACK_CHAT_TEMPLATE, Backend, Batch, Capabilities, Message
+from .options import BackendOptions
 
 EOS = 256
 BOS = 257
 _MARK = 258  # separates prompt from the text the fake will answer
+
+
+class FakeOptions(BackendOptions):
+    """The fake backend's settings (``backend_options``), for tests that start a server."""
+
+    model_id: str = "fake-model"
+    reply: str | None = Field(None, description="Answer this instead of echoing.")
+    token_delay: float = Field(0.0, ge=0, description="Seconds each token takes.")
+    fail_after: int | None = Field(None, ge=0, description="Fail after this many tokens.")
+    batched: bool = Field(True, description="Offer batched decoding.")
 
 
 class FakeBackend(Backend):

@@ -10,6 +10,7 @@ import pytest
 
 from dvai_bridge.backends.cpu_cores import physical_cores
 from dvai_bridge.backends.llama_cpp.backend import LlamaBackend
+from dvai_bridge.backends.registry import backend_load
 from dvai_bridge.config import StartConfig
 from dvai_bridge.engine.types import CancelToken, GenerationRequest, SamplingParams
 from dvai_bridge.errors import ContextLengthExceeded, InvalidRequest
@@ -22,7 +23,10 @@ QUESTION = [{"role": "user", "content": "Name three colours of the rainbow."}]
 @pytest.fixture(scope="module")
 def backend(gguf_path):
     b = LlamaBackend.load(
-        StartConfig(backend="llama", model_path=gguf_path, context_size=4096), ProgressHub()
+        backend_load(
+            StartConfig(backend="llama", model_path=gguf_path, context_size=4096), "llama"
+        ),
+        ProgressHub(),
     )
     yield b
     b.close()

@@ -15,6 +15,7 @@ from __future__ import annotations
 import pytest
 
 from dvai_bridge.backends.llama_cpp.backend import LlamaBackend
+from dvai_bridge.backends.registry import backend_load
 from dvai_bridge.config import StartConfig
 from dvai_bridge.engine.types import BatchLimits, GenerationRequest, SamplingParams
 from dvai_bridge.errors import ContextLengthExceeded, InvalidRequest
@@ -35,7 +36,10 @@ QUESTIONS = [
 
 def load(gguf_path: str, context: int) -> LlamaBackend:
     return LlamaBackend.load(
-        StartConfig(backend="llama", model_path=gguf_path, context_size=context), ProgressHub()
+        backend_load(
+            StartConfig(backend="llama", model_path=gguf_path, context_size=context), "llama"
+        ),
+        ProgressHub(),
     )
 
 

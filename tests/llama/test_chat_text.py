@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from dvai_bridge.backends.llama_cpp.backend import LlamaBackend
+from dvai_bridge.backends.registry import backend_load
 from dvai_bridge.config import StartConfig
 from dvai_bridge.progress import ProgressHub
 from tests.chat_text_cases import check_injection_is_text, check_normal_chats_unchanged
@@ -14,7 +15,10 @@ from tests.chat_text_cases import check_injection_is_text, check_normal_chats_un
 @pytest.fixture(scope="module")
 def backend(gguf_path):
     b = LlamaBackend.load(
-        StartConfig(backend="llama", model_path=gguf_path, context_size=2048, threads=1),
+        backend_load(
+            StartConfig(backend="llama", model_path=gguf_path, context_size=2048, threads=1),
+            "llama",
+        ),
         ProgressHub(),
     )
     yield b

@@ -19,10 +19,11 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from ...config import StartConfig
 from ...errors import BridgeError, ConfigurationInvalid, ModelLoadFailed
 from ...progress import ProgressEvent, ProgressHub
 from ...store.resolve import hf_snapshot, is_repo_id
+from ..mlx.options import MLXOptions
+from ..options import BackendLoad
 from . import Embedder
 
 log = logging.getLogger(__name__)
@@ -249,10 +250,12 @@ def load_embedder(ref: str, progress: ProgressHub) -> MLXEmbedder:
     return embedder
 
 
-def load_embedding_backend(config: StartConfig, progress: ProgressHub) -> Any:
+def load_embedding_backend(load: BackendLoad, progress: ProgressHub) -> Any:
     """An embeddings-only backend when ``model_path`` names an embedding model, else None."""
-    if not is_embedding_model(config.model_path):
-        if config.embedding_mode and not config.embedding_model:
+    options = load.options
+    assert isinstance(options, MLXOptions)
+    if not is_embedding_model(load.model_path):
+        if options.embedding_mode and not options.embedding_model:
             raise ConfigurationInvalid(
                 "embedding_mode serves embeddings from a GGUF on the llama backend. On the mlx "
                 "backend, set embedding_model (for example all-MiniLM-L6-v2) to serve "
@@ -260,15 +263,15 @@ def load_embedding_backend(config: StartConfig, progress: ProgressHub) -> Any:
                 param="embedding_mode",
             )
         return None
-    if config.embedding_model:
+    if options.embedding_model:
         raise ConfigurationInvalid(
             "model_path is already an embedding model; leave embedding_model unset.",
             param="embedding_model",
         )
     from .backend import EmbeddingBackend
 
-    assert config.model_path is not None
-    return EmbeddingBackend(load_embedder(config.model_path, progress))
+    assert load.model_path is not None
+    return EmbeddingBackend(load_embedder(load.model_path, progress))
 
 
 def attach_embedder(backend: Any, ref: str, progress: ProgressHub) -> None:

@@ -28,7 +28,6 @@ from typing import Any
 
 import numpy as np
 
-from ...config import StartConfig
 from ...engine.types import BatchLimits, CancelToken, GenerationRequest, TokenChoice
 from ...errors import (
     BackendError,
@@ -42,14 +41,15 @@ from ...progress import ProgressEvent, ProgressHub
 from ..base import Backend, Batch, Capabilities, Message
 from ..chat_text import ControlText
 from ..cpu_cores import physical_cores
+from ..options import BackendLoad
 from .gguf import resolve_gguf
+from .options import LlamaOptions
 from .sampling import SamplerChain, adjusted_logits, log_softmax, top_entries
 from .template import ChatTemplate, control_strings
 
 log = logging.getLogger(__name__)
 
 DEFAULT_CONTEXT = 8192  # when context_size is not given: the KV cache is allocated up front
-N_BATCH = 512  # prompt tokens per llama_decode call (and between two cancel checks)
 
 
 class _Aborted(Exception):
@@ -84,12 +84,21 @@ def _boundary(what: str) -> Iterator[None]:
 class LlamaBackend(Backend):
     name = "llama"
 
-    def __init__(self, llm: Any, *, model_id: str, threads: int, embedding_mode: bool) -> None:
+    def __init__(
+        self,
+        llm: Any,
+        *,
+        model_id: str,
+        threads: int,
+        embedding_mode: bool,
+        n_batch: int,
+    ) -> None:
         lc = _import_llama_cpp()
         self._lc = lc
         self.llm = llm
         self.model_id = model_id
         self.threads = threads
+        self.n_batch = n_batch  # prompt tokens per llama_decode call (and between cancel checks)
         self.context_length = int(llm.n_ctx())
         self._ctx = llm.ctx
         self._vocab = lc.llama_model_get_vocab(llm.model)
@@ -115,8 +124,8 @@ class LlamaBackend(Backend):
         # The KV cache holds these tokens at positions 0..len-1 (sequence 0).
         self._cached: list[int] = []
         self.last_reused = 0  # prompt tokens the last sequence took from the KV cache
-        self._batch = lc.llama_batch_init(N_BATCH, 0, 1)
-        for i in range(N_BATCH):
+        self._batch = lc.llama_batch_init(n_batch, 0, 1)
+        for i in range(n_batch):
             self._batch.seq_id[i][0] = 0
             self._batch.n_seq_id[i] = 1
         self._abort_flag: CancelToken | None = None
@@ -138,30 +147,32 @@ class LlamaBackend(Backend):
 
     # -- loading ---------------------------------------------------------------------
     @classmethod
-    def load(cls, config: StartConfig, progress: ProgressHub) -> LlamaBackend:
+    def load(cls, load: BackendLoad, progress: ProgressHub) -> LlamaBackend:
+        options = load.options
+        assert isinstance(options, LlamaOptions)
         _import_llama_cpp()
         from llama_cpp import Llama
 
-        path, model_id = resolve_gguf(config.model_path, progress)
-        threads = config.threads or physical_cores()
+        path, model_id = resolve_gguf(load.model_path, progress)
+        threads = options.threads or physical_cores()
         progress.emit(
             ProgressEvent(
                 "load",
                 message=f"Loading {model_id} on llama.cpp ({threads} threads, "
-                f"{config.gpu_layers} GPU layers)",
+                f"{options.gpu_layers} GPU layers)",
             )
         )
         try:
             native = _native_context(path)
-            n_ctx = min(config.context_size or min(native, DEFAULT_CONTEXT), native)
+            n_ctx = min(load.context_size or min(native, DEFAULT_CONTEXT), native)
             llm = Llama(
                 model_path=str(path),
                 n_ctx=n_ctx,
-                n_batch=N_BATCH,
-                n_ubatch=N_BATCH,
+                n_batch=options.n_batch,
+                n_ubatch=options.n_batch,
                 n_threads=threads,
                 n_threads_batch=threads,
-                n_gpu_layers=config.gpu_layers,
+                n_gpu_layers=options.gpu_layers,
                 logits_all=False,
                 embedding=False,
                 verbose=False,
@@ -172,7 +183,11 @@ class LlamaBackend(Backend):
             raise ModelLoadFailed(f"llama.cpp could not load {path}: {exc}") from exc
         try:
             backend = cls(
-                llm, model_id=model_id, threads=threads, embedding_mode=config.embedding_mode
+                llm,
+                model_id=model_id,
+                threads=threads,
+                embedding_mode=options.embedding_mode,
+                n_batch=options.n_batch,
             )
         except BridgeError:
             llm.close()
@@ -180,14 +195,14 @@ class LlamaBackend(Backend):
         except Exception as exc:
             llm.close()
             raise ModelLoadFailed(f"llama.cpp could not prepare {model_id}: {exc}") from exc
-        if config.gpu_layers != 0 and bool(backend._lc.llama_supports_gpu_offload()):
+        if options.gpu_layers != 0 and bool(backend._lc.llama_supports_gpu_offload()):
             backend.device_kind = "metal" if sys.platform == "darwin" else "cuda"
         log.info(
             "llama backend: %s, context %d, %d threads, %d GPU layers%s",
             model_id,
             backend.context_length,
             threads,
-            config.gpu_layers,
+            options.gpu_layers,
             ", embeddings on" if backend.embedder else "",
         )
         return backend
@@ -278,7 +293,7 @@ class LlamaBackend(Backend):
         return flag is not None and flag.cancelled
 
     def _decode(self, tokens: Sequence[int]) -> None:
-        """Append ``tokens`` (at most N_BATCH) to sequence 0; logits for the last one."""
+        """Append ``tokens`` (at most ``n_batch``) to sequence 0; logits for the last one."""
         n, pos = len(tokens), len(self._cached)
         batch = self._batch
         batch.n_tokens = n
@@ -323,10 +338,10 @@ class LlamaBackend(Backend):
         self._abort_flag = cancel
         self._lc.llama_set_abort_callback(self._ctx, self._abort_cb, None)
         try:
-            for start in range(0, len(rest), N_BATCH):
+            for start in range(0, len(rest), self.n_batch):
                 if cancel.cancelled:
                     raise _Aborted
-                self._decode(rest[start : start + N_BATCH])
+                self._decode(rest[start : start + self.n_batch])
         finally:
             self._lc.llama_set_abort_callback(self._ctx, self._no_abort, None)
             self._abort_flag = None

@@ -26,19 +26,23 @@ log = logging.getLogger(__name__)
 
 def load(config: StartConfig, progress: ProgressHub) -> GroupBackend:
     """This rank's ``GroupBackend`` (call ``current()`` first: it must say we are in one)."""
+    from ...registry import backend_load
+    from ..options import MLXOptions
     from .sharded import load_sharded
 
     found = current()
     assert found is not None
     group, info = found
+    spec = backend_load(config, "mlx")
+    assert isinstance(spec.options, MLXOptions)
     return load_sharded(
-        config.model_path,
-        context_size=config.context_size,
+        spec.model_path,
+        context_size=spec.context_size,
         progress=progress,
         group=group,
         info=info,
-        shard=config.shard,
-        stall_timeout=config.group_timeout_s,
+        shard=spec.options.shard,
+        stall_timeout=spec.options.group_timeout_s,
     )
 
 

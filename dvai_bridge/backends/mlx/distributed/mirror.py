@@ -41,6 +41,7 @@ from ....engine.types import (
 from ....errors import BackendError, ConfigurationInvalid
 from ..backend import MLXBackend
 from ..batch import KV, MLXBatch, MLXCacheOps
+from ..options import GROUP_TIMEOUT_S
 from ..sampling import LogitsProcessor, Sampler
 from .channel import Channel, GroupLost
 from .group import GroupInfo
@@ -175,7 +176,7 @@ class GroupBackend(MLXBackend):
         group: Any,
         info: GroupInfo,
         total_layers: int,
-        stall_timeout: float = 120.0,
+        stall_timeout: float = GROUP_TIMEOUT_S,
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)

@@ -26,6 +26,7 @@ from typing import Any
 from ....errors import BridgeError, ConfigurationInvalid, ModelLoadFailed
 from ....progress import ProgressEvent, ProgressHub
 from ..device import select_device
+from ..options import GROUP_TIMEOUT_S
 from .group import GroupInfo
 from .mirror import GroupBackend
 
@@ -152,7 +153,7 @@ def load_sharded(
     group: Any,
     info: GroupInfo,
     shard: str = "auto",
-    stall_timeout: float = 120.0,
+    stall_timeout: float = GROUP_TIMEOUT_S,
 ) -> GroupBackend:
     """A ``GroupBackend`` over this rank's part of the model."""
     import mlx.core as mx
