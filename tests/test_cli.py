@@ -132,3 +132,88 @@ def test_serve_alias_and_strict_model_names_reach_the_server():
         assert proc.wait(timeout=15) == 0
     finally:
         proc.kill()
+
+
+# The flags as they were when the CLI was written by hand (public: README, docs/usage.md).
+PUBLIC_FLAGS = {
+    "--backend", "--model", "--models-file", "--max-loaded-models", "--models-memory-mb",
+    "--idle-unload", "--alias", "--strict-model-names", "--host", "--port", "--port-attempts",
+    "--context-size", "--threads", "--gpu-layers", "--embedding-mode", "--embedding-model",
+    "--api-key", "--api-key-file", "--allowed-host", "--cors-origin", "--max-body-mb",
+    "--shutdown-grace", "--max-batch-size", "--prefill-chunk", "--prompt-cache-mb",
+    "--max-queued", "--responses-max", "--responses-max-mb", "--responses-ttl",
+    "--responses-dir", "--shard", "--group-timeout", "--chat-template", "--reasoning-field",
+    "--reasoning-budget-minimal", "--reasoning-budget-low", "--reasoning-budget-medium",
+    "--log-level",
+}  # fmt: skip
+
+
+def _serve_fields():
+    """Each serve option with the field it is generated from."""
+    from dvai_bridge.cli import serve
+    from dvai_bridge.cli_options import backend_fields
+    from dvai_bridge.config import StartConfig
+
+    fields = {**StartConfig.model_fields, **backend_fields()}
+    return [(p, fields[p.name]) for p in serve.params if p.name != "help"]
+
+
+def test_every_serve_flag_has_its_fields_default_and_help(monkeypatch):
+    from dvai_bridge.cli import serve
+    from dvai_bridge.cli_options import NOT_FLAGS, backend_fields
+    from dvai_bridge.config import StartConfig
+
+    monkeypatch.delenv("DVAI_BRIDGE_API_KEY", raising=False)
+    monkeypatch.delenv("DVAI_BRIDGE_API_KEY_FILE", raising=False)
+    pairs = _serve_fields()
+    flags = {opt for p, _ in pairs for opt in p.opts}
+    assert flags >= PUBLIC_FLAGS, PUBLIC_FLAGS - flags
+    named = {p.name for p, _ in pairs}
+    assert named == (set(StartConfig.model_fields) - NOT_FLAGS) | set(backend_fields())
+    unset = serve.make_context("serve", []).params  # what serve gets with no flag given
+    for param, field in pairs:
+        assert field.description and param.help.startswith(field.description), param.name
+        if param.multiple:  # nothing given is the field's empty default
+            assert field.get_default(call_default_factory=True) in (None, []), param.name
+            assert not unset[param.name], param.name
+        else:
+            assert unset[param.name] == field.default, param.name
+
+
+def test_serve_help_shows_each_default():
+    from click.testing import CliRunner
+
+    from dvai_bridge.cli import main
+
+    out = " ".join(CliRunner().invoke(main, ["serve", "--help"]).output.split())
+    shown = 0
+    for param, field in _serve_fields():
+        if field.default is not None and not param.is_flag and not param.multiple:
+            assert f"[default: {field.default}]" in out, param.name
+            shown += 1
+    assert (
+        shown >= 15
+        and "--port INTEGER First port to try (0: any free port). [default: 38883]" in out
+    )
+
+
+def test_serve_passes_only_the_backend_flags_given():
+    from dvai_bridge.cli import serve
+    from dvai_bridge.cli_options import backend_flags
+
+    ctx = serve.make_context("serve", ["--threads", "2", "--shard", "tensor"])
+    options = backend_flags(ctx, dict(ctx.params))
+    assert options["backend_options"] == {"threads": 2, "shard": "tensor"}
+    assert "gpu_layers" not in options and options["max_body_mb"] == 16
+    ctx = serve.make_context("serve", [])
+    assert backend_flags(ctx, dict(ctx.params))["backend_options"] == {}
+
+
+def test_serve_refuses_an_invalid_backend_option_naming_it_and_its_backend():
+    from click.testing import CliRunner
+
+    from dvai_bridge.cli import main
+
+    result = CliRunner().invoke(main, ["serve", "--backend", "fake", "--gpu-layers", "-5"])
+    assert result.exit_code == 1
+    assert "error: Invalid gpu_layers for the llama backend" in result.output
