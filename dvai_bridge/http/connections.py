@@ -36,6 +36,7 @@ import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from .errors import envelope
+from .security import BODY_TIMEOUT_S
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +49,7 @@ _ACCEPT_ERROR = "socket.accept() out of system resource"
 @dataclass(frozen=True)
 class EdgeLimits:
     header_timeout_s: float = 10.0
-    body_timeout_s: float = 60.0
+    body_timeout_s: float = BODY_TIMEOUT_S
     max_connections: int = 1000
 
     def connection_cap(self) -> int:
@@ -127,7 +128,7 @@ class GuardedH11Protocol(H11Protocol):
     """uvicorn's h11 protocol with header and body read timeouts and a connection cap."""
 
     limits: ClassVar[EdgeLimits] = EdgeLimits()
-    cap: ClassVar[int] = 1000
+    cap: ClassVar[int] = EdgeLimits.max_connections  # each server's: guarded_h11()
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         self._timer: asyncio.TimerHandle | None = None

@@ -14,6 +14,7 @@ from typing import Any, Literal
 
 from pydantic import Field, ValidationError
 
+from ...defaults import REASONING_BUDGETS
 from ...errors import InvalidRequest
 from ..schema import ChatCompletionRequest, OpenAIBaseModel
 
@@ -127,9 +128,7 @@ def reasoning_effort(thinking: ThinkingConfig | None) -> str | None:
     budget = thinking.budget_tokens
     if budget is None:
         return "high"
-    return next(
-        (e for e, cap in (("minimal", 64), ("low", 256), ("medium", 1024)) if budget <= cap), "high"
-    )
+    return next((e for e, cap in REASONING_BUDGETS.items() if budget <= cap), "high")
 
 
 def _tools(tools: list[dict[str, Any]] | None) -> list[dict[str, Any]] | None:
