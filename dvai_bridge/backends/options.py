@@ -47,7 +47,7 @@ def validate_options(
         first = exc.errors()[0]
         field = ".".join(str(p) for p in first["loc"])
         if first["type"] == "extra_forbidden":
-            takes = ", ".join(model.model_fields) or "no options"
+            takes = ", ".join(f for f in model.model_fields if declares(model, f)) or "no options"
             message = f"Unknown option {field!r} for the {backend} backend (it takes: {takes})."
         else:
             message = f"Invalid {field} for the {backend} backend: {first['msg']}"
