@@ -210,10 +210,11 @@ def test_serve_passes_only_the_backend_flags_given():
 
 
 def test_serve_refuses_an_invalid_backend_option_naming_it_and_its_backend():
-    from click.testing import CliRunner
-
-    from dvai_bridge.cli import main
-
-    result = CliRunner().invoke(main, ["serve", "--backend", "fake", "--gpu-layers", "-5"])
-    assert result.exit_code == 1
-    assert "error: Invalid gpu_layers for the llama backend" in result.output
+    proc = subprocess.run(
+        [sys.executable, "-m", "dvai_bridge", "serve", "--backend", "fake", "--gpu-layers", "-5"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 1
+    assert "error: Invalid gpu_layers for the llama backend" in proc.stderr
