@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Request
+from starlette.convertors import StringConvertor, register_url_convertor
 
 from ..errors import BridgeError
 from ..protocol.anthropic.output import error_body
@@ -20,6 +21,17 @@ from .routes import _unless_disconnected
 from .sse import event_response
 
 router = APIRouter()
+
+
+class ResponseId(StringConvertor):
+    """A stored response's id: any path segment but ``input_tokens``, so that
+    ``/v1/responses/input_tokens`` is the POST route's path only (its ``Allow`` is POST, as the
+    schema says), not also a GET/DELETE of a response called "input_tokens"."""
+
+    regex = "(?!input_tokens$)[^/]+"
+
+
+register_url_convertor("response_id", ResponseId())
 
 
 def _responses(request: Request) -> ResponsesService:
@@ -68,17 +80,17 @@ async def response_input_tokens(request: Request) -> Any:
     return await _responses(request).input_tokens(body)
 
 
-@router.get("/v1/responses/{response_id}")
+@router.get("/v1/responses/{response_id:response_id}")
 async def get_response(response_id: str, request: Request) -> Any:
     return await _responses(request).get(response_id)
 
 
-@router.delete("/v1/responses/{response_id}")
+@router.delete("/v1/responses/{response_id:response_id}")
 async def delete_response(response_id: str, request: Request) -> Any:
     return await _responses(request).delete(response_id)
 
 
-@router.get("/v1/responses/{response_id}/input_items")
+@router.get("/v1/responses/{response_id:response_id}/input_items")
 async def response_input_items(
     response_id: str,
     request: Request,

@@ -91,7 +91,9 @@ def _parse(model: type[M], raw: bytes, content_type: str | None) -> M:
         except Exception as e:  # undecodable bytes, nesting too deep: errors.py words them
             raise HTTPException(400, "There was an error parsing the body") from e
     try:
-        return model.model_validate(data)
+        # strict: JSON types as the schema states them (OpenAI refuses "stream": 0 and
+        # "max_tokens": true; pydantic's lax mode would take them as false and 1)
+        return model.model_validate(data, strict=True)
     except ValidationError as e:
         raise RequestValidationError(
             [{**err, "loc": ("body", *err["loc"])} for err in e.errors(include_url=False)]

@@ -12,6 +12,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..errors import BridgeError
+from .allow import allow_header, methods_of
 
 log = logging.getLogger(__name__)
 
@@ -157,14 +158,13 @@ async def _on_http(request: Request, exc: Exception) -> JSONResponse:
             None,
             "unknown_route",
         )
-    return envelope(
-        exc.status_code,
-        str(exc.detail),
-        type_,
-        None,
-        None,
-        dict(exc.headers) if exc.headers else None,
-    )
+    headers = dict(exc.headers) if exc.headers else {}
+    detail = str(exc.detail)
+    if exc.status_code == 405:  # Starlette names the first matching route's methods only
+        allowed = allow_header(methods_of(request.scope) or ())
+        headers["Allow"] = allowed
+        detail = f"Method Not Allowed: {request.method} {request.url.path}; allowed: {allowed}."
+    return envelope(exc.status_code, detail, type_, None, None, headers or None)
 
 
 def _routes(request: Request) -> list[str]:

@@ -11,28 +11,10 @@ CORS preflights never get here: ``Cors`` answers them.
 from __future__ import annotations
 
 from starlette.responses import Response
-from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from .allow import allow_header, methods_of
 from .errors import envelope
-
-_PROBED = ("GET", "POST", "PUT", "PATCH", "DELETE")
-
-
-def _methods_of(scope: Scope) -> set[str] | None:
-    """The methods the app serves on this path; None when no route has the path.
-
-    Each method is tried against the routes (nested routers included) as the router would.
-    """
-    routes = getattr(getattr(scope.get("app"), "router", None), "routes", ())
-    allowed = {
-        m
-        for m in _PROBED
-        if any(r.matches({**scope, "method": m})[0] is Match.FULL for r in routes)
-    }
-    if allowed or any(r.matches(scope)[0] is not Match.NONE for r in routes):
-        return allowed
-    return None
 
 
 class HeadAsGet:
@@ -62,7 +44,7 @@ class PlainOptions:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] != "OPTIONS":
             return await self.app(scope, receive, send)
-        methods = _methods_of(scope)
+        methods = methods_of(scope)
         response: Response
         if methods is None:
             response = envelope(
@@ -73,9 +55,5 @@ class PlainOptions:
                 "not_found",
             )
         else:
-            if "GET" in methods:
-                methods.add("HEAD")
-            response = Response(
-                status_code=204, headers={"Allow": ", ".join(sorted(methods | {"OPTIONS"}))}
-            )
+            response = Response(status_code=204, headers={"Allow": allow_header(methods)})
         await response(scope, receive, send)

@@ -50,12 +50,30 @@ def test_options_on_an_unknown_path_is_a_404_envelope(client, path):
         (URL, "OPTIONS, POST"),
         ("/health", "GET, HEAD, OPTIONS"),
         ("/v1/models/anything", "GET, HEAD, OPTIONS"),
+        ("/v1/responses/resp_1", "DELETE, GET, HEAD, OPTIONS"),
+        ("/v1/responses/input_tokens", "OPTIONS, POST"),  # not also a response's id
     ],
 )
 def test_options_on_a_known_path_names_its_methods(client, path, methods):
     r = client.options(path)
     assert r.status_code == 204 and r.content == b""
     assert r.headers["allow"] == methods
+
+
+@pytest.mark.parametrize(
+    "method,path,methods",
+    [
+        ("PUT", "/v1/responses/resp_1", "DELETE, GET, HEAD, OPTIONS"),  # was GET only
+        ("GET", "/v1/responses/input_tokens", "OPTIONS, POST"),  # was a 404 for that id
+        ("PUT", URL, "OPTIONS, POST"),
+    ],
+)
+def test_a_405_names_every_method_of_the_path(client, method, path, methods):
+    """Starlette's 405 names the first route's methods; a path with GET and DELETE routes
+    got ``Allow: GET`` (schemathesis found it)."""
+    r = client.request(method, path)
+    err = assert_envelope(r, 405)
+    assert r.headers["allow"] == methods and methods in err["message"]
 
 
 @pytest.mark.parametrize("cors", [[], None, "*"])

@@ -208,3 +208,29 @@ def test_booleans_are_not_token_ids(client, prompt):
     read them as ids 1/0; schemathesis found it)."""
     err = assert_envelope(post(client, "/v1/completions", {"prompt": prompt}), 400)
     assert err["param"].startswith("prompt"), err
+
+
+@pytest.mark.parametrize(
+    "path,field,value",
+    [
+        ("/v1/chat/completions", "stream", 0),
+        ("/v1/chat/completions", "max_tokens", True),
+        ("/v1/chat/completions", "temperature", False),
+        ("/v1/responses", "store", 0),
+        ("/v1/responses", "seed", False),
+        ("/v1/responses", "max_output_tokens", 2.0),
+        ("/v1/messages", "stream", 1),
+    ],
+)
+def test_json_types_are_taken_as_the_schema_states_them(client, path, field, value):
+    """A number where a boolean goes (or the reverse) is a 400 naming the field, as OpenAI's
+    API answers; pydantic's lax mode read ``"stream": 0`` as false (schemathesis found it)."""
+    messages = [{"role": "user", "content": "hi"}]
+    body = {"input": "hi"} if path == "/v1/responses" else {"messages": messages}
+    if path == "/v1/messages":
+        body |= {"model": "m", "max_tokens": 2}
+    r = client.post(path, json={**body, field: value})
+    assert r.status_code == 400, r.text
+    if path != "/v1/messages":  # Anthropic's envelope has no param
+        assert r.json()["error"]["param"] == field
+    assert field in r.text
