@@ -65,7 +65,11 @@ class ModelRouter:
             [(s.name, s.entry.aliases) for s in models.slots.values()], strict=strict_model_names
         )
         self._services: dict[str, tuple[int, OpenAIService]] = {}
-        models.on_free.append(lambda name: self._services.pop(name, None))
+        models.on_free.append(self._forget)
+
+    def _forget(self, name: str) -> None:
+        """Drop the service of a model that goes (its backend is freed with it)."""
+        self._services.pop(name, None)
 
     # -- leasing -----------------------------------------------------------------------
     async def _lease(self, req: Any) -> tuple[Lease, OpenAIService]:

@@ -139,7 +139,8 @@ class Hermes(ToolFormat):
     end = "</tool_call>"
 
     def complete_calls(self, region: str, start: int = 0) -> tuple[list[ParsedCall], int]:
-        calls, used = [], start
+        calls: list[ParsedCall] = []
+        used = start
         while True:
             i = region.find(self.start, used)
             if i < 0 or region.find(self.end, i + len(self.start)) < 0:

@@ -113,7 +113,7 @@ def _hf_models(info: Any, served: list[Path]) -> list[CachedModel]:
     partials: dict[Path, int] = defaultdict(int)
     for partial in info.incomplete_files:
         partials[partial.file_path.parent.parent] += partial.size_on_disk
-    models = []
+    models: list[CachedModel] = []
     for repo in sorted(info.repos, key=lambda r: r.repo_id):
         if repo.repo_type != "model":
             continue
@@ -376,11 +376,13 @@ def plan_delete(ref: str) -> DeletePlan:
 
 def _plan(ref: str, everything: list[CachedModel]) -> DeletePlan:
     model = parse_reference(ref)
+    imported = None
     if model.kind == "local-dir" and model.path is not None:
-        folder = imports.import_folder_for(model.path)
-        hit = tuple(m for m in everything if m.cache == "mlx-imports" and m.path == folder)
+        imported = imports.import_folder_for(model.path)
+    if imported is not None:
+        hit = tuple(m for m in everything if m.cache == "mlx-imports" and m.path == imported)
         if hit:
-            return DeletePlan(ref, hit, (folder,), hit[0].bytes, False, _folders=(folder,))
+            return DeletePlan(ref, hit, (imported,), hit[0].bytes, False, _folders=(imported,))
     folder = _gguf_folder_for(model)
     if folder is not None:
         files = [p for p in folder.iterdir() if p.is_file()]

@@ -21,10 +21,10 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Literal
 
 from ..errors import ChecksumMismatch, DownloadFailed
 from .diskspace import disk_full, ensure_space, is_disk_full
@@ -60,7 +60,7 @@ def partial_path(dest: Path) -> Path:
     return dest.with_name(dest.name + PARTIAL_SUFFIX)
 
 
-def _open_partial(part: Path, mode: str) -> BinaryIO:
+def _open_partial(part: Path, mode: Literal["ab", "wb"]) -> BinaryIO:
     """The ``.incomplete`` file, opened for the bytes to come (tests wrap it to fill a disk)."""
     return part.open(mode)
 
@@ -78,7 +78,7 @@ def _hash_prefix(path: Path, size: int) -> hashlib._Hash:
     return h
 
 
-def _total_size(headers: object, position: int) -> int | None:
+def _total_size(headers: Mapping[str, str], position: int) -> int | None:
     get = headers.get
     content_range = get("Content-Range")
     if content_range and "/" in content_range and not content_range.endswith("/*"):
@@ -166,7 +166,7 @@ def fetch(
                     ensure_space(part.parent, size - position, label)
                 if on_response:
                     on_response(total, etag)
-                mode = "ab" if position else "wb"
+                mode: Literal["ab", "wb"] = "ab" if position else "wb"
                 try:
                     with _open_partial(part, mode) as out:
                         for chunk in response.iter_bytes():

@@ -170,7 +170,8 @@ class SilentBar:
     """A tqdm stand-in that shows nothing (for the hub calls that only link cached files)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
-        self.n, self.total, self.disable, self.format_dict = 0, kwargs.get("total"), True, {}
+        self.n, self.total, self.disable = 0, kwargs.get("total"), True
+        self.format_dict: dict[str, Any] = {}
 
     def update(self, n: float | None = 1) -> None:
         pass

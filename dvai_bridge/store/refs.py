@@ -17,11 +17,14 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 from urllib.parse import urlsplit
 
 from ..errors import ConfigurationInvalid
 from .locations import hf_endpoint
+
+if TYPE_CHECKING:
+    from huggingface_hub import HfUri
 
 RefKind = Literal["local-dir", "local-gguf", "hf-repo", "hf-file", "url"]
 
@@ -73,7 +76,7 @@ def _sha256(value: str | None) -> str | None:
     return value
 
 
-def _from_hf_uri(text: str, uri: object, sha256: str | None) -> ModelRef:
+def _from_hf_uri(text: str, uri: HfUri, sha256: str | None) -> ModelRef:
     repo_type, repo_id = uri.type, uri.id
     revision, path = uri.revision, uri.path_in_repo or ""
     if repo_type != "model":
@@ -127,11 +130,11 @@ def parse_reference(text: str, sha256: str | None = None) -> ModelRef:
                 )
             sha = from_fragment
         try:
-            uri = parse_hf_uri(base, endpoint=hf_endpoint())
+            web: HfUri | None = parse_hf_uri(base, endpoint=hf_endpoint())
         except Exception:
-            uri = None
-        if uri is not None and getattr(uri, "path_in_repo", ""):
-            return _from_hf_uri(raw, uri, sha)
+            web = None
+        if web is not None and web.path_in_repo:
+            return _from_hf_uri(raw, web, sha)
         if not urlsplit(base).path.lower().endswith(".gguf"):
             raise ConfigurationInvalid(
                 f"{base!r} does not point to a .gguf file; a URL reference must. Give {GRAMMAR}.",
