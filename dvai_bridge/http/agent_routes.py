@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import AsyncIterator, Callable
+from typing import Any, Protocol, TypeVar
 
 from fastapi import APIRouter, Request
 from starlette.convertors import StringConvertor, register_url_convertor
@@ -64,14 +65,40 @@ def _anthropic_error(exc: BridgeError) -> dict[str, Any]:
     )
 
 
+class _Streamed(Protocol):
+    stream: bool
+
+
+B = TypeVar("B", bound=_Streamed, contravariant=True)
+
+
+class _Creates(Protocol[B]):
+    """A protocol's service: one answer, or its events (``ResponsesService``,
+    ``MessagesService``)."""
+
+    async def create(self, req: B, /) -> dict[str, Any]: ...
+
+    async def create_stream(self, req: B, /) -> AsyncIterator[dict[str, Any]]: ...
+
+
+async def _create(
+    request: Request,
+    service: _Creates[B],
+    body: B,
+    on_error: Callable[[BridgeError], dict[str, Any]],
+) -> Any:
+    """The answer to a create route: named events when ``body.stream``, else the object (the
+    work cancelled if the client hangs up first)."""
+    if body.stream:
+        return event_response(await service.create_stream(body), on_error)
+    return await _unless_disconnected(request, service.create(body))
+
+
 # -- OpenAI Responses ---------------------------------------------------------------------
 @router.post("/v1/responses", openapi_extra=openapi_body(ResponsesRequest))
 async def create_response(request: Request) -> Any:
     body = await parsed_body(request, ResponsesRequest)
-    service = _responses(request)
-    if body.stream:
-        return event_response(await service.create_stream(body), _response_failed)
-    return await _unless_disconnected(request, service.create(body))
+    return await _create(request, _responses(request), body, _response_failed)
 
 
 @router.post("/v1/responses/input_tokens", openapi_extra=openapi_body(ResponsesRequest))
@@ -105,10 +132,7 @@ async def response_input_items(
 @router.post("/v1/messages", openapi_extra=openapi_body(MessagesRequest))
 async def create_message(request: Request) -> Any:
     body = await parsed_body(request, MessagesRequest)
-    service = _messages(request)
-    if body.stream:
-        return event_response(await service.create_stream(body), _anthropic_error)
-    return await _unless_disconnected(request, service.create(body))
+    return await _create(request, _messages(request), body, _anthropic_error)
 
 
 @router.post("/v1/messages/count_tokens", openapi_extra=openapi_body(CountTokensRequest))

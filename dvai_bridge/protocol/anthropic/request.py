@@ -12,10 +12,11 @@ from __future__ import annotations
 import json
 from typing import Any, Literal
 
-from pydantic import Field, ValidationError
+from pydantic import Field
 
 from ...defaults import REASONING_BUDGETS
 from ...errors import InvalidRequest
+from ..chat_api import as_chat_request
 from ..schema import ChatCompletionRequest, OpenAIBaseModel
 
 
@@ -171,10 +172,6 @@ def _tool_choice(choice: dict[str, Any] | None) -> Any:
 
 
 def to_chat(req: MessagesRequest, stream: bool) -> ChatCompletionRequest:
-    tools = _tools(req.tools)
-    choice = _tool_choice(req.tool_choice)
-    if tools is None and choice in ("auto", "none"):
-        choice = None
     parallel = None
     if req.tool_choice and req.tool_choice.get("disable_parallel_tool_use"):
         parallel = False
@@ -186,8 +183,8 @@ def to_chat(req: MessagesRequest, stream: bool) -> ChatCompletionRequest:
         "temperature": req.temperature,
         "top_p": req.top_p,
         "top_k": req.top_k,
-        "tools": tools,
-        "tool_choice": choice,
+        "tools": _tools(req.tools),
+        "tool_choice": _tool_choice(req.tool_choice),
         "parallel_tool_calls": parallel,
         "stream": stream,
         "stream_options": {"include_usage": True} if stream else None,
@@ -195,9 +192,4 @@ def to_chat(req: MessagesRequest, stream: bool) -> ChatCompletionRequest:
     effort = reasoning_effort(req.thinking)
     if effort is not None:
         body["reasoning_effort"] = effort  # the chat request's field (docs/reasoning.md)
-    try:
-        return ChatCompletionRequest.model_validate(body)
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        where = ".".join(str(p) for p in err["loc"])
-        raise InvalidRequest(f"{where}: {err['msg']}", param="messages") from None
+    return as_chat_request(body, param="messages")

@@ -12,9 +12,10 @@ import json
 import logging
 from typing import Any, Literal
 
-from pydantic import Field, ValidationError
+from pydantic import Field
 
 from ...errors import InvalidRequest
+from ..chat_api import as_chat_request
 from ..schema import ChatCompletionRequest, OpenAIBaseModel
 
 log = logging.getLogger(__name__)
@@ -221,16 +222,7 @@ def to_chat(
         body["reasoning_effort"] = (
             "high" if req.reasoning.effort == "xhigh" else req.reasoning.effort
         )
-    if not body["tools"]:
-        body["tools"] = None
-        if body["tool_choice"] in ("auto", "none"):
-            body["tool_choice"] = None
-    try:
-        return ChatCompletionRequest.model_validate(body)
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        where = ".".join(str(p) for p in err["loc"])
-        raise InvalidRequest(f"{where}: {err['msg']}", param="input") from None
+    return as_chat_request(body, param="input")
 
 
 def stored_json(value: Any) -> Any:
