@@ -11,20 +11,8 @@ import json
 from typing import Any
 
 import openai
-from pydantic import BaseModel, Field
 
-
-class Country(BaseModel):
-    name: str = Field(max_length=30)
-    code: str = Field(max_length=3)
-
-
-class Trip(BaseModel):
-    """A nested model: its JSON schema has ``$defs`` and ``$ref`` (pydantic's default)."""
-
-    city: str = Field(max_length=30)
-    country: Country
-
+from tests.clients.drivers.nested import Trip
 
 NESTED_TOOL = openai.pydantic_function_tool(Trip, name="plan_trip")
 NO_PARAMS_TOOL = {"type": "function", "function": {"name": "ping", "description": "Ping."}}

@@ -7,18 +7,22 @@ import re
 import signal
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import httpx
 import pytest
 
+DVAI_BRIDGE = [sys.executable, "-m", "dvai_bridge"]
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
-def test_serve_prints_the_base_url_and_stops_cleanly_on_a_signal(sig):
+
+@contextmanager
+def serving(*options: str) -> Iterator[tuple[subprocess.Popen[str], str]]:
+    """``dvai-bridge serve`` on the fake backend with ``options``: the process and the base_url
+    its first line printed (the process is killed after, whatever happened)."""
     proc = subprocess.Popen(
         [
-            sys.executable,
-            "-m",
-            "dvai_bridge",
+            *DVAI_BRIDGE,
             "serve",
             "--backend",
             "fake",
@@ -26,17 +30,25 @@ def test_serve_prints_the_base_url_and_stops_cleanly_on_a_signal(sig):
             "0",
             "--log-level",
             "warning",
+            *options,
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        env={**os.environ},
     )
     try:
+        assert proc.stdout is not None and proc.stderr is not None
         line = proc.stdout.readline()
-        match = re.search(r"at (http://127\.0\.0\.1:(\d+)/v1)", line)
+        match = re.search(r"at (http://127\.0\.0\.1:\d+/v1)", line)
         assert match, line + proc.stderr.read()
-        base = match.group(1)
+        yield proc, match.group(1)
+    finally:
+        proc.kill()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_serve_prints_the_base_url_and_stops_cleanly_on_a_signal(sig):
+    with serving() as (proc, base):
         r = httpx.post(
             base + "/chat/completions", json={"messages": [{"role": "user", "content": "cli"}]}
         )
@@ -46,13 +58,11 @@ def test_serve_prints_the_base_url_and_stops_cleanly_on_a_signal(sig):
         assert "Stopped." in proc.stderr.read()
         with pytest.raises(httpx.ConnectError):
             httpx.get(base.removesuffix("/v1") + "/health")
-    finally:
-        proc.kill()
 
 
 def test_serve_with_an_unknown_backend_fails_with_a_clear_message():
     proc = subprocess.run(
-        [sys.executable, "-m", "dvai_bridge", "serve", "--backend", "nosuch", "--port", "0"],
+        [*DVAI_BRIDGE, "serve", "--backend", "nosuch", "--port", "0"],
         capture_output=True,
         text=True,
         timeout=60,
@@ -64,7 +74,7 @@ def test_serve_with_an_unknown_backend_fails_with_a_clear_message():
 def test_doctor_shows_the_device_its_engine_defaults_and_each_backends_probe(tmp_path):
     env = {**os.environ, "DVAI_BRIDGE_CACHE": str(tmp_path)}  # no cached probe answers
     out = subprocess.run(
-        [sys.executable, "-m", "dvai_bridge", "doctor"],
+        [*DVAI_BRIDGE, "doctor"],
         capture_output=True,
         text=True,
         timeout=300,
@@ -86,52 +96,20 @@ def test_doctor_shows_the_device_its_engine_defaults_and_each_backends_probe(tmp
 
 
 def test_serve_alias_and_strict_model_names_reach_the_server():
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "dvai_bridge",
-            "serve",
-            "--backend",
-            "fake",
-            "--port",
-            "0",
-            "--log-level",
-            "warning",
-            "--alias",
-            "mine",
-            "--alias",
-            "other",
-            "--strict-model-names",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ},
-    )
-    try:
-        line = proc.stdout.readline()
-        match = re.search(r"at (http://127\.0\.0\.1:\d+/v1)", line)
-        assert match, line + proc.stderr.read()
-        base = match.group(1)
+    options = ("--alias", "mine", "--alias", "other", "--strict-model-names")
+    with serving(*options) as (proc, base):
         assert [m["id"] for m in httpx.get(base + "/models").json()["data"]] == [
             "fake-model",
             "mine",
             "other",
         ]
         msgs = [{"role": "user", "content": "cli"}]
-        assert (
-            httpx.post(
-                base + "/chat/completions", json={"model": "other", "messages": msgs}
-            ).status_code
-            == 200
-        )
+        r = httpx.post(base + "/chat/completions", json={"model": "other", "messages": msgs})
+        assert r.status_code == 200
         r = httpx.post(base + "/chat/completions", json={"model": "gpt-4o", "messages": msgs})
         assert r.status_code == 404 and r.json()["error"]["code"] == "model_not_found"
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=15) == 0
-    finally:
-        proc.kill()
 
 
 # The flags as they were when the CLI was written by hand (public: README, docs/usage.md).
@@ -211,7 +189,7 @@ def test_serve_passes_only_the_backend_flags_given():
 
 def test_serve_refuses_an_invalid_backend_option_naming_it_and_its_backend():
     proc = subprocess.run(
-        [sys.executable, "-m", "dvai_bridge", "serve", "--backend", "fake", "--gpu-layers", "-5"],
+        [*DVAI_BRIDGE, "serve", "--backend", "fake", "--gpu-layers", "-5"],
         capture_output=True,
         text=True,
         timeout=60,

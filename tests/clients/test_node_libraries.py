@@ -5,12 +5,13 @@ schema, a foreign model name (node/clients.mjs; JavaScript clients are async thr
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from tests.node_packages import node_with
 
 pytestmark = pytest.mark.node
 
@@ -24,19 +25,7 @@ CASES = [f"{lib}:{cell}" for lib, cells in LIBRARIES.items() for cell in cells]
 
 @pytest.fixture(scope="module")
 def node_results(clients_server: tuple[str, str]) -> dict[str, Any]:
-    node, npm = shutil.which("node"), shutil.which("npm")
-    if node is None or npm is None:
-        pytest.skip("node and npm are needed for the Node client libraries")
-    if not (NODE_DIR / "node_modules" / "ai" / "package.json").is_file():
-        done = subprocess.run(
-            [npm, "ci", "--no-audit", "--no-fund"],
-            cwd=NODE_DIR,
-            check=False,
-            capture_output=True,
-            text=True,
-            timeout=600,
-        )
-        assert done.returncode == 0, f"npm ci failed:\n{done.stdout}\n{done.stderr}"
+    node = node_with(NODE_DIR, "ai", "the Node client libraries")
     done = subprocess.run(
         [node, "clients.mjs", *clients_server],
         cwd=NODE_DIR,

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from tests.node_packages import node_with
 
 pytestmark = pytest.mark.node
 
@@ -20,20 +21,7 @@ MAX_TOKENS = 8
 
 @pytest.fixture(scope="module")
 def node_client() -> Path:
-    node, npm = shutil.which("node"), shutil.which("npm")
-    if node is None or npm is None:
-        pytest.skip("node and npm are needed for the Node client test")
-    if not (NODE_DIR / "node_modules" / "openai" / "package.json").is_file():
-        # Exactly what package-lock.json pins; the registry is reachable in CI.
-        done = subprocess.run(
-            [npm, "ci", "--no-audit", "--no-fund"],
-            cwd=NODE_DIR,
-            check=False,
-            capture_output=True,
-            text=True,
-            timeout=600,
-        )
-        assert done.returncode == 0, f"npm ci failed:\n{done.stdout}\n{done.stderr}"
+    node_with(NODE_DIR, "openai", "the Node client test")
     return NODE_DIR / "client.mjs"
 
 

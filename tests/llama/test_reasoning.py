@@ -3,21 +3,15 @@ tests/reasoning_cases.py."""
 
 from __future__ import annotations
 
-import openai
 import pytest
 
-from dvai_bridge import Bridge
 from tests.reasoning_cases import *  # noqa: F403 (the shared cases are the tests)
 from tests.reasoning_cases import start_config
+
+from .conftest import serving
 
 
 @pytest.fixture(scope="module")
 def rclient(gguf_path):
-    bridge = Bridge()
-    bound = bridge.start_blocking(
-        start_config(backend="llama", model_path=gguf_path, context_size=2048)
-    )
-    c = openai.OpenAI(base_url=bound.base_url, api_key="unused", timeout=300, max_retries=0)
-    yield c
-    c.close()
-    bridge.stop()
+    with serving(start_config(backend="llama", model_path=gguf_path, context_size=2048)) as c:
+        yield c

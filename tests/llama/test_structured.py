@@ -5,11 +5,8 @@ from __future__ import annotations
 
 import json
 
-import openai
-import pytest
 from pydantic import BaseModel, Field
 
-from dvai_bridge import Bridge, StartConfig
 from tests.tool_cases import ASK, WEATHER_TOOL, WeatherArgs
 
 
@@ -17,18 +14,6 @@ class City(BaseModel):
     name: str = Field(max_length=40)
     country: str = Field(max_length=40)
     founded_year: int = Field(ge=-3000, le=2100)
-
-
-@pytest.fixture(scope="module")
-def client(gguf_path):
-    bridge = Bridge()
-    bound = bridge.start_blocking(
-        StartConfig(backend="llama", model_path=gguf_path, http_base_port=0, context_size=2048)
-    )
-    c = openai.OpenAI(base_url=bound.base_url, api_key="unused", timeout=300, max_retries=0)
-    yield c
-    c.close()
-    bridge.stop()
 
 
 def test_parse_with_a_pydantic_model(client):

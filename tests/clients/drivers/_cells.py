@@ -17,25 +17,14 @@ import traceback
 from collections.abc import Callable
 from typing import Any
 
-from pydantic import BaseModel, Field
+from nested import Country as Country  # re-exported: the drivers import them from here
+from nested import Trip as Trip
 
 BASE_URL = sys.argv[1]  # ".../v1"
 SERVED = sys.argv[2]  # the id the server answers with
 FOREIGN = "gpt-4o-mini"  # hard-coded, as in countless configs
 API_KEY = "sk-local"  # the libraries insist on one; the server has none set
 os.environ.setdefault("OPENAI_API_KEY", API_KEY)
-
-
-class Country(BaseModel):
-    name: str = Field(max_length=20)
-    code: str = Field(max_length=3)
-
-
-class Trip(BaseModel):
-    """A nested model: pydantic writes its schema with $defs/$ref."""
-
-    city: str = Field(max_length=20)
-    country: Country
 
 
 def get_weather(city: str) -> str:
