@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import socket
-import time
 
 import httpx
 import pytest
@@ -20,6 +19,7 @@ from dvai_bridge import (
 )
 from dvai_bridge.backends.fake import FakeBackend
 from dvai_bridge.backends.registry import register_backend
+from tests.waiting import wait_until
 
 register_backend("slow-fake", lambda config, progress: FakeBackend(token_delay=0.02))
 register_backend("tiny-queue", lambda config, progress: FakeBackend(token_delay=0.05))
@@ -147,7 +147,7 @@ def test_progress_reaches_listeners_and_the_async_iterator(bridge):
                 events.append(e)
 
         task = asyncio.create_task(collect())
-        await asyncio.sleep(0)
+        await asyncio.sleep(0)  # one loop turn: the collector subscribes before start emits
         await bridge.start(cfg())
         await asyncio.wait_for(task, 5)
         return events
@@ -178,10 +178,7 @@ def test_a_client_that_disconnects_stops_its_generation(bridge):
         for i, _ in enumerate(r.iter_lines()):
             if i > 4:
                 break
-    deadline = time.monotonic() + 2.0
-    while _health(server.base_url)["running"] and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert _health(server.base_url)["running"] == 0
+    wait_until(lambda: _health(server.base_url)["running"] == 0, "the generation to stop", 2.0)
     r = httpx.post(
         server.base_url + "/chat/completions",
         json={"messages": [{"role": "user", "content": "next"}]},
@@ -198,10 +195,7 @@ def test_a_non_streaming_client_that_disconnects_stops_its_generation(bridge):
             json={"messages": [{"role": "user", "content": "y" * 400}]},
             timeout=0.5,
         )
-    deadline = time.monotonic() + 2.0
-    while _health(server.base_url)["running"] and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert _health(server.base_url)["running"] == 0
+    wait_until(lambda: _health(server.base_url)["running"] == 0, "the generation to stop", 2.0)
 
 
 def test_concurrent_clients_each_get_their_own_complete_answer(bridge):

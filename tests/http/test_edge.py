@@ -23,6 +23,7 @@ from dvai_bridge.errors import PortsExhausted
 from dvai_bridge.http import connections
 from dvai_bridge.http.connections import EdgeLimits, RateLimitedLog
 from dvai_bridge.http.listen import bind_port
+from tests.waiting import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 CHAT = b'{"messages": [{"role": "user", "content": "hi"}]}'
@@ -135,7 +136,7 @@ def test_slow_but_finished_requests_and_keep_alive_reuse_are_served(quick):
     with connect(quick.port) as s:
         full = post()
         s.sendall(full[:-10])
-        time.sleep(0.3)
+        time.sleep(0.3)  # the slow body under test (its deadline is 1 s)
         s.sendall(full[-10:])
         first = read_response(s)
         assert first.startswith(b"HTTP/1.1 200") and b"echo: hi" in first
@@ -151,7 +152,8 @@ def test_connections_over_the_cap_get_a_503_envelope_but_health(monkeypatch):
     held = []
     try:
         held = [connect(server.port) for _ in range(16)]
-        time.sleep(0.2)
+        open_ = bridge._running.server.server_state.connections
+        wait_until(lambda: len(open_) == 16, "the server to have accepted 16 connections")
         with connect(server.port) as s:
             s.sendall(post())
             status, headers, body = envelope_of(read_all(s))
@@ -163,7 +165,7 @@ def test_connections_over_the_cap_get_a_503_envelope_but_health(monkeypatch):
         for s in held:
             s.close()
         held = []
-        time.sleep(0.3)
+        wait_until(lambda: not open_, "the server to see the 16 connections closed")
         r = httpx.post(server.base_url + "/chat/completions", json=json.loads(CHAT), timeout=5)
         assert r.status_code == 200
     finally:
@@ -183,7 +185,7 @@ def test_rate_limited_log_says_how_many_it_dropped(caplog):
     with caplog.at_level("WARNING", logger=connections.log.name):
         assert limited.warning("k", "boom")
         assert not any(limited.warning("k", "boom") for _ in range(50))
-        time.sleep(0.25)
+        time.sleep(0.25)  # the period under test passes
         assert limited.warning("k", "boom")
     assert [r.getMessage() for r in caplog.records] == [
         "boom",
@@ -229,7 +231,7 @@ def test_running_out_of_descriptors_neither_floods_the_log_nor_holds_health(tmp_
         waited = time.monotonic() - t0
         assert r.status_code == 200
         assert waited < 25  # freed by the over-cap connections' 1 s header deadline
-        time.sleep(2)
+        time.sleep(2)  # under test: two more seconds of failing accepts stay quiet in the log
     finally:
         for s in socks:
             s.close()
@@ -284,7 +286,7 @@ def test_two_processes_starting_at_once_get_two_ports(tmp_path):
     code = (
         "import sys, time; from dvai_bridge.http.listen import bind_port; "
         "s = bind_port('127.0.0.1', int(sys.argv[1]), 8); "
-        "print(s.getsockname()[1], flush=True); time.sleep(1.5)"
+        "print(s.getsockname()[1], flush=True); time.sleep(1.5)"  # holds the port meanwhile
     )
     probe = bind_port("127.0.0.1", 0, 1)
     base = probe.getsockname()[1]

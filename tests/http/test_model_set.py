@@ -18,6 +18,7 @@ from dvai_bridge.engine.model_set import ModelEntry, ModelSet
 from dvai_bridge.engine.scheduler import Scheduler
 from dvai_bridge.errors import ConfigurationInvalid, ModelLoadFailed
 from dvai_bridge.model_specs import serving_models, split_entry
+from tests.waiting import wait_until
 
 
 def _chat(model: str | None, content: str = "hi", **extra) -> dict:
@@ -98,14 +99,10 @@ def test_idle_unload_and_keep_alive(serve):
     c.post("/v1/chat/completions", json=_chat("a"))
     c.post("/v1/chat/completions", json=_chat("b", keep_alive=-1))  # kept however long
     assert _states(c) == {"a": "loaded", "b": "loaded"}
-    deadline = time.monotonic() + 5
-    while _states(c)["a"] != "unloaded" and time.monotonic() < deadline:
-        time.sleep(0.05)
+    wait_until(lambda: _states(c)["a"] == "unloaded", "a to idle out", 5)
     assert _states(c) == {"a": "unloaded", "b": "loaded"}
     c.post("/v1/chat/completions", json=_chat("b", keep_alive="0s"))  # unload when idle
-    while _states(c)["b"] != "unloaded" and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert _states(c)["b"] == "unloaded"
+    wait_until(lambda: _states(c)["b"] == "unloaded", "b to go once idle", 5)
     r = c.post("/v1/chat/completions", json=_chat("a", keep_alive="soon"))
     assert r.status_code == 400 and r.json()["error"]["param"] == "keep_alive"
 
@@ -144,10 +141,8 @@ def test_pinned_models_load_at_start_and_stay(serve, tmp_path):
     c = serve(models_file=str(file), max_loaded_models=1, idle_unload_s=0.1)
     assert _states(c) == {"p": "loaded", "q": "unloaded"}
     c.post("/v1/chat/completions", json=_chat("q"))  # over the limit, but p is pinned
-    deadline = time.monotonic() + 10
-    while _states(c)["q"] != "unloaded" and time.monotonic() < deadline:
-        time.sleep(0.05)
-    time.sleep(0.3)  # p is older still: it would have gone first
+    wait_until(lambda: _states(c)["q"] == "unloaded", "q to idle out")
+    time.sleep(0.3)  # under test: p stays for longer than its idle time (it would have gone first)
     assert _states(c) == {"p": "loaded", "q": "unloaded"}  # q idled out, p stays
 
 
@@ -155,7 +150,7 @@ def test_pinned_models_load_at_start_and_stay(serve, tmp_path):
 def _slow_loader(calls: list[str], delay: float = 0.3):
     def load(entry: ModelEntry) -> Scheduler:
         calls.append(entry.name)
-        time.sleep(delay)
+        time.sleep(delay)  # the slow load under test
         return Scheduler(FakeBackend(model_id=entry.name))
 
     return load
@@ -183,8 +178,8 @@ def test_an_evicted_model_finishes_its_running_requests_first():
         got: list[str] = []
         t = threading.Thread(target=lambda: got.append(models.acquire_blocking("b").slot.name))
         t.start()
-        time.sleep(0.3)
-        assert got == [] and models.slots["a"].state == "unloading"
+        wait_until(lambda: models.slots["a"].state == "unloading", "b's load to evict a")
+        assert got == []
         assert held.engine.health() is None  # a still serves its request
         held.release()
         t.join(5)

@@ -36,7 +36,7 @@ def root() -> Iterator[str]:
 def _while_health_polled(root: str, send) -> tuple[httpx.Response, float, int]:
     """Send one request; meanwhile poll /health from another client. Returns the response,
     the slowest /health and how many /health answers came while it ran."""
-    done = threading.Event()
+    done, polling = threading.Event(), threading.Event()
     latencies: list[float] = []
 
     def poll() -> None:
@@ -45,12 +45,13 @@ def _while_health_polled(root: str, send) -> tuple[httpx.Response, float, int]:
                 t = time.monotonic()
                 c.get(f"{root}/health").raise_for_status()
                 latencies.append(time.monotonic() - t)
-                time.sleep(0.02)
+                polling.set()
+                time.sleep(0.02)  # pacing: a client polling /health, not a flood
 
     poller = threading.Thread(target=poll)
     poller.start()
     try:
-        time.sleep(0.1)
+        assert polling.wait(10), "/health never answered"
         with httpx.Client(timeout=120) as c:
             r = send(c)
     finally:

@@ -16,6 +16,8 @@ import time
 import httpx
 import pytest
 
+from tests.waiting import wait_until
+
 from .conftest import cfg, events, text_of, user
 
 LONG = "s" * 150  # ~3 s at 20 ms a token
@@ -53,7 +55,7 @@ def wait_until_refusing(root: str, timeout: float = 5.0) -> httpx.Response:
         r = httpx.get(root + "/health", timeout=5)
         if r.status_code == 503:
             return r
-        time.sleep(0.02)
+        time.sleep(0.02)  # polls what a client sees: /health turns 503 when stopping begins
     raise AssertionError("the server never started refusing new requests")
 
 
@@ -97,7 +99,14 @@ def test_past_the_grace_period_streams_get_an_error_frame_and_waiters_a_503(brid
 
     w = threading.Thread(target=non_stream)
     w.start()
-    time.sleep(0.3)
+    root = server.base_url.removesuffix("/v1")
+    wait_until(
+        lambda: (
+            sum(httpx.get(root + "/health", timeout=5).json()[k] for k in ("running", "queued"))
+            == 2
+        ),
+        "both requests to reach the engine",
+    )
     t0 = time.monotonic()
     bridge.stop()
     took = time.monotonic() - t0

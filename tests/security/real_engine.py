@@ -221,7 +221,7 @@ class RealServer:
             h = self.health()
             if (h["running"], h["queued"]) == (0, 0) or time.monotonic() > deadline:
                 return h
-            time.sleep(0.05)
+            time.sleep(0.05)  # the server is another process: /health is all it offers
 
     def watching(self) -> Watcher:
         return Watcher(self)
