@@ -123,7 +123,7 @@ class Served:
                     return self
             if any(p.poll() is not None for p in self.procs):
                 break
-            time.sleep(0.1)
+            time.sleep(0.1)  # polls the launcher's output, read by another thread, and its exit
         self.stop()
         raise AssertionError(f"{self.label} did not start:\n{self.output[-4000:]}")
 

@@ -31,7 +31,7 @@ def _wait_health_503(served: Served, timeout: float) -> dict[str, Any]:
         r = served.health()
         if r.status_code == 503:
             return r.json()
-        time.sleep(0.1)
+        time.sleep(0.1)  # the group is other processes: /health is all they offer
     raise AssertionError(f"/health still {r.status_code} {r.text}\n{served.output[-3000:]}")
 
 
@@ -145,7 +145,7 @@ def test_under_mlx_launch_killing_rank_1_ends_the_group() -> None:
         t = threading.Thread(target=stream)
         t.start()
         while served.health().json()["running"] == 0:
-            time.sleep(0.02)
+            time.sleep(0.02)  # the group is other processes: /health is all they offer
         os.kill(rank1, signal.SIGKILL)
         t.join(120)
         assert stream_error, "the stream ended as if nothing happened"

@@ -74,7 +74,7 @@ class E2EServer:
                 return True, took, last
             if took > timeout_s:
                 return False, took, last
-            time.sleep(poll_s)
+            time.sleep(poll_s)  # the server is another process: /health is all it offers
 
 
 @pytest.fixture(scope="session")

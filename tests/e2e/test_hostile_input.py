@@ -17,6 +17,7 @@ import psutil
 import pytest
 
 from tests.e2e.conftest import E2EServer
+from tests.waiting import wait_until
 
 PROBE = {
     "messages": [{"role": "user", "content": "What is the capital of France?"}],
@@ -126,7 +127,7 @@ class Watch:
                 c.get(self.server.root_url + "/health")
                 self.health.append(time.monotonic() - t)
                 self.rss.append(me.memory_info().rss)
-                time.sleep(0.05)
+                time.sleep(0.05)  # sampling: /health latency and RSS every 50 ms
 
     def start(self) -> None:
         self._thread.start()
@@ -162,7 +163,8 @@ def test_a_15_mib_message_is_refused_cheaply(e2e_server, watch, clients):
     with ThreadPoolExecutor(clients) as pool:
         answers = list(pool.map(lambda _: post(e2e_server, body), range(clients)))
     took = time.monotonic() - started
-    time.sleep(0.2)
+    samples = len(watch.rss)
+    wait_until(lambda: len(watch.rss) >= samples + 2, "two more RSS samples after the answers")
     for r in answers:
         assert r.status_code == 400, r.text[:300]
         assert r.json()["error"]["code"] == "context_length_exceeded"

@@ -96,7 +96,7 @@ class Server:
         deadline = time.monotonic() + timeout
         while self.models()[name]["state"] != state:
             assert time.monotonic() < deadline, self.models()[name]
-            time.sleep(0.1)
+            time.sleep(0.1)  # the server is another process: /v1/models is all it offers
 
 
 @pytest.fixture(scope="module")
@@ -200,7 +200,7 @@ def test_an_idle_model_unloads_and_its_memory_goes(server, name):
         extra_body={"keep_alive": "1s"},
     )
     server.wait_state(name, "unloaded")
-    time.sleep(0.5)
+    time.sleep(0.5)  # measurement: freed pages go back to the system after the state changes
     after = server.rss_mib()
     print(
         f"\n[model set] {name}: RSS {loaded_rss:.0f} MiB loaded -> {after:.0f} MiB after the "

@@ -73,7 +73,7 @@ async def _parallel(base_url: str, model: str, health_url: str) -> tuple[list[di
         async with httpx.AsyncClient(timeout=10) as h:
             while not done.is_set():
                 max_queued = max(max_queued, (await h.get(health_url)).json()["queued"])
-                await asyncio.sleep(0.1)
+                await asyncio.sleep(0.1)  # sampling the queue's length (only /health shows it)
 
     watcher = asyncio.create_task(watch())
     try:
@@ -150,7 +150,7 @@ def _assert_generation_stops(
             now = server.metrics()
             if now[CANCELLED] >= before[CANCELLED] + 1 or time.monotonic() > deadline:
                 break
-            time.sleep(0.05)
+            time.sleep(0.05)  # another process: its /metrics is all it offers; the bound is tested
         assert now[CANCELLED] == before[CANCELLED] + 1, (
             f"{label}: the sequence was not cancelled within {bound_s:.1f}s of the hang-up"
         )

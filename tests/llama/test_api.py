@@ -228,7 +228,7 @@ def test_a_client_that_disconnects_cancels_its_generation(server, client):
         h = httpx.get(f"{root}/health").json()
         if h["running"] == 0 and h["queued"] == 0:
             break
-        time.sleep(0.05)
+        time.sleep(0.05)  # the engine's load is only seen through /health
     assert h["running"] == 0, h
     assert greedy_chat(client, "Say hi.", max_tokens=3).choices[0].message.content
 
@@ -270,6 +270,7 @@ def test_stop_while_streaming_ends_the_stream(gguf_path):
         )
     )
     got: list[str] = []
+    streaming = threading.Event()
 
     def consume() -> None:
         c = openai.OpenAI(base_url=bound.base_url, api_key="x", timeout=TIMEOUT, max_retries=0)
@@ -278,12 +279,16 @@ def test_stop_while_streaming_ends_the_stream(gguf_path):
                 model="default", stream=True, messages=ask("Tell a long story."), max_tokens=900
             ):
                 got.append("chunk")
+                streaming.set()
         except Exception as exc:
             got.append(type(exc).__name__)
+        finally:
+            streaming.set()
 
     t = threading.Thread(target=consume)
     t.start()
-    time.sleep(1.0)
+    assert streaming.wait(TIMEOUT)
+    assert got[:1] == ["chunk"], got  # stopped mid-stream, not before it began
     bridge.stop()
     t.join(60)
     assert not t.is_alive()

@@ -106,7 +106,7 @@ def test_a_bridge_in_another_process_protects_its_model_until_it_dies(seeded):
         from dvai_bridge.store.inuse import take_lease
         lease = take_lease({MLX_REPO!r}, "http://127.0.0.1:40000/v1")
         print("leased", flush=True)
-        time.sleep(60)
+        time.sleep(60)  # holds the lease until the test kills it
         """),
         ],
         stdout=subprocess.PIPE,

@@ -28,7 +28,7 @@ save = mx.save_safetensors
 def save_then_wait(*args, **kwargs):
     save(*args, **kwargs)
     print("weights written", flush=True)
-    time.sleep(600)
+    time.sleep(600)  # holds the import half-done until the test kills it
 mx.save_safetensors = save_then_wait
 from dvai_bridge.backends.mlx.gguf_import import cached_import
 cached_import(sys.argv[1])

@@ -4,7 +4,6 @@ slots freed by cancellation, and fairness between requests."""
 from __future__ import annotations
 
 import threading
-import time
 
 import pytest
 
@@ -13,6 +12,7 @@ from dvai_bridge.engine.scheduler import Scheduler
 from dvai_bridge.engine.types import BatchLimits, CancelToken
 from dvai_bridge.errors import BackendError, EngineFailed, ModelLoadFailed, ServerBusy
 from tests.unit.test_scheduler import Collector, request
+from tests.waiting import wait_until
 
 
 class Died(BaseException):
@@ -133,7 +133,7 @@ def test_a_device_call_runs_while_the_batch_is_full():
     s = Scheduler(backend, limits=BatchLimits(max_batch=1))
     sink = Collector()
     s.submit(request(backend, "l" * 200), sink, CancelToken())
-    time.sleep(0.05)
+    wait_until(lambda: s.metrics.running == 1, "the sequence to run")
     assert s.call(lambda: "done").result(1) == "done"
     assert not sink.done.is_set()  # it ran between steps of the running sequence
     s.close()
@@ -143,7 +143,7 @@ def test_queued_sequences_whose_callers_left_free_their_slots_at_once():
     backend = FakeBackend(token_delay=0.01)
     s = Scheduler(backend, max_queued=4, limits=BatchLimits(max_batch=1))
     s.submit(request(backend, "r" * 200), Collector(), CancelToken())
-    time.sleep(0.05)  # running; the queue is empty
+    wait_until(lambda: s.metrics.running == 1 and s.queued == 0, "the first to run")
     tokens, sinks = [], []
     for _ in range(4):
         tokens.append(CancelToken())
@@ -164,7 +164,7 @@ def test_sequences_are_handed_out_fairly_between_requests():
     s = Scheduler(backend, limits=BatchLimits(max_batch=1))
     blocker = Collector()
     s.submit(request(backend, "b" * 30), blocker, CancelToken(), group="blocker")
-    time.sleep(0.02)
+    wait_until(lambda: s.metrics.running == 1, "the blocker to run")
     order: list[str] = []
 
     def sink_for(name):
