@@ -75,7 +75,7 @@ _HEALTH_SCHEMA = {
     "type": "object",
     "required": ["status"],
     "properties": {
-        "status": {"type": "string", "enum": ["ok", "error"]},
+        "status": {"type": "string", "enum": ["ok", "degraded", "error"]},
         "backend": {"type": "string"},
         "model": {"type": "string"},
         "queued": {"type": "integer"},
@@ -92,6 +92,7 @@ _HEALTH_SCHEMA = {
                         "type": "string",
                         "enum": ["unloaded", "loading", "loaded", "unloading", "failed"],
                     },
+                    "ready": {"type": "boolean"},  # loaded, its engine sound
                 },
             },
         },

@@ -165,17 +165,27 @@ class ModelRouter:
 
     # -- operations ----------------------------------------------------------------------
     def health(self) -> tuple[dict[str, Any], bool]:
-        """Ready while the server runs: a model that is unloaded, loading or failed is a
-        state of that model (``models``), not of the server."""
+        """Each model's ``state`` and whether it is ``ready`` (loaded, its engine sound); the
+        server is ready (200) while some model can serve, loaded or loadable. A model that
+        cannot (its load failed, or its engine did) makes the status ``degraded`` and is named
+        in ``reason``; when none can serve, the status is ``error`` and the answer a 503."""
         status = self.model_set.status()
-        body = {
-            "status": "ok",
+        broken = []
+        for m in status:
+            m["ready"] = m["state"] == "loaded" and "reason" not in m
+            if m["state"] == "failed" or (m["state"] == "loaded" and not m["ready"]):
+                broken.append(m["name"])
+        serving = len(status) > len(broken)
+        body: dict[str, Any] = {
+            "status": "ok" if not broken else "degraded" if serving else "error",
             "model": self.catalog.order[0],
             "models": status,
             "queued": sum(m.get("queued", 0) for m in status),
             "running": sum(m.get("running", 0) for m in status),
         }
-        return body, True
+        if broken:
+            body["reason"] = f"not serving: {', '.join(broken)} (see each model's reason)"
+        return body, serving
 
     def engine_metrics(self) -> list[tuple[dict[str, str], EngineMetrics]]:
         return [

@@ -116,9 +116,27 @@ def test_a_model_that_fails_to_load_answers_model_load_failed_and_others_serve(s
     assert "broken" in r.json()["error"]["message"]
     assert c.post("/v1/chat/completions", json=_chat("good")).status_code == 200
     health = c.get("/health")
-    assert health.status_code == 200
-    failed = next(m for m in health.json()["models"] if m["name"] == "broken")
-    assert failed["state"] == "failed" and "no-such-backend" in failed["reason"]
+    assert health.status_code == 200  # good still serves
+    body = health.json()
+    assert body["status"] == "degraded" and "broken" in body["reason"]
+    models = {m["name"]: m for m in body["models"]}
+    assert models["broken"]["state"] == "failed" and "no-such-backend" in models["broken"]["reason"]
+    assert models["good"]["ready"] is True and models["broken"]["ready"] is False
+
+
+def test_health_is_a_503_when_no_model_can_serve_and_ok_when_all_can(serve, tmp_path):
+    file = tmp_path / "models.toml"
+    file.write_text('[models.broken]\nmodel = "x"\nbackend = "no-such-backend"\n')
+    c = serve(models_file=str(file))
+    assert c.get("/health").json()["status"] == "ok"  # not loaded yet: it may load
+    assert c.post("/v1/chat/completions", json=_chat("broken")).status_code == 500
+    health = c.get("/health")
+    assert health.status_code == 503 and health.json()["status"] == "error"
+    ok = serve(models=["a=ra", "b=rb"])
+    ok.post("/v1/chat/completions", json=_chat("a"))
+    body = ok.get("/health").json()
+    assert body["status"] == "ok" and "reason" not in body
+    assert {m["name"]: m["ready"] for m in body["models"]} == {"a": True, "b": False}
 
 
 def test_load_and_unload_endpoints_and_per_model_metrics(serve):
