@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import json
+
 import anthropic
 import openai
 import pytest
@@ -102,6 +104,66 @@ def test_responses_function_call_round_trip(client_for) -> None:
     )
     items = o.responses.input_items.list(r2.id, order="asc").data
     assert [i.type for i in items] == ["message", "function_call", "function_call_output"]
+
+
+PATCH = '*** Begin Patch\n*** Add File: a.txt\n+hi "there"\n*** End Patch'
+APPLY_PATCH = {  # as Codex sends it (freeform, with a lark grammar)
+    "type": "custom",
+    "name": "apply_patch",
+    "description": "Use the `apply_patch` tool to edit files.",
+    "format": {"type": "grammar", "syntax": "lark", "definition": 'start: "*** Begin Patch"'},
+}
+PATCH_CALL = (
+    "<tool_call>\n"
+    + json.dumps({"name": "apply_patch", "arguments": {"input": PATCH}})
+    + "\n</tool_call>"
+)
+
+
+def test_responses_custom_tool_call_round_trip(client_for) -> None:
+    """A custom tool runs as a function taking one string and comes back as a
+    custom_tool_call whose input is that string, streamed or not (was a 400)."""
+    o = sdk(client_for(FakeBackend(reply=PATCH_CALL)))
+    r = o.responses.create(model="m", input="add a.txt", tools=[APPLY_PATCH])
+    (call,) = r.output
+    assert call.type == "custom_tool_call" and call.name == "apply_patch"
+    assert call.input == PATCH and call.call_id
+    events = list(
+        o.responses.create(model="m", input="add a.txt", tools=[APPLY_PATCH], stream=True)
+    )
+    kinds = [e.type for e in events]
+    assert "response.function_call_arguments.delta" not in kinds
+    delta = "".join(e.delta for e in events if e.type == "response.custom_tool_call_input.delta")
+    done = next(e for e in events if e.type == "response.custom_tool_call_input.done")
+    assert delta == done.input == PATCH
+    assert events[-1].response.output[0].type == "custom_tool_call"
+    r2 = o.responses.create(
+        model="m",
+        previous_response_id=r.id,
+        tools=[APPLY_PATCH],
+        input=[{"type": "custom_tool_call_output", "call_id": call.call_id, "output": "Done!"}],
+    )
+    items = o.responses.input_items.list(r2.id, order="asc").data
+    assert [i.type for i in items] == ["message", "custom_tool_call", "custom_tool_call_output"]
+
+
+def test_a_custom_tool_in_the_history_reaches_the_template_as_a_call(client_for) -> None:
+    c = client_for(FakeBackend())
+    history = [
+        {"type": "message", "role": "user", "content": "add a.txt"},
+        {"type": "custom_tool_call", "call_id": "c1", "name": "apply_patch", "input": PATCH},
+        {"type": "custom_tool_call_output", "call_id": "c1", "output": "Done!"},
+    ]
+    body = {"model": "m", "input": history, "tools": [APPLY_PATCH]}
+    assert c.post("/v1/responses", json=body).status_code == 200
+    # a custom tool_choice is the named function's (which the fake cannot force: its 400)
+    forced = c.post(
+        "/v1/responses", json={**body, "tool_choice": {"type": "custom", "name": "apply_patch"}}
+    )
+    assert forced.status_code == 400 and "fake backend cannot constrain" in forced.text
+    bad = {**body, "input": [{**history[1], "input": None}]}
+    r = c.post("/v1/responses", json=bad)
+    assert r.status_code == 400 and r.json()["error"]["param"] == "input[0].input"
 
 
 def test_responses_refuses_unknown_tool_types(client) -> None:

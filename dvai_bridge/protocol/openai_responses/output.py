@@ -3,7 +3,8 @@
 The stream is ``response.created``, ``response.in_progress``, then per output item
 ``response.output_item.added`` (a message also ``response.content_part.added``, its
 ``response.output_text.delta``s, ``.done`` and ``response.content_part.done``; a function call
-its ``response.function_call_arguments.delta``s and ``.done``), ``response.output_item.done``,
+its ``response.function_call_arguments.delta``s and ``.done``; a custom tool's call one
+``response.custom_tool_call_input.delta`` and ``.done``), ``response.output_item.done``,
 and last ``response.completed`` (``response.incomplete`` at the token limit, ``response.failed``
 when generation fails). Every event carries ``sequence_number`` from 0.
 """
@@ -16,6 +17,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from ...errors import BridgeError
+from .custom_tools import input_of
 
 
 def new_id(prefix: str) -> str:
@@ -82,8 +84,24 @@ def call_item(
     }
 
 
-def output_from_chat(completion: dict[str, Any]) -> tuple[list[dict[str, Any]], str]:
-    """(output items, finish reason) of a chat completion."""
+def custom_call_item(
+    call_id: str, name: str, text: str, item_id: str | None = None, status: str = "completed"
+) -> dict[str, Any]:
+    return {
+        "type": "custom_tool_call",
+        "id": item_id or new_id("ctc"),
+        "call_id": call_id,
+        "name": name,
+        "input": text,
+        "status": status,
+    }
+
+
+def output_from_chat(
+    completion: dict[str, Any], custom: frozenset[str] = frozenset()
+) -> tuple[list[dict[str, Any]], str]:
+    """(output items, finish reason) of a chat completion; a call of a tool in ``custom`` is a
+    ``custom_tool_call``."""
     choice = completion["choices"][0]
     msg = choice["message"]
     items: list[dict[str, Any]] = []
@@ -92,7 +110,11 @@ def output_from_chat(completion: dict[str, Any]) -> tuple[list[dict[str, Any]], 
     if msg.get("content"):
         items.append(message_item(msg["content"]))
     for call in msg.get("tool_calls") or []:
-        items.append(call_item(call["id"], call["function"]["name"], call["function"]["arguments"]))
+        name, arguments = call["function"]["name"], call["function"]["arguments"]
+        if name in custom:
+            items.append(custom_call_item(call["id"], name, input_of(arguments)))
+        else:
+            items.append(call_item(call["id"], name, arguments))
     if not items:
         items.append(message_item(""))
     return items, choice["finish_reason"]
@@ -108,9 +130,12 @@ async def stream_events(
     chunks: AsyncIterator[dict[str, Any]],
     response: dict[str, Any],
     on_done: Callable[[dict[str, Any]], Any],
+    custom: frozenset[str] = frozenset(),
 ) -> AsyncIterator[dict[str, Any]]:
     """Chat stream chunks -> Responses events. ``response`` is the object without output;
-    ``on_done(final)`` runs with the finished response (to store it)."""
+    ``on_done(final)`` runs with the finished response (to store it). A call of a tool in
+    ``custom`` is a ``custom_tool_call``: its input is the string inside the arguments, so it is
+    sent whole, as one ``response.custom_tool_call_input.delta``, when the call ends."""
     seq = 0
 
     def ev(kind: str, **fields: Any) -> dict[str, Any]:
@@ -165,6 +190,21 @@ async def stream_events(
             msg["status"] = "completed"
             out.append(ev("response.output_item.done", output_index=i, item=msg))
             msg = None
+        if call is not None and call["type"] == "custom_tool_call":
+            i = output.index(call)
+            call["input"] = input_of(call.pop("arguments"))
+            for kind, key in (("delta", "delta"), ("done", "input")):
+                out.append(
+                    ev(
+                        f"response.custom_tool_call_input.{kind}",
+                        item_id=call["id"],
+                        output_index=i,
+                        **{key: call["input"]},
+                    )
+                )
+            call["status"] = "completed"
+            out.append(ev("response.output_item.done", output_index=i, item=call))
+            call = None
         if call is not None:
             i = output.index(call)
             out.append(
@@ -251,14 +291,20 @@ async def stream_events(
                     if tc.get("id"):
                         for e in close_open():
                             yield e
-                        call = call_item(tc["id"], fn.get("name", ""), "", status="in_progress")
-                        output.append(call)
+                        name = fn.get("name", "")
+                        make = custom_call_item if name in custom else call_item
+                        call = make(tc["id"], name, "", status="in_progress")
                         yield ev(
                             "response.output_item.added",
-                            output_index=len(output) - 1,
+                            output_index=len(output),
                             item=dict(call),
                         )
-                    if call is not None and fn.get("arguments"):
+                        output.append(call)
+                        if name in custom:
+                            call["arguments"] = ""  # gathered; the input is sent at the end
+                    if call is not None and call["type"] == "custom_tool_call":
+                        call["arguments"] += fn.get("arguments") or ""
+                    elif call is not None and fn.get("arguments"):
                         call["arguments"] += fn["arguments"]
                         yield ev(
                             "response.function_call_arguments.delta",

@@ -3,7 +3,8 @@
 One pipeline: a Responses request becomes a ``ChatCompletionRequest`` (its messages, tools,
 tool_choice, response_format, sampling) and runs exactly as ``/v1/chat/completions`` would.
 Hosted tools: ``web_search``, ``web_search_preview`` and ``local_shell`` (which Codex may send)
-are ignored with a warning in the log; every other non-function tool type is a 400 naming it.
+are ignored with a warning in the log; ``custom`` tools run as functions taking one string
+(``custom_tools``); every other tool type is a 400 naming it.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from pydantic import Field
 from ...errors import InvalidRequest
 from ..chat_api import as_chat_request
 from ..schema import ChatCompletionRequest, OpenAIBaseModel
+from .custom_tools import arguments_of, as_function
 
 log = logging.getLogger(__name__)
 
@@ -98,14 +100,20 @@ def items_to_messages(items: list[dict[str, Any]], where: str = "input") -> list
             )
             if role == "assistant" and pending_reasoning is not None:
                 out[-1]["reasoning_content"], pending_reasoning = pending_reasoning, None
-        elif kind == "function_call":
+        elif kind in ("function_call", "custom_tool_call"):
             for key in ("call_id", "name"):
                 if not isinstance(item.get(key), str):
                     raise InvalidRequest(f"{at}.{key} is required.", param=f"{at}.{key}")
+            if kind == "custom_tool_call":
+                if not isinstance(item.get("input"), str):
+                    raise InvalidRequest(f"{at}.input is required.", param=f"{at}.input")
+                arguments = arguments_of(item["input"])
+            else:
+                arguments = item.get("arguments") or "{}"
             call = {
                 "id": item["call_id"],
                 "type": "function",
-                "function": {"name": item["name"], "arguments": item.get("arguments") or "{}"},
+                "function": {"name": item["name"], "arguments": arguments},
             }
             last = out[-1] if out else None
             if last is not None and last["role"] == "assistant":
@@ -116,7 +124,7 @@ def items_to_messages(items: list[dict[str, Any]], where: str = "input") -> list
                 out.append({"role": "assistant", "content": None, "tool_calls": [call]})
             if pending_reasoning is not None:
                 out[-1]["reasoning_content"], pending_reasoning = pending_reasoning, None
-        elif kind == "function_call_output":
+        elif kind in ("function_call_output", "custom_tool_call_output"):
             if not isinstance(item.get("call_id"), str):
                 raise InvalidRequest(f"{at}.call_id is required.", param=f"{at}.call_id")
             output = item.get("output", "")
@@ -130,7 +138,7 @@ def items_to_messages(items: list[dict[str, Any]], where: str = "input") -> list
         else:
             raise InvalidRequest(
                 f"{at} is a {kind!r} item; supported: message, function_call, "
-                "function_call_output, reasoning.",
+                "function_call_output, custom_tool_call, custom_tool_call_output, reasoning.",
                 param=f"{at}.type",
             )
     return out
@@ -145,11 +153,13 @@ def _tools(tools: list[dict[str, Any]] | None) -> list[dict[str, Any]] | None:
         if kind == "function":
             fn = {k: tool[k] for k in ("name", "description", "parameters") if k in tool}
             out.append({"type": "function", "function": fn})
+        elif kind == "custom":
+            out.append({"type": "function", "function": as_function(tool, f"tools[{i}]")})
         elif kind in IGNORED_TOOLS:
             log.warning("responses: ignoring hosted tool tools[%d] of type %r", i, kind)
         else:
             raise InvalidRequest(
-                f"tools[{i}] has type {kind!r}; this server runs function tools only.",
+                f"tools[{i}] has type {kind!r}; this server runs function and custom tools.",
                 param=f"tools[{i}].type",
             )
     return out
@@ -158,11 +168,11 @@ def _tools(tools: list[dict[str, Any]] | None) -> list[dict[str, Any]] | None:
 def _tool_choice(choice: str | dict[str, Any] | None) -> Any:
     if choice is None or isinstance(choice, str):
         return choice
-    if choice.get("type") == "function":
+    if choice.get("type") in ("function", "custom"):
         return {"type": "function", "function": {"name": choice.get("name")}}
     raise InvalidRequest(
         f"tool_choice of type {choice.get('type')!r} is not supported; use "
-        "none, auto, required or {'type': 'function', 'name': ...}.",
+        "none, auto, required or {'type': 'function' or 'custom', 'name': ...}.",
         param="tool_choice",
     )
 

@@ -8,6 +8,7 @@ from typing import Any, TypeVar
 
 from ...errors import InvalidRequest, NotFound
 from ..chat_api import ChatAPI
+from .custom_tools import custom_names
 from .output import (
     base_response,
     finish_fields,
@@ -79,7 +80,7 @@ class ResponsesService:
     async def create(self, req: ResponsesRequest) -> dict[str, Any]:
         history = await self._history(req)
         completion = await self.chat.chat(to_chat(req, history, stream=False))
-        output, reason = output_from_chat(completion)
+        output, reason = output_from_chat(completion, custom_names(req.tools))
         response = {
             **base_response(new_id("resp"), completion["model"], req),
             **finish_fields(reason),
@@ -98,7 +99,7 @@ class ResponsesService:
         async def done(final: dict[str, Any]) -> None:
             await self._save(history, req, final)
 
-        return stream_events(chunks, response, done)
+        return stream_events(chunks, response, done, custom_names(req.tools))
 
     async def input_tokens(self, req: ResponsesRequest) -> dict[str, Any]:
         history = await self._history(req)
