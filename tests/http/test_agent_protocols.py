@@ -164,6 +164,10 @@ def test_a_custom_tool_in_the_history_reaches_the_template_as_a_call(client_for)
     bad = {**body, "input": [{**history[1], "input": None}]}
     r = c.post("/v1/responses", json=bad)
     assert r.status_code == 400 and r.json()["error"]["param"] == "input[0].input"
+    for field, value in [("name", 5), ("description", 5), ("format", "lark")]:
+        tool = {**APPLY_PATCH, field: value}
+        r = c.post("/v1/responses", json={"model": "m", "input": "hi", "tools": [tool]})
+        assert r.status_code == 400 and r.json()["error"]["param"] == f"tools[0].{field}", r.text
 
 
 def test_responses_refuses_unknown_tool_types(client) -> None:

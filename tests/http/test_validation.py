@@ -234,3 +234,10 @@ def test_json_types_are_taken_as_the_schema_states_them(client, path, field, val
     if path != "/v1/messages":  # Anthropic's envelope has no param
         assert r.json()["error"]["param"] == field
     assert field in r.text
+
+
+@pytest.mark.parametrize("keep_alive", ["5m", 0, -1])
+def test_keep_alive_is_accepted_and_ignored_by_a_one_model_server(client, keep_alive):
+    """Ollama-style clients send it; only a several-model server gives it a meaning."""
+    body = {"messages": [{"role": "user", "content": "hi"}], "keep_alive": keep_alive}
+    assert client.post("/v1/chat/completions", json=body).status_code == 200

@@ -18,7 +18,11 @@ INPUT = "input"
 
 
 def custom_names(tools: list[dict[str, Any]] | None) -> frozenset[str]:
-    return frozenset(t.get("name", "") for t in tools or () if t.get("type") == "custom")
+    return frozenset(
+        t["name"]
+        for t in tools or ()
+        if t.get("type") == "custom" and isinstance(t.get("name"), str)
+    )
 
 
 def as_function(tool: dict[str, Any], where: str) -> dict[str, Any]:
@@ -26,6 +30,8 @@ def as_function(tool: dict[str, Any], where: str) -> dict[str, Any]:
     if not isinstance(tool.get("name"), str) or not tool["name"]:
         raise InvalidRequest(f"{where}.name is required.", param=f"{where}.name")
     description = tool.get("description") or ""
+    if not isinstance(description, str):
+        raise InvalidRequest(f"{where}.description must be a string.", param=f"{where}.description")
     fmt = tool.get("format") or {"type": "text"}
     if not isinstance(fmt, dict) or fmt.get("type") not in ("text", "grammar"):
         raise InvalidRequest(
