@@ -15,10 +15,10 @@ from .output import (
     new_id,
     output_from_chat,
     responses_usage,
-    stream_events,
 )
 from .request import ResponsesRequest, to_chat
 from .store import ResponseStore
+from .stream import stream_events
 
 T = TypeVar("T")
 
