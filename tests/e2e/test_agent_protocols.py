@@ -93,6 +93,40 @@ def test_function_call_round_trip_continues_stored_conversation(
     assert [i.type for i in items] == ["message", "function_call", "function_call_output"]
 
 
+def test_custom_tool_call_streamed_and_answered(client: openai.OpenAI, model: str) -> None:
+    """Codex's freeform apply_patch, forced: the call is a custom_tool_call whose input is the
+    text the model wrote, streamed as the same input, and its output continues the turn."""
+    patch_tool = {
+        "type": "custom",
+        "name": "apply_patch",
+        "description": "Edit files with a patch.",
+        "format": {"type": "grammar", "syntax": "lark", "definition": 'start: "*** Begin Patch"'},
+    }
+    kw: dict[str, Any] = {
+        "model": model,
+        "input": "Add a file a.txt that says hi.",
+        "tools": [patch_tool],
+        "tool_choice": {"type": "custom", "name": "apply_patch"},
+        "temperature": 0,
+        "max_output_tokens": 120,
+    }
+    first = client.responses.create(**kw)
+    (call,) = [o for o in first.output if o.type == "custom_tool_call"]
+    assert call.name == "apply_patch" and isinstance(call.input, str) and call.call_id
+    events = list(client.responses.create(stream=True, **kw))
+    done = [e for e in events if e.type == "response.custom_tool_call_input.done"]
+    assert len(done) == 1 and done[0].input == call.input  # greedy: the same call
+    second = client.responses.create(
+        model=model,
+        previous_response_id=first.id,
+        tools=[patch_tool],
+        temperature=0,
+        max_output_tokens=MAX_TOKENS,
+        input=[{"type": "custom_tool_call_output", "call_id": call.call_id, "output": "Done!"}],
+    )
+    assert second.status in ("completed", "incomplete") and second.output
+
+
 class Sum(BaseModel):
     answer: int
 
