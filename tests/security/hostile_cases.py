@@ -247,7 +247,7 @@ def run_bad_top_k_beside_a_stream(server: Any) -> None:
 
     t = threading.Thread(target=stream)
     t.start()
-    wait_until(lambda: server.health()["running"] > 0, "the good stream to run")
+    wait_until(lambda: "chunks" in out or server.health()["running"] > 0, "the stream to start")
     bad = httpx.post(
         server.base_url + "/chat/completions", timeout=60, json=chat(top_k=50_000, temperature=0.8)
     )
