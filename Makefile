@@ -12,6 +12,7 @@ test:  ## set up .venv with the dev tools, check style, and run the whole test s
 lint:  ## style and layering: ruff, ruff format, the import contract, mypy
 	.venv/bin/ruff check .
 	.venv/bin/ruff format --check .
+	.venv/bin/lint-imports
 
 test-fast:  ## the tests that need no real model
 	.venv/bin/python -m pytest -q -m "not e2e and not llama"

@@ -77,7 +77,7 @@ def mask_cost(text: str) -> dict:
     import mlx.core as mx
 
     from dvai_bridge.backends.mlx.gguf_import import cached_import
-    from dvai_bridge.engine.grammar import Grammar, json_schema_grammar
+    from dvai_bridge.core.grammar import Grammar, json_schema_grammar
     from dvai_bridge.store.resolve import embedded_default_gguf
 
     folder = cached_import(embedded_default_gguf())

@@ -24,15 +24,15 @@ from typing import Any
 
 import uvicorn
 
-from .backends.base import Backend
 from .backends.mlx.distributed.group import GroupInfo, launched_backend
 from .backends.registry import check_options, create_backend
 from .config import StartConfig
+from .core.backend import Backend
+from .core.types import BatchLimits
 from .defaults import SHUTDOWN_GRACE_S
 from .engine.limits import describe, resolve_limits
 from .engine.model_set import ModelSet
 from .engine.scheduler import AsyncEngine, Scheduler
-from .engine.types import BatchLimits
 from .errors import AlreadyStarted, BridgeError, ConfigurationInvalid
 from .fdlimit import keep_file_limit
 from .http.app import create_app

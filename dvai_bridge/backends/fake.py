@@ -12,10 +12,10 @@ from collections.abc import Iterator, Sequence
 import jinja2
 from pydantic import Field
 
-from ..engine.prompt_cache import PromptCache
-from ..engine.types import BatchLimits, CancelToken, GenerationRequest, TokenChoice
+from ..core.backend import FALLBACK_CHAT_TEMPLATE, Backend, Batch, Capabilities, Message
+from ..core.prompt_cache import PromptCache
+from ..core.types import BatchLimits, CancelToken, GenerationRequest, TokenChoice
 from ..errors import BackendError
-from .base import FALLBACK_CHAT_TEMPLATE, Backend, Batch, Capabilities, Message
 from .options import BackendOptions
 
 EOS = 256

@@ -25,10 +25,10 @@ from pathlib import Path
 from typing import Any
 
 from ..config import StartConfig
+from ..core.backend import Backend
 from ..errors import BackendUnavailable, BridgeError, ConfigurationInvalid
 from ..progress import ProgressHub
 from . import probe
-from .base import Backend
 from .options import BackendLoad, BackendOptions, NoOptions, check_known, validate_options
 
 log = logging.getLogger(__name__)

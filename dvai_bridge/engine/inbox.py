@@ -20,7 +20,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
-from .types import CancelToken, EngineEvent, GenerationRequest
+from ..core.types import CancelToken, EngineEvent, GenerationRequest
 
 Sink = Callable[[EngineEvent], None]
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..core.types import BatchLimits
 from ..defaults import DEVICE_LIMITS
-from .types import BatchLimits
 
 MiB = 1 << 20
 

@@ -17,12 +17,12 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any, TypeVar
 
-from ..backends.base import Backend, Batch
+from ..core.backend import Backend, Batch
+from ..core.types import BatchLimits, CancelToken, EngineEvent, Finished, GenerationRequest
 from ..errors import BackendError, BridgeError, EngineFailed, ServerBusy, ServiceUnavailable
 from .inbox import STOP, Call, Inbox, Job
 from .metrics import EngineMetrics
 from .sequence import SequenceState, run_sequence
-from .types import BatchLimits, CancelToken, EngineEvent, Finished, GenerationRequest
 
 log = logging.getLogger(__name__)
 

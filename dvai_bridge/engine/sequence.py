@@ -10,12 +10,9 @@ import logging
 import time
 from collections.abc import Callable
 
-from ..backends.base import Backend
-from ..errors import BackendError, BridgeError
-from .metrics import EngineMetrics
-from .reasoning import ReasoningTracker
-from .stops import StopMatcher
-from .types import (
+from ..core.backend import Backend
+from ..core.reasoning import ReasoningTracker
+from ..core.types import (
     CancelToken,
     EngineEvent,
     Finished,
@@ -25,6 +22,9 @@ from .types import (
     TokenChoice,
     TokenLogprob,
 )
+from ..errors import BackendError, BridgeError
+from .metrics import EngineMetrics
+from .stops import StopMatcher
 
 log = logging.getLogger(__name__)
 

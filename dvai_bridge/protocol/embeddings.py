@@ -16,8 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from ..backends.base import Backend
-from ..backends.embeddings import Embedder, l2_normalize
+from ..core.backend import Backend
+from ..core.embedder import Embedder, l2_normalize
 from ..errors import BridgeError, ContextLengthExceeded, InvalidRequest, NotSupported
 from .schema import EmbeddingRequest
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterable
 
-from ..backends.base import Backend
+from ..core.backend import Backend
 from ..errors import ContextLengthExceeded
 
 

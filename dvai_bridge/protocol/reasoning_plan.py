@@ -16,10 +16,10 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-from ..backends.base import Backend
-from ..engine.grammar import Grammar
-from ..engine.reasoning import GatedGrammar, ReasoningSpec
-from ..engine.types import GenerationRequest
+from ..core.backend import Backend
+from ..core.grammar import Grammar
+from ..core.reasoning import GatedGrammar, ReasoningSpec
+from ..core.types import GenerationRequest
 from ..errors import InvalidRequest
 from .reasoning import (
     RESERVED_TEMPLATE_KWARGS,

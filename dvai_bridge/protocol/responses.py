@@ -7,7 +7,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..engine.types import TextDelta, TokenLogprob
+from ..core.types import TextDelta, TokenLogprob
 
 
 def new_id(prefix: str) -> str:

@@ -12,7 +12,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, Strict, model_validator
 from pydantic_core import PydanticCustomError
 
-from ..engine.types import GenerationRequest, SamplingParams
+from ..core.types import GenerationRequest, SamplingParams
 from ..errors import InvalidRequest
 
 log = logging.getLogger(__name__)

@@ -10,11 +10,11 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequen
 from contextlib import AsyncExitStack
 from typing import Any, TypeVar
 
-from ..backends.base import Backend
-from ..engine.grammar import Grammar
+from ..core.backend import Backend
+from ..core.grammar import Grammar
+from ..core.types import Finished, GenerationRequest, SamplingParams, TextDelta
 from ..engine.metrics import EngineMetrics
 from ..engine.scheduler import AsyncEngine, EventStream
-from ..engine.types import Finished, GenerationRequest, SamplingParams, TextDelta
 from ..errors import (
     BackendError,
     BridgeError,

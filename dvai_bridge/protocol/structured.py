@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from ..engine.grammar import (
+from ..core.grammar import (
     JSON_OPTIONS,
     Grammar,
     GrammarError,

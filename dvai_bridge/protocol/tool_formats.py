@@ -20,7 +20,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from ..engine.grammar import JSON_OPTIONS
+from ..core.grammar import JSON_OPTIONS
 from .call_schema import rebased
 
 _DECODER = json.JSONDecoder()

@@ -21,7 +21,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from ..engine.grammar import GrammarError, check_json_schema
+from ..core.grammar import GrammarError, check_json_schema
 from ..errors import InvalidRequest
 from .call_schema import closed
 from .tool_formats import ParsedCall, ToolFormat, detect_format

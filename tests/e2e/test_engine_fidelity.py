@@ -12,8 +12,7 @@ import threading
 import pytest
 
 from dvai_bridge.backends.mlx.backend import MLXBackend
-from dvai_bridge.engine.scheduler import Scheduler
-from dvai_bridge.engine.types import (
+from dvai_bridge.core.types import (
     BatchLimits,
     CancelToken,
     Finished,
@@ -21,6 +20,7 @@ from dvai_bridge.engine.types import (
     SamplingParams,
     TextDelta,
 )
+from dvai_bridge.engine.scheduler import Scheduler
 from dvai_bridge.progress import ProgressHub
 
 GREEDY = SamplingParams(temperature=0.0)

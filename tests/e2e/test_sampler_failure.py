@@ -12,7 +12,7 @@ from __future__ import annotations
 import pytest
 
 from dvai_bridge.backends.mlx.backend import MLXBackend
-from dvai_bridge.engine.types import BatchLimits, GenerationRequest, SamplingParams
+from dvai_bridge.core.types import BatchLimits, GenerationRequest, SamplingParams
 from dvai_bridge.progress import ProgressHub
 
 

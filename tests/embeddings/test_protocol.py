@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from dvai_bridge.backends.embeddings import Embedder
 from dvai_bridge.backends.fake import FakeBackend
+from dvai_bridge.core.embedder import Embedder
 from dvai_bridge.engine.scheduler import AsyncEngine, Scheduler
 from dvai_bridge.http.app import create_app
 from dvai_bridge.protocol.service import OpenAIService

@@ -12,7 +12,7 @@ from dvai_bridge.backends.cpu_cores import physical_cores
 from dvai_bridge.backends.llama_cpp.backend import LlamaBackend
 from dvai_bridge.backends.registry import backend_load
 from dvai_bridge.config import StartConfig
-from dvai_bridge.engine.types import CancelToken, GenerationRequest, SamplingParams
+from dvai_bridge.core.types import CancelToken, GenerationRequest, SamplingParams
 from dvai_bridge.errors import ContextLengthExceeded, InvalidRequest
 from dvai_bridge.progress import ProgressHub
 

@@ -17,7 +17,7 @@ import pytest
 from dvai_bridge.backends.llama_cpp.backend import LlamaBackend
 from dvai_bridge.backends.registry import backend_load
 from dvai_bridge.config import StartConfig
-from dvai_bridge.engine.types import BatchLimits, GenerationRequest, SamplingParams
+from dvai_bridge.core.types import BatchLimits, GenerationRequest, SamplingParams
 from dvai_bridge.errors import ContextLengthExceeded, InvalidRequest
 from dvai_bridge.progress import ProgressHub
 

@@ -17,7 +17,7 @@ from dvai_bridge.backends.llama_cpp.sampling import adjusted_logits, log_softmax
 from dvai_bridge.backends.llama_cpp.template import ChatTemplate
 from dvai_bridge.backends.mlx.device import MLXDevice
 from dvai_bridge.config import StartConfig
-from dvai_bridge.engine.types import SamplingParams
+from dvai_bridge.core.types import SamplingParams
 from dvai_bridge.errors import BackendUnavailable, InvalidRequest, ModelLoadFailed
 
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from dvai_bridge.backends.llama_cpp.sampling import SamplerChain, adjusted_logits
-from dvai_bridge.engine.types import SamplingParams
+from dvai_bridge.core.types import SamplingParams
 
 
 def test_bias_on_ids_outside_the_row_is_dropped():

@@ -11,7 +11,7 @@ import pytest
 from dvai_bridge import Bridge, StartConfig
 from dvai_bridge.backends.fake import EOS, FakeBackend
 from dvai_bridge.backends.registry import register_backend
-from dvai_bridge.engine.types import CancelToken, GenerationRequest, TokenChoice
+from dvai_bridge.core.types import CancelToken, GenerationRequest, TokenChoice
 from dvai_bridge.errors import BackendError
 from tests.http.conftest import client, client_for  # noqa: F401  (fixtures)
 

@@ -1,4 +1,4 @@
-from dvai_bridge.engine.detokenize import IncrementalDetokenizer
+from dvai_bridge.core.detokenize import IncrementalDetokenizer
 
 
 def byte_decode(tokens):

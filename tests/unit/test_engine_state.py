@@ -8,8 +8,8 @@ import threading
 import pytest
 
 from dvai_bridge.backends.fake import FakeBackend, FakeBatch
+from dvai_bridge.core.types import BatchLimits, CancelToken
 from dvai_bridge.engine.scheduler import Scheduler
-from dvai_bridge.engine.types import BatchLimits, CancelToken
 from dvai_bridge.errors import BackendError, EngineFailed, ModelLoadFailed, ServerBusy
 from tests.unit.test_scheduler import Collector, request
 from tests.waiting import wait_until

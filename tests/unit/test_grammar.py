@@ -10,7 +10,7 @@ import pytest
 
 llguidance = pytest.importorskip("llguidance")
 
-from dvai_bridge.engine.grammar import Grammar, GrammarError, json_schema_grammar
+from dvai_bridge.core.grammar import Grammar, GrammarError, json_schema_grammar
 from dvai_bridge.protocol.structured import grammar_text
 from dvai_bridge.protocol.tools import ToolPlan
 
@@ -235,7 +235,7 @@ FORCED = {  # per format: a reply its forced grammar must accept, with the calls
 
 @pytest.mark.parametrize("fmt", sorted(FORCED))
 def test_each_format_forces_what_its_parser_reads(tokenizer, fmt: str) -> None:
-    from dvai_bridge.engine.grammar import lark_grammar
+    from dvai_bridge.core.grammar import lark_grammar
     from dvai_bridge.protocol.tool_formats import FORMATS
 
     f = FORMATS[fmt]
@@ -299,7 +299,7 @@ def test_a_forced_call_resolves_defs_refs_in_its_parameters(tokenizer, tools) ->
 
 @pytest.mark.parametrize("fmt", ["hermes", "mistral", "mistral_args", "llama3"])
 def test_every_format_embeds_parameters_with_refs(tokenizer, fmt: str) -> None:
-    from dvai_bridge.engine.grammar import lark_grammar
+    from dvai_bridge.core.grammar import lark_grammar
     from dvai_bridge.protocol.tool_formats import FORMATS
 
     funcs = [NESTED["function"], TOOL["function"]]

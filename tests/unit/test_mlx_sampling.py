@@ -9,7 +9,7 @@ import pytest
 from mlx_lm.sample_utils import apply_min_p, apply_top_k, apply_top_p
 
 from dvai_bridge.backends.mlx import sampling
-from dvai_bridge.engine.types import SamplingParams
+from dvai_bridge.core.types import SamplingParams
 
 VOCAB = 64
 

@@ -1,5 +1,5 @@
 from dvai_bridge.backends.fake import _TokenListOps
-from dvai_bridge.engine.prompt_cache import PromptCache
+from dvai_bridge.core.prompt_cache import PromptCache
 
 
 class NoTrim(_TokenListOps):

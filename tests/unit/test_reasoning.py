@@ -1,12 +1,12 @@
 """Reasoning apart from the answer (protocol/reasoning.py) and the engine's reasoning gate
-(engine/reasoning.py): every format, fed in pieces of every size."""
+(core/reasoning.py): every format, fed in pieces of every size."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from dvai_bridge.engine.reasoning import GatedGrammar, ReasoningSpec, ReasoningTracker
+from dvai_bridge.core.reasoning import GatedGrammar, ReasoningSpec, ReasoningTracker
 from dvai_bridge.errors import InvalidRequest
 from dvai_bridge.protocol.reasoning import (
     HARMONY,

@@ -8,14 +8,14 @@ import time
 import pytest
 
 from dvai_bridge.backends.fake import FakeBackend
-from dvai_bridge.engine.scheduler import Scheduler
-from dvai_bridge.engine.types import (
+from dvai_bridge.core.types import (
     BatchLimits,
     CancelToken,
     Finished,
     GenerationRequest,
     TextDelta,
 )
+from dvai_bridge.engine.scheduler import Scheduler
 from dvai_bridge.errors import ServerBusy
 from tests.waiting import wait_until
 

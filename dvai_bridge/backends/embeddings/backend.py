@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 
-from ...engine.types import CancelToken, GenerationRequest, TokenChoice
+from ...core.backend import Backend, Capabilities, Message
+from ...core.embedder import Embedder
+from ...core.types import CancelToken, GenerationRequest, TokenChoice
 from ...errors import NotSupported
-from ..base import Backend, Capabilities, Message
-from . import Embedder
 
 
 class EmbeddingBackend(Backend):

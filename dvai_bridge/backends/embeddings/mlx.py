@@ -19,12 +19,12 @@ from typing import Any, TypeVar
 
 import numpy as np
 
+from ...core.embedder import Embedder
 from ...errors import BridgeError, ConfigurationInvalid, ModelLoadFailed
 from ...progress import ProgressEvent, ProgressHub
 from ...store.resolve import hf_snapshot, is_repo_id
 from ..mlx.options import MLXOptions
 from ..options import BackendLoad
-from . import Embedder
 
 log = logging.getLogger(__name__)
 

@@ -28,7 +28,8 @@ from typing import Any
 
 import numpy as np
 
-from ...engine.types import BatchLimits, CancelToken, GenerationRequest, TokenChoice
+from ...core.backend import Backend, Batch, Capabilities, Message
+from ...core.types import BatchLimits, CancelToken, GenerationRequest, TokenChoice
 from ...errors import (
     BackendError,
     BackendUnavailable,
@@ -38,7 +39,6 @@ from ...errors import (
     NotSupported,
 )
 from ...progress import ProgressEvent, ProgressHub
-from ..base import Backend, Batch, Capabilities, Message
 from ..chat_text import ControlText
 from ..cpu_cores import physical_cores
 from ..options import BackendLoad

@@ -33,10 +33,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ...engine.prompt_cache import PromptCache
-from ...engine.types import GenerationRequest, SamplingParams, TokenChoice
+from ...core.backend import Batch
+from ...core.prompt_cache import PromptCache
+from ...core.types import GenerationRequest, SamplingParams, TokenChoice
 from ...errors import BackendError, ContextLengthExceeded, InvalidRequest
-from ..base import Batch
 from .kv import Snapshot, SnapshotOps, TokenBatch, open_context, restore_sequence, save_sequence
 from .sampling import REPETITION_WINDOW, SamplerChain, adjusted_logits, log_softmax, top_entries
 

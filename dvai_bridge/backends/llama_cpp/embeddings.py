@@ -15,8 +15,8 @@ from typing import Any
 
 import numpy as np
 
+from ...core.embedder import Embedder
 from ...errors import BackendError, ModelLoadFailed, ServiceUnavailable
-from ..embeddings import Embedder
 
 log = logging.getLogger(__name__)
 

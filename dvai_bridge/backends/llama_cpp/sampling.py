@@ -18,7 +18,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from ...engine.types import SamplingParams
+from ...core.types import SamplingParams
 
 REPETITION_WINDOW = 64  # tokens the repetition penalty looks back over, as on the MLX backend
 _RANDOM_SEED = 0xFFFFFFFF  # LLAMA_DEFAULT_SEED: llama.cpp draws a random seed

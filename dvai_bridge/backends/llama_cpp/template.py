@@ -17,8 +17,8 @@ import jinja2
 from jinja2.ext import loopcontrols
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
+from ...core.backend import FALLBACK_CHAT_TEMPLATE, Message
 from ...errors import InvalidRequest
-from ..base import FALLBACK_CHAT_TEMPLATE, Message
 
 log = logging.getLogger(__name__)
 

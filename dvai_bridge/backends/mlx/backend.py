@@ -12,7 +12,8 @@ from typing import TYPE_CHECKING, Any
 
 import jinja2
 
-from ...engine.types import BatchLimits, CancelToken, GenerationRequest, TokenChoice
+from ...core.backend import FALLBACK_CHAT_TEMPLATE, Backend, Batch, Capabilities, Message
+from ...core.types import BatchLimits, CancelToken, GenerationRequest, TokenChoice
 from ...errors import BackendError, BridgeError, InvalidRequest, ModelLoadFailed
 from ...progress import ProgressEvent, ProgressHub
 from ...store.resolve import (
@@ -23,9 +24,9 @@ from ...store.resolve import (
     is_remote_reference,
     is_repo_id,
 )
-from ..base import FALLBACK_CHAT_TEMPLATE, Backend, Batch, Capabilities, Message
 from ..chat_text import ControlText, hf_control_strings
 from .device import MLXDevice, select_device
+from .logprobs import token_choice
 
 if TYPE_CHECKING:
     from .cpu_tuning import CpuTuning
@@ -259,7 +260,7 @@ class MLXBackend(Backend):
                         token, logprobs = next(steps)
                     except StopIteration:
                         return
-                    yield self.choice(int(token), logprobs, want)
+                    yield token_choice(int(token), logprobs, want)
         except _Cancelled:
             return
         finally:
@@ -301,25 +302,11 @@ class MLXBackend(Backend):
     def open_batch(self, limits: BatchLimits) -> Batch | None:
         from .batch import MLXBatch
 
+        tuning = self.cpu_tuning
         return MLXBatch(
-            self,
+            self.model,
+            tick=tuning.tick if tuning is not None else None,
             max_batch=limits.max_batch,
             prefill_step=limits.prefill_chunk,
             prompt_cache_bytes=limits.prompt_cache_bytes,
         )
-
-    @staticmethod
-    def choice(token: int, logprobs: Any, top_n: int) -> TokenChoice:
-        """The chosen token with its logprob and the ``top_n`` best (-1: no logprobs)."""
-        if top_n < 0:
-            return TokenChoice(token)
-        import mlx.core as mx
-
-        chosen = float(logprobs[token].item())
-        if top_n == 0:
-            return TokenChoice(token, chosen)
-        idx = mx.argpartition(-logprobs, kth=top_n - 1)[:top_n]
-        vals = logprobs[idx]
-        order = mx.argsort(-vals)
-        top = tuple(zip(idx[order].tolist(), vals[order].tolist(), strict=True))
-        return TokenChoice(token, chosen, top)

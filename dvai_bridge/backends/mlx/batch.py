@@ -11,19 +11,18 @@ from __future__ import annotations
 
 import copy
 import logging
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import Any
 
 import mlx.core as mx
 from mlx_lm.generate import BatchGenerator
 from mlx_lm.models.cache import can_trim_prompt_cache, trim_prompt_cache
 
-from ...engine.prompt_cache import PromptCache
-from ...engine.types import GenerationRequest, TokenChoice
-from ..base import Batch
+from ...core.backend import Batch
+from ...core.prompt_cache import PromptCache
+from ...core.types import GenerationRequest, TokenChoice
 from . import sampling
-
-if TYPE_CHECKING:
-    from .backend import MLXBackend
+from .logprobs import token_choice
 
 log = logging.getLogger(__name__)
 
@@ -47,11 +46,19 @@ class MLXCacheOps:
 
 class MLXBatch(Batch):
     def __init__(
-        self, backend: MLXBackend, *, max_batch: int, prefill_step: int, prompt_cache_bytes: int
+        self,
+        model: Any,
+        *,
+        tick: Callable[[], None] | None = None,
+        max_batch: int,
+        prefill_step: int,
+        prompt_cache_bytes: int,
     ) -> None:
-        self.backend = backend
+        """``model``: the mlx-lm model; ``tick``: called before each step (the CPU tuning's
+        BLAS thread governor catches up there)."""
+        self._tick = tick
         self.gen = BatchGenerator(
-            backend.model,
+            model,
             completion_batch_size=max_batch,
             prefill_batch_size=max_batch,
             prefill_step_size=prefill_step,
@@ -87,15 +94,15 @@ class MLXBatch(Batch):
         )
 
     def step(self) -> list[tuple[int, TokenChoice]]:
-        if self.backend.cpu_tuning is not None:
-            self.backend.cpu_tuning.tick()
+        if self._tick is not None:
+            self._tick()
         _, responses = self.gen.next()
         out = []
         for r in responses:
             key = self._key.get(r.uid)
             if key is None:
                 continue
-            out.append((key, self.backend.choice(int(r.token), r.logprobs, self._top[key])))
+            out.append((key, token_choice(int(r.token), r.logprobs, self._top[key])))
             if r.finish_reason is not None:  # mlx-lm retired it (its max_tokens)
                 self._finished.add(r.uid)
                 self._keep(r.all_tokens, r.prompt_cache)

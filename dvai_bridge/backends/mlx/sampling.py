@@ -29,8 +29,8 @@ from collections.abc import Callable
 import mlx.core as mx
 from mlx_lm.sample_utils import greedy_sampler, make_repetition_penalty
 
-from ...engine.grammar import Grammar, TokenMatcher
-from ...engine.types import SamplingParams
+from ...core.grammar import Grammar, TokenMatcher
+from ...core.types import SamplingParams
 
 Sampler = Callable[[mx.array], mx.array]
 LogitsProcessor = Callable[[mx.array, mx.array], mx.array]

@@ -30,8 +30,8 @@ from typing import Any
 import mlx.core as mx
 from mlx_lm.sample_utils import greedy_sampler
 
-from ....engine.prompt_cache import PromptCache
-from ....engine.types import (
+from ....core.prompt_cache import PromptCache
+from ....core.types import (
     BatchLimits,
     CancelToken,
     GenerationRequest,
@@ -66,8 +66,10 @@ class GroupCacheOps(MLXCacheOps):
 
 class _GroupBatch(MLXBatch):
     def __init__(self, backend: GroupBackend, limits: BatchLimits) -> None:
+        tuning = backend.cpu_tuning
         super().__init__(
-            backend,
+            backend.model,
+            tick=tuning.tick if tuning is not None else None,
             max_batch=limits.max_batch,
             prefill_step=limits.prefill_chunk,
             prompt_cache_bytes=limits.prompt_cache_bytes,

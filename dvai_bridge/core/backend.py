@@ -14,9 +14,9 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from ..engine.detokenize import IncrementalDetokenizer
-from ..engine.types import BatchLimits, CancelToken, GenerationRequest, TokenChoice
 from ..errors import NotSupported
+from .detokenize import IncrementalDetokenizer
+from .types import BatchLimits, CancelToken, GenerationRequest, TokenChoice
 
 Message = dict[str, Any]
 
