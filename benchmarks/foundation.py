@@ -189,7 +189,7 @@ def raw_worker(folder: str) -> None:
     send({"ready": True, "blas": blas, "form": form, "load_s": round(time.perf_counter() - t0, 2)})
     for line in sys.stdin:
         req = json.loads(line)
-        # Exactly what MLXBackend.chat_tokens builds.
+        # Exactly what MLXTokenizer.chat_tokens builds.
         text = tok.apply_chat_template(req["messages"], add_generation_prompt=True, tokenize=False)
         ids = list(tok.encode(text, add_special_tokens=False))
         times, pieces, cpu, last = [], [], [], None

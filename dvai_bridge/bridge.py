@@ -128,7 +128,7 @@ class Bridge:
                 refs = [m.config.model_path for m in models]
             else:
                 service, close = self._one_model(config)
-                backend_name, model_id = service.backend.name, service.backend.model_id
+                backend_name, model_id = service.engine.name, service.engine.model_id
                 refs = [config.model_path]
             app = create_app(
                 service,

@@ -7,12 +7,21 @@ user message (``echo: <text>``), or a fixed ``reply``; it can be told to slow do
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Sequence
+from typing import Any
 
 import jinja2
 from pydantic import Field
 
-from ..core.backend import FALLBACK_CHAT_TEMPLATE, Backend, Batch, Capabilities, Message
+from ..core.backend import (
+    FALLBACK_CHAT_TEMPLATE,
+    Backend,
+    Batch,
+    Capabilities,
+    Message,
+    Step,
+    Tokenizer,
+)
 from ..core.prompt_cache import PromptCache
 from ..core.types import BatchLimits, CancelToken, GenerationRequest, TokenChoice
 from ..errors import BackendError
@@ -33,35 +42,24 @@ class FakeOptions(BackendOptions):
     batched: bool = Field(True, description="Offer batched decoding.")
 
 
-class FakeBackend(Backend):
-    name = "fake"
-    capabilities = Capabilities(chat=True, completions=True, embeddings=False, logprobs=True)
+class FakeTokenizer(Tokenizer):
+    """UTF-8 bytes as tokens; a chat prompt carries the answer the fake will give."""
 
-    def __init__(
-        self,
-        *,
-        model_id: str = "fake-model",
-        reply: str | None = None,
-        context_length: int = 4096,
-        token_delay: float = 0.0,
-        fail_after: int | None = None,
-        batched: bool = True,
-    ) -> None:
-        self.model_id = model_id
-        self.context_length = context_length
-        self.eos_token_ids = frozenset({EOS})
+    backend_name = "fake"
+
+    def __init__(self, reply: str | None = None, vocab_size: int | None = None) -> None:
+        super().__init__()
         self.reply = reply
-        self.token_delay = token_delay
-        self.fail_after = fail_after
+        self.vocab_size = vocab_size
+        self.eos_token_ids = frozenset({EOS})
         self._template = jinja2.Environment().from_string(FALLBACK_CHAT_TEMPLATE)
-        self.batched = batched
-        self.closed = False
+        self._source: str | None = None
 
     def chat_tokens(
         self,
         messages: list[Message],
-        tools: list[dict] | None = None,
-        template_kwargs: dict | None = None,
+        tools: list[dict[str, Any]] | None = None,
+        template_kwargs: dict[str, Any] | None = None,
     ) -> list[int]:
         text = self._template.render(
             messages=messages, add_generation_prompt=True, **(template_kwargs or {})
@@ -71,11 +69,11 @@ class FakeBackend(Backend):
 
     def set_chat_template(self, source: str) -> None:
         self._template = jinja2.Environment().from_string(source)
-        self.template_source = source
+        self._source = source
 
     @property
     def chat_template_source(self) -> str | None:
-        return getattr(self, "template_source", None)
+        return self._source
 
     def text_tokens(self, text: str) -> list[int]:
         return list(text.encode("utf-8"))
@@ -91,7 +89,34 @@ class FakeBackend(Backend):
     def decode(self, tokens: Sequence[int]) -> str:
         return bytes(t for t in tokens if t < 256).decode("utf-8", errors="replace")
 
-    def generate(self, request: GenerationRequest, cancel: CancelToken) -> Iterator[TokenChoice]:
+
+class FakeBackend(Backend):
+    name = "fake"
+    capabilities = Capabilities(chat=True, completions=True, logprobs=True)
+    vocab_size: int | None = None  # the tokenizer's (a subclass may set one: ids get checked)
+
+    def __init__(
+        self,
+        *,
+        model_id: str = "fake-model",
+        reply: str | None = None,
+        context_length: int = 4096,
+        token_delay: float = 0.0,
+        fail_after: int | None = None,
+        batched: bool = True,
+        tokenizer: FakeTokenizer | None = None,
+    ) -> None:
+        self.model_id = model_id
+        self.context_length = context_length
+        self.tokenizer = tokenizer or FakeTokenizer(reply, self.vocab_size)
+        self.token_delay = token_delay
+        self.fail_after = fail_after
+        self.batched = batched
+        self.closed = False
+
+    def generate(self, request: GenerationRequest, cancel: CancelToken) -> Generator[Step]:
+        """The tokens of the answer the prompt carries, then EOS (no ``Prefilled``: the
+        serial path caches nothing)."""
         prompt = list(request.prompt_tokens)
         answer = prompt[prompt.index(_MARK) + 1 :] if _MARK in prompt else []
         for i, token in enumerate([*answer, EOS]):
@@ -106,6 +131,7 @@ class FakeBackend(Backend):
         return FakeBatch(self, limits.prompt_cache_bytes) if self.batched else None
 
     def close(self) -> None:
+        super().close()
         self.closed = True
 
 
@@ -123,6 +149,15 @@ class _TokenListOps:
         return True
 
 
+def _choices(steps: Generator[Step]) -> Generator[TokenChoice]:
+    try:
+        for step in steps:
+            if isinstance(step, TokenChoice):
+                yield step
+    finally:
+        steps.close()
+
+
 class FakeBatch(Batch):
     """Round-robin over the fake's generators, one token each per step."""
 
@@ -131,12 +166,12 @@ class FakeBatch(Batch):
         self.cache: PromptCache[list[int]] = PromptCache(
             _TokenListOps(), max_bytes=prompt_cache_bytes
         )
-        self._seqs: dict[int, tuple[Iterator[TokenChoice], list[int]]] = {}
+        self._seqs: dict[int, tuple[Generator[TokenChoice], list[int]]] = {}
 
     def add(self, key: int, request: GenerationRequest) -> int:
         _snapshot, rest = self.cache.fetch_nearest(request.prompt_tokens)
         tokens = list(request.prompt_tokens)
-        self._seqs[key] = (self.backend.generate(request, CancelToken()), tokens)
+        self._seqs[key] = (_choices(self.backend.generate(request, CancelToken())), tokens)
         return len(tokens) - len(rest)
 
     def step(self) -> list[tuple[int, TokenChoice]]:

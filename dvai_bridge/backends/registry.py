@@ -210,7 +210,7 @@ def create_backend(config: StartConfig, progress: ProgressHub) -> Backend:
     backend = factory(load, progress)
     if template is not None:
         try:
-            backend.set_chat_template(template)
+            backend.tokenizer.set_chat_template(template)
         except BaseException:
             backend.close()
             raise
@@ -234,7 +234,7 @@ def read_chat_template(path: str | None) -> str | None:
 
 
 def _mlx(load: BackendLoad, progress: ProgressHub) -> Backend:
-    from .embeddings.mlx import attach_embedder, load_embedding_backend
+    from .embeddings.mlx import load_embedder, load_embedding_backend
     from .mlx.options import MLXOptions
 
     options = load.options
@@ -245,9 +245,9 @@ def _mlx(load: BackendLoad, progress: ProgressHub) -> Backend:
     from .mlx.backend import MLXBackend
 
     backend = MLXBackend.load(load.model_path, context_size=load.context_size, progress=progress)
-    if options.embedding_model:
+    if options.embedding_model:  # a model of its own beside the chat model, closed with it
         try:
-            attach_embedder(backend, options.embedding_model, progress)
+            backend.embedder = load_embedder(options.embedding_model, progress)
         except BaseException:
             backend.close()
             raise

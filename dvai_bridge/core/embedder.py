@@ -56,7 +56,8 @@ class Embedder(ABC):
 
 def l2_normalize(vectors: np.ndarray) -> np.ndarray:
     norms = np.linalg.norm(vectors, axis=-1, keepdims=True)
-    return vectors / np.maximum(norms, 1e-12)
+    out: np.ndarray = vectors / np.maximum(norms, 1e-12)
+    return out
 
 
 __all__ = ["Embedder", "l2_normalize"]

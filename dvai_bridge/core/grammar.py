@@ -43,7 +43,7 @@ def _llg() -> Any:
 def json_schema_grammar(schema: dict[str, Any]) -> str:
     """llguidance grammar text for one JSON value matching ``schema``."""
     try:
-        return _llg().LLMatcher.grammar_from_json_schema(schema, overrides=JSON_OPTIONS)
+        return str(_llg().LLMatcher.grammar_from_json_schema(schema, overrides=JSON_OPTIONS))
     except (ValueError, TypeError) as exc:
         raise GrammarError(str(exc)) from None
 
@@ -69,7 +69,7 @@ def check_grammar(spec: str) -> None:
 
 
 def lark_grammar(lark: str) -> str:
-    return _llg().LLMatcher.grammar_from_lark(lark)
+    return str(_llg().LLMatcher.grammar_from_lark(lark))
 
 
 @dataclass(frozen=True)
@@ -127,7 +127,7 @@ class TokenMatcher:
 
     @property
     def done(self) -> bool:
-        return self._m.is_stopped()
+        return bool(self._m.is_stopped())
 
     @property
     def error(self) -> str | None:

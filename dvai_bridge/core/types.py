@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
@@ -81,6 +82,15 @@ class TokenChoice:
 
 
 @dataclass(frozen=True)
+class Prefilled:
+    """The prompt is in: how many of its tokens came from a cache (reported as
+    ``usage.prompt_tokens_details.cached_tokens``). Yielded by ``generate`` before its first
+    ``TokenChoice``."""
+
+    cached_tokens: int
+
+
+@dataclass(frozen=True)
 class TextDelta:
     """New text for the client, and the tokens that produced it (for logprobs)."""
 
@@ -110,7 +120,7 @@ class CancelToken:
     queue at once through one)."""
 
     _event: threading.Event = field(default_factory=threading.Event)
-    _callbacks: list = field(default_factory=list)
+    _callbacks: list[Callable[[], None]] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def cancel(self) -> None:
@@ -122,7 +132,7 @@ class CancelToken:
         for fn in callbacks:
             fn()
 
-    def on_cancel(self, fn) -> None:
+    def on_cancel(self, fn: Callable[[], None]) -> None:
         """Call ``fn()`` when cancelled (at once if already cancelled)."""
         with self._lock:
             if not self._event.is_set():

@@ -39,7 +39,7 @@ class Call:
     """A function to run on the engine thread; its result (or exception) goes to ``future``."""
 
     fn: Callable[[], Any]
-    future: Future = field(default_factory=Future)
+    future: Future[Any] = field(default_factory=Future)
 
 
 STOP = object()
@@ -80,7 +80,7 @@ class Inbox:
             self._count -= 1
         on_dropped(job)
 
-    def call(self, fn: Callable[[], Any]) -> Future:
+    def call(self, fn: Callable[[], Any]) -> Future[Any]:
         call = Call(fn)
         with self._cond:
             self._calls.append(call)

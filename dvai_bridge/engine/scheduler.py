@@ -17,9 +17,18 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any, TypeVar
 
-from ..core.backend import Backend, Batch
-from ..core.types import BatchLimits, CancelToken, EngineEvent, Finished, GenerationRequest
+from ..core.backend import Backend, Batch, Capabilities, Tokenizer
+from ..core.embedder import Embedder
+from ..core.types import (
+    BatchLimits,
+    CancelToken,
+    EngineEvent,
+    Finished,
+    FinishReason,
+    GenerationRequest,
+)
 from ..errors import BackendError, BridgeError, EngineFailed, ServerBusy, ServiceUnavailable
+from .boundary import backend_call
 from .inbox import STOP, Call, Inbox, Job
 from .metrics import EngineMetrics
 from .sequence import SequenceState, run_sequence
@@ -59,7 +68,7 @@ class Scheduler:
         self._live: dict[int, Job] = {}  # taken off the inbox, not finished yet
         self._closed = False
         self.failure: str | None = None
-        self._loaded: Future = Future()
+        self._loaded: Future[Backend] = Future()
         self._limits = limits
         self._thread = threading.Thread(
             target=self._run, args=(backend,), name="dvai-engine", daemon=True
@@ -111,7 +120,7 @@ class Scheduler:
         self.metrics.sequences_cancelled += 1
         job.sink(Finished("cancelled", len(job.request.prompt_tokens), 0))
 
-    def call(self, fn: Callable[[], T]) -> Future:
+    def call(self, fn: Callable[[], T]) -> Future[T]:
         """Run ``fn`` on the engine thread (between steps); its result comes in the future."""
         self._refuse_if_down()
         return self._inbox.call(fn)
@@ -135,7 +144,7 @@ class Scheduler:
         if self.failure is None and not self._closed:
             self._fail(exc)
 
-    def _fail_waiting(self, error: BridgeError, reason: str = "error") -> None:
+    def _fail_waiting(self, error: BridgeError, reason: FinishReason = "error") -> None:
         jobs, calls = self._inbox.drain()
         for job in jobs:
             job.sink(Finished(reason, len(job.request.prompt_tokens), 0, error=error))
@@ -237,7 +246,10 @@ class Scheduler:
                     log.exception("the backend's idle hook failed")
                 continue
             self.metrics.queue_depth = len(self._inbox)
-            return item if item is STOP else self._take(item)
+            if item is STOP:
+                return STOP
+            assert isinstance(item, Job)
+            return self._take(item)
 
     def _serial_loop(self) -> None:
         while True:
@@ -280,9 +292,10 @@ class _BatchLoop:
             if not self.active:
                 continue
             try:
-                outputs = self.batch.step()
-            except Exception as exc:
-                log.exception("batch step failed")
+                with backend_call("stepping the batch"):
+                    outputs = self.batch.step()
+            except BridgeError as exc:
+                log.error("a batch step failed; its %d sequences end: %s", len(self.active), exc)
                 for key in list(self.active):
                     self._retire(key, error=exc)
                 continue
@@ -291,9 +304,9 @@ class _BatchLoop:
                 if entry is None:
                     continue
                 try:
-                    more = entry[1].on_token(choice)
-                except Exception as exc:
-                    log.exception("handling a generated token failed")
+                    with backend_call("handling a generated token"):
+                        more = entry[1].on_token(choice)
+                except BridgeError as exc:
                     self._retire(key, error=exc)
                     continue
                 if not more:
@@ -327,10 +340,9 @@ class _BatchLoop:
                 continue
             key = next(self.keys)
             try:
-                cached = self.batch.add(key, job.request)
-            except Exception as exc:
-                if not isinstance(exc, BridgeError):
-                    log.exception("could not admit a sequence")
+                with backend_call("admitting a sequence"):
+                    cached = self.batch.add(key, job.request)
+            except BridgeError as exc:
                 SequenceState(self.s.backend, job.request, job.sink, self.s.metrics).finish(
                     error=exc
                 )
@@ -343,12 +355,15 @@ class _BatchLoop:
             if job.cancel.cancelled:
                 self._retire(key, reason="cancelled")
 
-    def _retire(self, key: int, reason=None, error: BaseException | None = None) -> None:
+    def _retire(
+        self, key: int, reason: FinishReason | None = None, error: BaseException | None = None
+    ) -> None:
         _job, state = self.active.pop(key)
         try:
-            self.batch.remove(key)
-        except Exception:
-            log.exception("removing a sequence from the batch failed")
+            with backend_call("removing a sequence from the batch"):
+                self.batch.remove(key)
+        except BridgeError as exc:  # the sequence ends as it would have
+            log.error("removing a sequence from the batch failed: %s", exc)
         state.finish(reason, error)
         self.s.metrics.running = len(self.active)
 
@@ -394,14 +409,57 @@ class EventStream:
 
 
 class AsyncEngine:
-    """The asyncio face of the scheduler."""
+    """The asyncio face of the scheduler, and what the layers above may know of its model.
+
+    Callers reach the model only through here: ``open`` (generation) and ``on_device`` (an
+    embedding, or any other device work) run on the engine thread; ``tokenizer`` is host work
+    for any thread; the rest are plain facts about the loaded model.
+    """
 
     def __init__(self, scheduler: Scheduler) -> None:
         self.scheduler = scheduler
 
     @property
-    def backend(self) -> Backend:
+    def _backend(self) -> Backend:
         return self.scheduler.backend
+
+    @property
+    def name(self) -> str:
+        """The backend's name ("mlx", "llama", ...)."""
+        return self._backend.name
+
+    @property
+    def model_id(self) -> str:
+        return self._backend.model_id
+
+    @property
+    def context_length(self) -> int:
+        return self._backend.context_length
+
+    @property
+    def capabilities(self) -> Capabilities:
+        return self._backend.capabilities
+
+    @property
+    def tokenizer(self) -> Tokenizer:
+        return self._backend.tokenizer
+
+    @property
+    def embedder(self) -> Embedder | None:
+        """The model behind /v1/embeddings; run its ``embed_tokens`` through ``on_device``."""
+        return self._backend.embedder
+
+    @property
+    def embedding_hint(self) -> str | None:
+        return self._backend.embedding_hint
+
+    @property
+    def group_info(self) -> Any:
+        """Where this model is served by an MLX distributed group, the group (else None)."""
+        return getattr(self._backend, "group_info", None)
+
+    def metrics(self) -> EngineMetrics:
+        return self.scheduler.metrics
 
     def open(self, request: GenerationRequest) -> EventStream:
         """Submit a sequence now; iterate its events. Closing early cancels it."""

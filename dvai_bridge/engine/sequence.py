@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 
-from ..core.backend import Backend
+from ..core.backend import Backend, Step, Tokenizer
 from ..core.reasoning import ReasoningTracker
 from ..core.types import (
     CancelToken,
@@ -18,11 +18,13 @@ from ..core.types import (
     Finished,
     FinishReason,
     GenerationRequest,
+    Prefilled,
     TextDelta,
     TokenChoice,
     TokenLogprob,
 )
 from ..errors import BackendError, BridgeError
+from .boundary import backend_call
 from .metrics import EngineMetrics
 from .stops import StopMatcher
 
@@ -34,8 +36,8 @@ log = logging.getLogger(__name__)
 MIN_LOGPROB = -9999.0
 
 
-def _token_logprob(backend: Backend, token_id: int, logprob: float) -> TokenLogprob:
-    raw = backend.token_bytes(token_id)
+def _token_logprob(tokenizer: Tokenizer, token_id: int, logprob: float) -> TokenLogprob:
+    raw = tokenizer.token_bytes(token_id)
     return TokenLogprob(
         raw.decode("utf-8", errors="replace"), max(logprob, MIN_LOGPROB), tuple(raw)
     )
@@ -52,19 +54,19 @@ class SequenceState:
         metrics: EngineMetrics,
         cached_tokens: int = 0,
     ) -> None:
-        self.backend = backend
+        self.tokenizer = tokenizer = backend.tokenizer
         self.request = request
         self.sink = sink
         self.metrics = metrics
         self.cached_tokens = cached_tokens
         self.produced = 0
         self.done = False
-        self._detok = backend.detokenizer()
+        self._detok = tokenizer.detokenizer()
         self._stops = StopMatcher(request.stop)
-        self._stop_ids = backend.eos_token_ids | frozenset(request.stop_token_ids)
-        self._pending: list = []
+        self._stop_ids = tokenizer.eos_token_ids | frozenset(request.stop_token_ids)
+        self._pending: list[tuple[TokenLogprob, tuple[TokenLogprob, ...]]] = []
         self._reasoning = (
-            ReasoningTracker(request.reasoning, backend.token_bytes)
+            ReasoningTracker(request.reasoning, tokenizer.token_bytes)
             if request.reasoning is not None
             else None
         )
@@ -145,10 +147,11 @@ class SequenceState:
         self.sink(TextDelta(text, tuple(self._pending)))
         self._pending = []
 
-    def _logprob_entry(self, choice: TokenChoice) -> tuple[TokenLogprob, tuple]:
-        chosen = _token_logprob(self.backend, choice.token_id, choice.logprob or 0.0)
+    def _logprob_entry(self, choice: TokenChoice) -> tuple[TokenLogprob, tuple[TokenLogprob, ...]]:
+        chosen = _token_logprob(self.tokenizer, choice.token_id, choice.logprob or 0.0)
         top = tuple(
-            _token_logprob(self.backend, t, lp) for t, lp in choice.top[: self.request.top_logprobs]
+            _token_logprob(self.tokenizer, t, lp)
+            for t, lp in choice.top[: self.request.top_logprobs]
         )
         return chosen, top
 
@@ -164,25 +167,27 @@ def run_sequence(
     """The serial path: generate one sequence to its end on this thread, calling ``between``
     after each token (the engine runs its device calls there)."""
     state = SequenceState(backend, request, sink, metrics)
-    steps = backend.generate(request, cancel)
+    steps: Generator[Step] | None = None
     try:
-        for choice in steps:
-            if state.produced == 0:
-                state.set_cached(backend.last_reused)
-            if cancel.cancelled:
-                state.finish("cancelled")
-                return
-            if not state.on_token(choice):
-                break
-            if between is not None:
-                between()
+        with backend_call("generating"):
+            steps = backend.generate(request, cancel)
+            for step in steps:
+                if isinstance(step, Prefilled):
+                    state.set_cached(step.cached_tokens)
+                    continue
+                if cancel.cancelled:
+                    state.finish("cancelled")
+                    return
+                if not state.on_token(step):
+                    break
+                if between is not None:
+                    between()
         if cancel.cancelled:
             state.finish("cancelled")
         else:
             state.finish()
     except Exception as exc:
-        if not isinstance(exc, BridgeError):
-            log.exception("backend raised during generation")
         state.finish(error=exc)
     finally:
-        steps.close()
+        if steps is not None:
+            steps.close()

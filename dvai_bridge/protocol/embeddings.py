@@ -16,7 +16,6 @@ from typing import Any
 
 import numpy as np
 
-from ..core.backend import Backend
 from ..core.embedder import Embedder, l2_normalize
 from ..errors import BridgeError, ContextLengthExceeded, InvalidRequest, NotSupported
 from .schema import EmbeddingRequest
@@ -24,13 +23,12 @@ from .schema import EmbeddingRequest
 MAX_INPUTS = 2048  # OpenAI's limit on inputs per request
 
 
-def unavailable(backend: Backend) -> BridgeError:
-    """Why this backend serves no embeddings, and how to get them."""
-    hint = backend.embedding_hint
+def unavailable(backend: str, model_id: str, hint: str | None) -> BridgeError:
+    """Why this model serves no embeddings, and how to get them."""
     if hint:  # a backend that could embed with another setting says which
         return NotSupported(hint, param="model")
     return NotSupported(
-        f"The model {backend.model_id!r} on the {backend.name} backend is a chat model and "
+        f"The model {model_id!r} on the {backend} backend is a chat model and "
         "serves no embeddings. Start the bridge with backend='llama' and embedding_mode=True, "
         "or on the mlx backend set embedding_model (for example all-MiniLM-L6-v2), to use "
         "/v1/embeddings.",

@@ -12,13 +12,14 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterable
 
-from ..core.backend import Backend
+from ..core.tokenizer import Tokenizer
 from ..errors import ContextLengthExceeded
 
 
 class PromptBound:
-    def __init__(self, backend: Backend) -> None:
-        self._backend = backend
+    def __init__(self, tokenizer: Tokenizer, context_length: int) -> None:
+        self._tokenizer = tokenizer
+        self._context = context_length
         self._longest: int | None = None
         self._lock = threading.Lock()
 
@@ -27,8 +28,10 @@ class PromptBound:
         """The longest piece in the vocabulary, in bytes (measured once: ~0.1-1 s)."""
         with self._lock:
             if self._longest is None:
-                vocab = int(getattr(self._backend, "vocab_size", 0) or 0)
-                longest = max((len(self._backend.token_bytes(t)) for t in range(vocab)), default=0)
+                vocab = self._tokenizer.vocab_size or 0
+                longest = max(
+                    (len(self._tokenizer.token_bytes(t)) for t in range(vocab)), default=0
+                )
                 # No vocabulary to measure (the fake): assume the longest tokens seen in
                 # practice, so the bound still holds for byte-level vocabularies.
                 self._longest = longest + 4 if vocab else 256  # + a decoded leading space
@@ -36,7 +39,7 @@ class PromptBound:
 
     def check(self, texts: Iterable[str], param: str) -> None:
         """Raise ``ContextLengthExceeded`` when ``texts`` together cannot fit the context."""
-        context = self._backend.context_length
+        context = self._context
         size = sum(len(t.encode("utf-8")) for t in texts)
         longest = self.longest_token_bytes
         if size > context * longest:

@@ -16,9 +16,9 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-from ..core.backend import Backend
 from ..core.grammar import Grammar
 from ..core.reasoning import GatedGrammar, ReasoningSpec
+from ..core.tokenizer import Tokenizer
 from ..core.types import GenerationRequest
 from ..errors import InvalidRequest
 from .reasoning import (
@@ -31,16 +31,17 @@ from .reasoning import (
 )
 
 
-def reasoning_format(backend: Backend) -> ReasoningFormat | None:
-    """From the chat template, else from the vocabulary; kept per backend and template."""
-    source = backend.chat_template_source
-    cached = backend.__dict__.get("_reasoning_format")
+def reasoning_format(tokenizer: Tokenizer) -> ReasoningFormat | None:
+    """From the chat template, else from the vocabulary; kept per tokenizer and template."""
+    source = tokenizer.chat_template_source
+    cached = tokenizer.memo.get("reasoning_format")
     if cached is not None and cached[0] == source:
-        return cached[1]
+        fmt: ReasoningFormat | None = cached[1]
+        return fmt
     fmt = detect_format(source) or detect_from_vocabulary(
-        lambda text: len(backend.text_tokens(text)) == 1
+        lambda text: len(tokenizer.text_tokens(text)) == 1
     )
-    backend.__dict__["_reasoning_format"] = (source, fmt)
+    tokenizer.memo["reasoning_format"] = (source, fmt)
     return fmt
 
 
@@ -74,7 +75,7 @@ class ReasoningPlan:
     @classmethod
     def build(
         cls,
-        backend: Backend,
+        tokenizer: Tokenizer,
         prompt: list[int],
         effort: str | None,
         options: ReasoningOptions,
@@ -82,27 +83,27 @@ class ReasoningPlan:
     ) -> tuple[list[int], ReasoningPlan | None]:
         """The prompt to generate from (maybe with a block opened or closed at its end), and
         the plan; no plan for a template that writes no reasoning."""
-        fmt = reasoning_format(backend)
+        fmt = reasoning_format(tokenizer)
         if fmt is None:
             return prompt, None
-        tail = backend.prompt_tail(prompt).rstrip()
+        tail = tokenizer.prompt_tail(prompt).rstrip()
         inside = tail.endswith(fmt.open)
         closed = tail.endswith(fmt.close)  # the template wrote an empty block (thinking off)
         if effort == "none":
             if inside:
-                prompt = prompt + backend.text_tokens(fmt.close_text)
+                prompt = prompt + tokenizer.text_tokens(fmt.close_text)
             elif not closed:
-                prompt = prompt + backend.text_tokens(fmt.off_text)
+                prompt = prompt + tokenizer.text_tokens(fmt.off_text)
             return prompt, cls(fmt, False, None)
         budget = options.budget(effort)
         if (budget is not None or constrained) and not inside and not closed:
             # The engine must see where the reasoning ends: open the block here, as a template
             # whose generation prompt opens it does.
-            prompt = prompt + backend.text_tokens(fmt.open + "\n")
+            prompt = prompt + tokenizer.text_tokens(fmt.open + "\n")
             inside = True
         return prompt, cls(fmt, inside, budget)
 
-    def apply(self, gen: GenerationRequest, backend: Backend) -> GenerationRequest:
+    def apply(self, gen: GenerationRequest, tokenizer: Tokenizer) -> GenerationRequest:
         """The request with the engine's reasoning spec, and the grammar (if any) gated to
         start after the block."""
         if not self.inside:  # only counted (the model may open a block itself)
@@ -110,7 +111,7 @@ class ReasoningPlan:
             return dataclasses.replace(gen, reasoning=spec)
         spec = ReasoningSpec(
             self.fmt.close,
-            tuple(backend.text_tokens(self.fmt.close_text)),
+            tuple(tokenizer.text_tokens(self.fmt.close_text)),
             self.budget,
             inside=True,
         )
@@ -118,6 +119,6 @@ class ReasoningPlan:
         if self.budget is not None or grammar is not None:
             inner = grammar if isinstance(grammar, Grammar) else None
             grammar = GatedGrammar(
-                spec, inner, backend.token_bytes, frozenset(backend.eos_token_ids)
+                spec, inner, tokenizer.token_bytes, frozenset(tokenizer.eos_token_ids)
             )
         return dataclasses.replace(gen, reasoning=spec, grammar=grammar)

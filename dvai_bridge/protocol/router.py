@@ -189,9 +189,9 @@ class ModelRouter:
 
     def engine_metrics(self) -> list[tuple[dict[str, str], EngineMetrics]]:
         return [
-            ({"model": s.name}, s.scheduler.metrics)
+            ({"model": s.name}, s.engine.metrics())
             for s in self.model_set.loaded()
-            if s.scheduler is not None
+            if s.engine is not None
         ]
 
 

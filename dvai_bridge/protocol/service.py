@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequen
 from contextlib import AsyncExitStack
 from typing import Any, TypeVar
 
-from ..core.backend import Backend
+from ..core.backend import Tokenizer
 from ..core.grammar import Grammar
 from ..core.types import Finished, GenerationRequest, SamplingParams, TextDelta
 from ..engine.metrics import EngineMetrics
@@ -102,18 +102,19 @@ class OpenAIService:
         self.prep = prep or Preprocessor()
         self.reasoning = reasoning or ReasoningOptions()
         self._prompt_bound: PromptBound | None = None
-        embedder = self.backend.embedder
+        embedder = engine.embedder
         self.names = ModelNames(
-            self.backend.model_id,
+            engine.model_id,
             aliases=aliases,
             embedder_id=embedder.model_id if embedder else None,
             strict=strict_model_names,
         )
-        self.served_name = served_name or self.backend.model_id  # the answers' ``model``
+        self.served_name = served_name or engine.model_id  # the answers' ``model``
 
     @property
-    def backend(self) -> Backend:
-        return self.engine.backend
+    def tokenizer(self) -> Tokenizer:
+        """The model's tokenizer (host work: call it from the pre-processing pool)."""
+        return self.engine.tokenizer
 
     # -- models ------------------------------------------------------------------------
     def check_model(self, name: str | None) -> None:
@@ -128,15 +129,15 @@ class OpenAIService:
     # -- operations ------------------------------------------------------------------
     def health(self) -> tuple[dict[str, Any], bool]:
         """``GET /health``'s body, and whether the server is ready."""
-        m = self.engine.scheduler.metrics
+        m = self.engine.metrics()
         body: dict[str, Any] = {
             "status": "ok",
-            "backend": self.backend.name,
-            "model": self.backend.model_id,
+            "backend": self.engine.name,
+            "model": self.engine.model_id,
             "queued": m.queue_depth,
             "running": m.running,
         }
-        group = getattr(self.backend, "group_info", None)  # served by an MLX distributed group
+        group = self.engine.group_info  # served by an MLX distributed group
         if group is not None:
             body["group"] = group.as_dict()
         why = self.engine.health()
@@ -146,7 +147,7 @@ class OpenAIService:
 
     def engine_metrics(self) -> list[tuple[dict[str, str], EngineMetrics]]:
         """The engines ``/metrics`` reports, with their labels (none: there is one)."""
-        return [({}, self.engine.scheduler.metrics)]
+        return [({}, self.engine.metrics())]
 
     async def load_model(self, name: str | None) -> dict[str, Any]:
         self.check_model(name)
@@ -164,7 +165,7 @@ class OpenAIService:
     # limits first, then templating, tokenizing and grammar compilation, off the event loop.
     def _bound(self) -> PromptBound:
         if self._prompt_bound is None:
-            self._prompt_bound = PromptBound(self.backend)
+            self._prompt_bound = PromptBound(self.tokenizer, self.engine.context_length)
         return self._prompt_bound
 
     async def _chat_generation(
@@ -179,7 +180,7 @@ class OpenAIService:
         require_text(req)
         req.check_supported()
         self._check_sampling(req.sampling())
-        caps = self.backend.capabilities
+        caps = self.engine.capabilities
         if not caps.chat:
             raise NotSupported("This model does not do chat completions.", param="messages")
         if req.logprobs and not caps.logprobs:
@@ -192,7 +193,7 @@ class OpenAIService:
             req.tools,
             choice,
             req.parallel_tool_calls,
-            self.backend.chat_template_source,
+            self.tokenizer.chat_template_source,
             any(m["role"] == "tool" or m.get("tool_calls") for m in messages),
         )
         schema = response_schema(req.response_format)
@@ -208,14 +209,14 @@ class OpenAIService:
             rendered.append(json.dumps(req.chat_template_kwargs))
         self._bound().check(rendered, "messages")
         kwargs = template_kwargs(
-            req.reasoning_effort, req.chat_template_kwargs, self.backend.chat_template_source
+            req.reasoning_effort, req.chat_template_kwargs, self.tokenizer.chat_template_source
         )
-        prompt = self.backend.chat_tokens(messages, tools, kwargs)
+        prompt = self.tokenizer.chat_tokens(messages, tools, kwargs)
         constrained = schema is not None or (plan is not None and plan.forced)
         prompt, thinking = ReasoningPlan.build(
-            self.backend, prompt, req.reasoning_effort, self.reasoning, constrained
+            self.tokenizer, prompt, req.reasoning_effort, self.reasoning, constrained
         )
-        gen = req.to_generation(prompt, self.backend.context_length)
+        gen = req.to_generation(prompt, self.engine.context_length)
         calls = None  # auto with a response_format: the reply is calls or the JSON answer
         if plan is not None and plan.active and (plan.forced or schema is not None):
             calls = plan.calls_grammar()
@@ -225,12 +226,12 @@ class OpenAIService:
         if text is not None:
             gen = dataclasses.replace(gen, grammar=self._grammar(*text))
         if thinking is not None:
-            gen = thinking.apply(gen, self.backend)
+            gen = thinking.apply(gen, self.tokenizer)
         return gen, plan, thinking
 
     def _grammar(self, text: str, param: str) -> Grammar:
         try:
-            tokenizer = self.backend.grammar_tokenizer()
+            tokenizer = self.tokenizer.grammar_tokenizer()
         except NotSupported as exc:
             check_grammar_text(text, param)
             raise InvalidRequest(exc.message, param=param) from None
@@ -239,7 +240,7 @@ class OpenAIService:
     def _check_sampling(self, sampling: SamplingParams) -> None:
         """Sampling fields that depend on the model: token ids a client sent (logit_bias
         keys) must exist in the vocabulary, and top_k cannot exceed it."""
-        vocab = getattr(self.backend, "vocab_size", None)
+        vocab = self.tokenizer.vocab_size
         if vocab:
             if sampling.top_k > vocab:
                 raise InvalidRequest(
@@ -263,16 +264,16 @@ class OpenAIService:
         require_text(req)
         req.check_supported()
         self._check_sampling(req.sampling())
-        if not self.backend.capabilities.completions:
+        if not self.engine.capabilities.completions:
             raise NotSupported("This model does not do text completions.", param="prompt")
-        context = self.backend.context_length
+        context = self.engine.context_length
         prompts = req.prompts()
         self._bound().check((p for p in prompts if isinstance(p, str)), "prompt")
         gens: list[GenerationRequest] = []
-        vocab = getattr(self.backend, "vocab_size", None)
+        vocab = self.tokenizer.vocab_size
         for prompt in prompts:
             if isinstance(prompt, str):
-                tokens = self.backend.tokenize(prompt)
+                tokens = self.tokenizer.tokenize(prompt)
                 if not tokens:
                     raise InvalidRequest("prompt has no tokens: give some text.", param="prompt")
             else:
@@ -333,7 +334,7 @@ class OpenAIService:
                 head, tail = parser.feed(text), parser.finish()
                 text = message["content"] = head.content + tail.content
                 message.update(self.reasoning.fields(head.reasoning + tail.reasoning or None))
-            reason = r.finish.reason
+            reason: str = r.finish.reason  # or "tool_calls", which only this layer knows
             splitter = plan.splitter(stream=False) if plan is not None else None
             if splitter is not None:
                 head, tail = splitter.feed(text), splitter.finish()
@@ -523,6 +524,11 @@ class OpenAIService:
     async def completion(self, req: CompletionRequest) -> dict[str, Any]:
         gens = [g for gen in await self._completion_generations(req) for g in _fan_out(gen, req.n)]
         results = await self._collect(gens)
+        echoed = (
+            await self.prep.run(lambda: [self.tokenizer.decode(g.prompt_tokens) for g in gens])
+            if req.echo
+            else None
+        )
         choices = []
         for i, r in enumerate(results):
             text = r.text
@@ -532,8 +538,8 @@ class OpenAIService:
                 for d in r.deltas:
                     acc.add(d)
                 lp = acc.whole()
-            if req.echo:
-                text = self.backend.decode(gens[i].prompt_tokens) + text
+            if echoed is not None:
+                text = echoed[i] + text
             choices.append(
                 {"index": i, "text": text, "logprobs": lp, "finish_reason": r.finish.reason}
             )
@@ -582,10 +588,12 @@ class OpenAIService:
 
     # -- embeddings --------------------------------------------------------------------
     async def embeddings(self, req: EmbeddingRequest) -> dict[str, Any]:
-        embedder = self.backend.embedder
+        embedder = self.engine.embedder
         if embedder is None:
             self.check_model(req.model)
-            raise embeddings_unavailable(self.backend)
+            raise embeddings_unavailable(
+                self.engine.name, self.engine.model_id, self.engine.embedding_hint
+            )
         self.names.check_embedding(req.model)
         return await create_embeddings(embedder, req, self.engine.on_device)
 

@@ -41,18 +41,18 @@ class TokenService:
 
     @staticmethod
     def _tokenize(service: OpenAIService, req: TokenizeRequest) -> dict[str, Any]:
-        backend = service.backend
+        tokenizer = service.tokenizer
         service._bound().check([req.content], "content")
-        tokens = backend.tokenize(req.content)
+        tokens = tokenizer.tokenize(req.content)
         if not req.add_special:  # what the model puts before any prompt (BOS), if anything
-            prefix = backend.tokenize("")
+            prefix = tokenizer.tokenize("")
             if prefix and tokens[: len(prefix)] == prefix and len(prefix) <= 2:
                 tokens = tokens[len(prefix) :]
         if not req.with_pieces:
             return {"tokens": tokens}
         out = []
         for t in tokens:
-            raw = backend.token_bytes(t)
+            raw = tokenizer.token_bytes(t)
             try:
                 piece: Any = raw.decode("utf-8")
             except UnicodeDecodeError:
@@ -65,12 +65,12 @@ class TokenService:
 
     @staticmethod
     def _detokenize(service: OpenAIService, req: DetokenizeRequest) -> dict[str, Any]:
-        vocab = getattr(service.backend, "vocab_size", None)
+        vocab = service.tokenizer.vocab_size
         if vocab and any(not 0 <= t < vocab for t in req.tokens):
             raise InvalidRequest(
                 f"tokens holds ids outside the vocabulary (0-{vocab - 1}).", param="tokens"
             )
-        return {"content": service.backend.decode(req.tokens)}
+        return {"content": service.tokenizer.decode(req.tokens)}
 
     async def detokenize(self, req: DetokenizeRequest) -> dict[str, Any]:
         return await self.chat.run_on(req.model, lambda s: s.prep.run(self._detokenize, s, req))
@@ -78,6 +78,6 @@ class TokenService:
     async def apply_template(self, req: ChatCompletionRequest) -> dict[str, Any]:
         async def render(service: OpenAIService) -> dict[str, Any]:
             tokens = await service.chat_prompt(req)
-            return {"prompt": await service.prep.run(service.backend.prompt_text, list(tokens))}
+            return {"prompt": await service.prep.run(service.tokenizer.prompt_text, list(tokens))}
 
         return await self.chat.run_on(req.model, render)

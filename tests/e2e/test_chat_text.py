@@ -19,18 +19,18 @@ def backend():
 
 def _old(b: MLXBackend):
     def encode(messages, tools):
-        text = b.tokenizer.apply_chat_template(
+        text = b.tokenizer.hf.apply_chat_template(
             messages, tools=tools, add_generation_prompt=True, tokenize=False
         )
-        return list(b.tokenizer.encode(text, add_special_tokens=False))
+        return list(b.tokenizer.hf.encode(text, add_special_tokens=False))
 
     return encode
 
 
 def test_normal_chats_tokenize_as_before(backend):
-    assert check_normal_chats_unchanged(backend.chat_tokens, _old(backend)) == 5
+    assert check_normal_chats_unchanged(backend.tokenizer.chat_tokens, _old(backend)) == 5
 
 
 def test_user_text_cannot_write_control_tokens(backend):
-    ids = backend.tokenizer.convert_tokens_to_ids(["<|im_start|>", "<|im_end|>"])
-    check_injection_is_text(backend.chat_tokens, _old(backend), *ids)
+    ids = backend.tokenizer.hf.convert_tokens_to_ids(["<|im_start|>", "<|im_end|>"])
+    check_injection_is_text(backend.tokenizer.chat_tokens, _old(backend), *ids)

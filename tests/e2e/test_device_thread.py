@@ -35,13 +35,15 @@ def chats(n: int) -> list[list[dict]]:
 
 def test_templating_and_tokenizing_from_many_threads_give_the_serial_answers(backend):
     convs = chats(32)
-    serial = [backend.chat_tokens(c) for c in convs]
+    serial = [backend.tokenizer.chat_tokens(c) for c in convs]
     texts = [f"prompt {i}: " + "waves " * i for i in range(32)]
-    serial_tok = [backend.tokenize(t) for t in texts]
+    serial_tok = [backend.tokenizer.tokenize(t) for t in texts]
     with ThreadPoolExecutor(8) as pool:
-        assert list(pool.map(backend.chat_tokens, convs)) == serial
-        assert list(pool.map(backend.tokenize, texts)) == serial_tok
-        assert list(pool.map(backend.decode, serial_tok)) == [backend.decode(t) for t in serial_tok]
+        assert list(pool.map(backend.tokenizer.chat_tokens, convs)) == serial
+        assert list(pool.map(backend.tokenizer.tokenize, texts)) == serial_tok
+        assert list(pool.map(backend.tokenizer.decode, serial_tok)) == [
+            backend.tokenizer.decode(t) for t in serial_tok
+        ]
 
 
 def test_templating_and_tokenizing_do_not_evaluate_mlx_arrays(backend, monkeypatch):
@@ -56,8 +58,8 @@ def test_templating_and_tokenizing_do_not_evaluate_mlx_arrays(backend, monkeypat
             return _real(*a, **k)
 
         monkeypatch.setattr(mx, name, spy)
-    backend.chat_tokens(chats(1)[0])
-    backend.tokenize("hello there")
-    backend.decode([1, 2, 3])
-    backend.grammar_tokenizer()
+    backend.tokenizer.chat_tokens(chats(1)[0])
+    backend.tokenizer.tokenize("hello there")
+    backend.tokenizer.decode([1, 2, 3])
+    backend.tokenizer.grammar_tokenizer()
     assert calls == []

@@ -58,7 +58,7 @@ def backend() -> MLXBackend:
 def submit(scheduler: Scheduler, backend: MLXBackend, messages: list[dict]) -> Run:
     run = Run()
     request = GenerationRequest(
-        tuple(backend.chat_tokens(messages)), GREEDY, max_tokens=MAX_TOKENS, logprobs=True
+        tuple(backend.tokenizer.chat_tokens(messages)), GREEDY, max_tokens=MAX_TOKENS, logprobs=True
     )
     scheduler.submit(request, run, CancelToken())
     return run
@@ -143,8 +143,8 @@ def test_the_fast_cpu_kernels_give_mlxs_greedy_tokens(backend):
         pytest.skip("the kernels are used on the CPU device only")
     story = " ".join(f"Line {i}: the keeper lit the lamp and watched the ships." for i in range(60))
     prompts = [
-        backend.chat_tokens(conversation(QUESTIONS[0])),
-        backend.chat_tokens([{"role": "user", "content": story + " Summarize."}]),
+        backend.tokenizer.chat_tokens(conversation(QUESTIONS[0])),
+        backend.tokenizer.chat_tokens([{"role": "user", "content": story + " Summarize."}]),
     ]
     assert len(prompts[1]) > 700
 

@@ -38,7 +38,7 @@ def _steps(b: MLXBackend, requests: list[GenerationRequest], n: int = 3) -> int:
     "other", [{}, {"top_p": 0.9}, {"min_p": 0.05}], ids=["plain", "top_p", "min_p"]
 )
 def test_top_k_past_the_vocabulary_keeps_every_token_and_poisons_nothing(backend, top_k, other):
-    prompt = tuple(backend.chat_tokens([{"role": "user", "content": "Hi"}]))
+    prompt = tuple(backend.tokenizer.chat_tokens([{"role": "user", "content": "Hi"}]))
     sampled = GenerationRequest(prompt, SamplingParams(temperature=0.8, **other), max_tokens=4)
     wide = GenerationRequest(prompt, SamplingParams(temperature=0.8, top_k=top_k), max_tokens=4)
     assert _steps(backend, [sampled, wide]) > 0  # before: ValueError / std::bad_cast

@@ -25,7 +25,7 @@ REPLY = "Two and two.\n</think>\n\nIt is 4."
 @pytest.fixture
 def thinker(client_for):
     backend = FakeBackend(reply=REPLY)
-    backend.set_chat_template(TEMPLATE.read_text())
+    backend.tokenizer.set_chat_template(TEMPLATE.read_text())
     return client_for(backend)
 
 

@@ -190,7 +190,7 @@ def test_api_key_is_required_when_configured_but_health_stays_open(client_for):
 
 def test_logit_bias_outside_the_vocabulary_is_refused(client_for):
     backend = FakeBackend()
-    backend.vocab_size = 259
+    backend.tokenizer.vocab_size = 259
     client = client_for(backend)
     r = client.post("/v1/chat/completions", json=chat("x", logit_bias={"5000": 1}))
     assert_envelope(r, 400, param="logit_bias", mentions="5000")

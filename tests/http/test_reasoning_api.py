@@ -32,7 +32,7 @@ TOOL = {
 
 def fake(reply: str) -> FakeBackend:
     backend = FakeBackend(reply=reply)
-    backend.set_chat_template(TEMPLATE)
+    backend.tokenizer.set_chat_template(TEMPLATE)
     return backend
 
 
@@ -132,7 +132,7 @@ def test_bad_template_kwargs_are_a_400(client_with) -> None:
 def test_a_block_the_model_opens_itself_is_parsed_and_counted(client_for) -> None:
     backend = FakeBackend(reply="<think>\nhm</think>\n\nyes")
     # Qwen3's own template: the generation prompt does not open the block, the model does.
-    backend.set_chat_template(
+    backend.tokenizer.set_chat_template(
         "{% for m in messages %}{{ m.content }}{% endfor %}"
         "{# assistant messages carry <think> blocks #}"
     )

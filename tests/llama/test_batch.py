@@ -60,7 +60,7 @@ def batch(backend):
 
 
 def prompt(backend, text: str) -> tuple[int, ...]:
-    return tuple(backend.chat_tokens([{"role": "user", "content": text}]))
+    return tuple(backend.tokenizer.chat_tokens([{"role": "user", "content": text}]))
 
 
 def drive(batch, items, *, stagger: int = 0, n: int = N, sampling=GREEDY, logprobs=True):
@@ -136,14 +136,14 @@ def test_sequences_joining_and_leaving_part_only_at_near_ties(backend, batch):
 def test_a_cached_prefix_gives_the_uncached_tokens(backend, batch):
     system = {"role": "system", "content": "You answer questions about ships. " * 20}
     turn1 = [system, {"role": "user", "content": "What is a keel?"}]
-    out, cached = drive(batch, [(0, tuple(backend.chat_tokens(turn1)))], n=12)
+    out, cached = drive(batch, [(0, tuple(backend.tokenizer.chat_tokens(turn1)))], n=12)
     assert cached[0] == 0
     turn2 = [
         *turn1,
-        {"role": "assistant", "content": backend.decode(ids(out[0]))},
+        {"role": "assistant", "content": backend.tokenizer.decode(ids(out[0]))},
         {"role": "user", "content": "And a hull?"},
     ]
-    p2 = tuple(backend.chat_tokens(turn2))
+    p2 = tuple(backend.tokenizer.chat_tokens(turn2))
     warm, cached = drive(batch, [(1, p2)])
     assert cached[1] > len(p2) // 2  # turn 1 and most of its answer came from the cache
     batch.cache.clear()

@@ -26,11 +26,12 @@ def backend(gguf_path):
 
 
 def _old(b: LlamaBackend):
-    return lambda messages, tools: b._tokenize(b.template.render(messages, tools), add_bos=True)
+    tok = b.tokenizer
+    return lambda messages, tools: tok._tokenize(tok.template.render(messages, tools), add_bos=True)
 
 
 def test_normal_chats_tokenize_as_before(backend):
-    assert check_normal_chats_unchanged(backend.chat_tokens, _old(backend)) == 5
+    assert check_normal_chats_unchanged(backend.tokenizer.chat_tokens, _old(backend)) == 5
 
 
 def test_user_text_cannot_write_control_tokens(backend):
@@ -38,4 +39,4 @@ def test_user_text_cannot_write_control_tokens(backend):
         backend.llm.tokenize(s.encode(), add_bos=False, special=True)[0]
         for s in ("<|im_start|>", "<|im_end|>")
     ]
-    check_injection_is_text(backend.chat_tokens, _old(backend), *ids)
+    check_injection_is_text(backend.tokenizer.chat_tokens, _old(backend), *ids)

@@ -9,7 +9,7 @@ import httpx
 import pytest
 
 from dvai_bridge import Bridge, StartConfig
-from dvai_bridge.backends.fake import EOS, FakeBackend
+from dvai_bridge.backends.fake import EOS, FakeBackend, FakeTokenizer
 from dvai_bridge.backends.registry import register_backend
 from dvai_bridge.core.types import CancelToken, GenerationRequest, TokenChoice
 from dvai_bridge.errors import BackendError
@@ -27,7 +27,7 @@ class BoomFake(FakeBackend):
             yield choice
 
 
-class BadDecodeFake(FakeBackend):
+class BadDecodeTokenizer(FakeTokenizer):
     """Its detokenizer fails on the byte '~': a fault after the backend, in token handling."""
 
     def decode(self, tokens: Sequence[int]) -> str:
@@ -38,7 +38,7 @@ class BadDecodeFake(FakeBackend):
 
 register_backend("rel-boom", lambda c, p: BoomFake(token_delay=0.01))
 register_backend("rel-slow", lambda c, p: FakeBackend(token_delay=0.02))
-register_backend("rel-bad-decode", lambda c, p: BadDecodeFake())
+register_backend("rel-bad-decode", lambda c, p: FakeBackend(tokenizer=BadDecodeTokenizer()))
 assert EOS == 256
 
 

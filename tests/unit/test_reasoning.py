@@ -223,9 +223,11 @@ def test_chat_template_file_replaces_the_models_own(tmp_path) -> None:
     good = tmp_path / "t.jinja"
     good.write_text("{% for m in messages %}[{{ m.content }}]{% endfor %}<think>\n")
     backend = create_backend(StartConfig(backend="fake", chat_template=str(good)), ProgressHub())
-    assert backend.chat_template_source == good.read_text()
+    assert backend.tokenizer.chat_template_source == good.read_text()
     assert (
-        backend.prompt_tail(backend.chat_tokens([{"role": "user", "content": "hi"}]))
+        backend.tokenizer.prompt_tail(
+            backend.tokenizer.chat_tokens([{"role": "user", "content": "hi"}])
+        )
         .rstrip()
         .endswith("[hi]<think>")
     )

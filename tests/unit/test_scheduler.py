@@ -36,7 +36,7 @@ class Collector:
 
 def request(backend: FakeBackend, text: str, **kw) -> GenerationRequest:
     return GenerationRequest(
-        tuple(backend.tokenize(text)), max_tokens=kw.pop("max_tokens", 500), **kw
+        tuple(backend.tokenizer.tokenize(text)), max_tokens=kw.pop("max_tokens", 500), **kw
     )
 
 
@@ -92,7 +92,10 @@ def test_second_turn_reports_cached_prompt_tokens():
     assert first.done.wait(5) and first.finished.cached_tokens == 0
     s.submit(request(backend, "a conversation goes on"), second, CancelToken())
     assert second.done.wait(5)
-    a, b = backend.tokenize("a conversation"), backend.tokenize("a conversation goes on")
+    a, b = (
+        backend.tokenizer.tokenize("a conversation"),
+        backend.tokenizer.tokenize("a conversation goes on"),
+    )
     shared = next(
         i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y
     )  # BOS + the common text

@@ -9,13 +9,11 @@ importing it pulls sentence-transformers and torch); a local folder with ``confi
 
 from __future__ import annotations
 
-import concurrent.futures
 import importlib.util
 import json
 import logging
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
 
@@ -34,8 +32,6 @@ _MINILM_ALIASES = {"all-minilm-l6-v2", "sentence-transformers/all-minilm-l6-v2"}
 SUPPORTED_TYPES = ("bert",)
 EMBEDDING_PATTERNS = ["*.json", "*.safetensors", "*.txt", "README.md"]
 BATCH = 32  # inputs per forward pass (sorted by length first)
-
-T = TypeVar("T")
 
 
 def _packaged_minilm() -> Path | None:
@@ -105,21 +101,14 @@ def _declares_matryoshka(folder: Path) -> bool:
 
 
 class MLXEmbedder(Embedder):
-    """All MLX work of an embedder runs on one thread of its own."""
+    """MLX work runs on the calling thread: the engine's, which owns the device (it loads the
+    embedder with the chat model and runs ``embed_tokens`` through ``AsyncEngine.on_device``)."""
 
     def __init__(self, folder: Path, model_id: str) -> None:
         super().__init__()
         self.model_id = model_id
         self.folder = folder
-        self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="dvai-embed")
-        try:
-            self._on_thread(self._load)
-        except BaseException:
-            self._pool.shutdown(wait=False)
-            raise
-
-    def _on_thread(self, fn: Callable[[], T]) -> T:
-        return self._pool.submit(fn).result()
+        self._load()
 
     def _load(self) -> None:
         import mlx.core as mx
@@ -193,7 +182,7 @@ class MLXEmbedder(Embedder):
         return out
 
     def _embed(self, batch: list[list[int]]) -> np.ndarray:
-        return self._on_thread(lambda: self._forward_all(batch))
+        return self._forward_all(batch)
 
     def _forward_all(self, batch: list[list[int]]) -> np.ndarray:
         out = np.empty((len(batch), self.dimensions), dtype=np.float32)
@@ -220,10 +209,6 @@ class MLXEmbedder(Embedder):
             pooled = (hidden * m).sum(axis=1) / mx.maximum(m.sum(axis=1), 1e-9)
         mx.eval(pooled)
         return np.array(pooled, dtype=np.float32)
-
-    def close(self) -> None:
-        with self.lock:
-            self._pool.shutdown(wait=True)
 
 
 def load_embedder(ref: str, progress: ProgressHub) -> MLXEmbedder:
@@ -272,18 +257,3 @@ def load_embedding_backend(load: BackendLoad, progress: ProgressHub) -> Any:
 
     assert load.model_path is not None
     return EmbeddingBackend(load_embedder(load.model_path, progress))
-
-
-def attach_embedder(backend: Any, ref: str, progress: ProgressHub) -> None:
-    """Serve ``ref`` on /v1/embeddings beside a chat backend; closing the backend closes it."""
-    embedder = load_embedder(ref, progress)
-    backend.embedder = embedder
-    close_backend = backend.close
-
-    def close() -> None:
-        try:
-            close_backend()
-        finally:
-            embedder.close()
-
-    backend.close = close

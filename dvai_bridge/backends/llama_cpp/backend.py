@@ -16,36 +16,32 @@ token, as llama-server documents for its ``cache_prompt``.)
 
 from __future__ import annotations
 
-import ctypes
-import functools
 import logging
 import sys
-import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ...core.backend import Backend, Batch, Capabilities, Message
-from ...core.types import BatchLimits, CancelToken, GenerationRequest, TokenChoice
+from ...core.backend import Backend, Batch, Step
+from ...core.types import BatchLimits, CancelToken, GenerationRequest, Prefilled, TokenChoice
 from ...errors import (
     BackendError,
     BackendUnavailable,
     BridgeError,
     ContextLengthExceeded,
     ModelLoadFailed,
-    NotSupported,
 )
 from ...progress import ProgressEvent, ProgressHub
-from ..chat_text import ControlText
 from ..cpu_cores import physical_cores
 from ..options import BackendLoad
+from .batch import LlamaBatch, checked_prompt
 from .gguf import resolve_gguf
 from .options import LlamaOptions
 from .sampling import SamplerChain, adjusted_logits, log_softmax, top_entries
-from .template import ChatTemplate, control_strings
+from .tokenizer import LlamaTokenizer
 
 log = logging.getLogger(__name__)
 
@@ -101,29 +97,10 @@ class LlamaBackend(Backend):
         self.n_batch = n_batch  # prompt tokens per llama_decode call (and between cancel checks)
         self.context_length = int(llm.n_ctx())
         self._ctx = llm.ctx
-        self._vocab = lc.llama_model_get_vocab(llm.model)
-        self.vocab_size = int(lc.llama_vocab_n_tokens(self._vocab))
-        self.eos_token_ids = frozenset(
-            t for t in range(self.vocab_size) if lc.llama_vocab_is_eog(self._vocab, t)
-        )
-        self._bos = int(lc.llama_vocab_bos(self._vocab))
-        self._add_bos = bool(lc.llama_vocab_get_add_bos(self._vocab)) and self._bos >= 0
-        self._pieces: dict[int, bytes] = {}
-        self._special_pieces: dict[int, bytes] = {}
-        md = llm.metadata
-        self.template = ChatTemplate(
-            md.get("tokenizer.chat_template"),
-            model_id=model_id,
-            bos_token=self._piece(self._bos, special=True).decode("utf-8", "replace")
-            if self._bos >= 0
-            else "",
-            eos_token=self._piece(int(lc.llama_vocab_eos(self._vocab)), special=True).decode(
-                "utf-8", "replace"
-            ),
-        )
+        self.tokenizer = LlamaTokenizer(lc, llm, model_id=model_id)
+        self.vocab_size: int = self.tokenizer.vocab_size  # the sampler's and the batch's rows
         # The KV cache holds these tokens at positions 0..len-1 (sequence 0).
         self._cached: list[int] = []
-        self.last_reused = 0  # prompt tokens the last sequence took from the KV cache
         self._batch = lc.llama_batch_init(n_batch, 0, 1)
         for i in range(n_batch):
             self._batch.seq_id[i][0] = 0
@@ -139,9 +116,6 @@ class LlamaBackend(Backend):
             self.embedder = LlamaEmbedder(
                 llm, model_id=model_id, threads=threads, max_tokens=self.context_length
             )
-        self.capabilities = Capabilities(
-            chat=True, completions=True, embeddings=self.embedder is not None, logprobs=True
-        )
         # Read by the protocol layer: why /v1/embeddings is off, and how to turn it on.
         self.embedding_hint = None if self.embedder else embedding_mode_hint(model_id)
 
@@ -207,86 +181,6 @@ class LlamaBackend(Backend):
         )
         return backend
 
-    # -- text <-> tokens ------------------------------------------------------------
-    def _piece(self, token: int, *, special: bool = False) -> bytes:
-        cache = self._special_pieces if special else self._pieces
-        piece = cache.get(token)
-        if piece is None:
-            buf = ctypes.create_string_buffer(64)
-            n = self._lc.llama_token_to_piece(self._vocab, token, buf, 64, 0, special)
-            if n < 0:
-                buf = ctypes.create_string_buffer(-n)
-                n = self._lc.llama_token_to_piece(self._vocab, token, buf, -n, 0, special)
-            piece = cache[token] = buf.raw[:n]
-        return piece
-
-    def _tokenize(self, text: str, *, add_bos: bool) -> list[int]:
-        tokens = self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=True)
-        if add_bos and self._add_bos and (not tokens or tokens[0] != self._bos):
-            tokens.insert(0, self._bos)  # once: a template that writes bos_token keeps its own
-        return tokens
-
-    @functools.cached_property
-    def control_text(self) -> ControlText:
-        return ControlText(control_strings(self._lc, self._vocab, self.vocab_size, self._piece))
-
-    def chat_tokens(
-        self,
-        messages: list[Message],
-        tools: list[dict[str, Any]] | None = None,
-        template_kwargs: dict[str, Any] | None = None,
-    ) -> list[int]:
-        # Control-token strings in the request are tokenized as text (backends/chat_text.py).
-        masked = self.control_text.mask(messages, tools)
-        if masked is None:
-            return self._tokenize(
-                self.template.render(messages, tools, template_kwargs), add_bos=True
-            )
-        tokens = masked.tokenize(
-            self.template.render(masked.messages, masked.tools, template_kwargs),
-            special=lambda s: self._tokenize(s, add_bos=False),
-            text=lambda s: self.llm.tokenize(s.encode("utf-8"), add_bos=False, special=False),
-        )
-        if self._add_bos and (not tokens or tokens[0] != self._bos):
-            tokens.insert(0, self._bos)
-        return tokens
-
-    @property
-    def chat_template_source(self) -> str | None:
-        return self.template.own_source
-
-    def set_chat_template(self, source: str) -> None:
-        self.template = self.template.replaced(source)
-
-    def text_tokens(self, text: str) -> list[int]:
-        return self._tokenize(text, add_bos=False)
-
-    def _build_grammar_tokenizer(self) -> Any:
-        from llguidance.llamacpp import lltokenizer_from_vocab
-
-        with warnings.catch_warnings():  # it reads attributes with a deprecated call
-            warnings.simplefilter("ignore", DeprecationWarning)
-            return lltokenizer_from_vocab(
-                self._vocab, n_vocab=self.vocab_size, eos_token=sorted(self.eos_token_ids)
-            )
-
-    def tokenize(self, text: str) -> list[int]:
-        return self._tokenize(text, add_bos=True)
-
-    def decode(self, tokens: Sequence[int]) -> str:
-        return b"".join(self._piece(t) for t in tokens).decode("utf-8", errors="replace")
-
-    def token_bytes(self, token_id: int) -> bytes:
-        return self._piece(token_id, special=True)
-
-    def prompt_tail(self, prompt: Sequence[int]) -> str:
-        return b"".join(self._piece(t, special=True) for t in prompt[-16:]).decode(
-            "utf-8", errors="replace"
-        )
-
-    def prompt_text(self, tokens: Sequence[int]) -> str:
-        return b"".join(self._piece(t, special=True) for t in tokens).decode("utf-8", "replace")
-
     # -- evaluation ------------------------------------------------------------------
     def _should_abort(self, _data: Any) -> bool:
         flag = self._abort_flag
@@ -331,9 +225,10 @@ class LlamaBackend(Backend):
             del cached[n:]
         return n
 
-    def _prefill(self, prompt: Sequence[int], cancel: CancelToken, *, reuse: bool = True) -> None:
+    def _prefill(self, prompt: Sequence[int], cancel: CancelToken, *, reuse: bool = True) -> int:
+        """Evaluate ``prompt`` after what the KV cache already holds of it; returns how many
+        of its tokens came from the cache."""
         reused = self._reuse_prefix(prompt if reuse else ())
-        self.last_reused = reused
         rest = prompt[reused:]
         self._abort_flag = cancel
         self._lc.llama_set_abort_callback(self._ctx, self._abort_cb, None)
@@ -345,11 +240,10 @@ class LlamaBackend(Backend):
         finally:
             self._lc.llama_set_abort_callback(self._ctx, self._no_abort, None)
             self._abort_flag = None
+        return reused
 
     # -- generation ------------------------------------------------------------------
-    def generate(self, request: GenerationRequest, cancel: CancelToken) -> Iterator[TokenChoice]:
-        from .batch import checked_prompt
-
+    def generate(self, request: GenerationRequest, cancel: CancelToken) -> Generator[Step]:
         prompt = checked_prompt(request, self.vocab_size, self.context_length)
         if self._ctx is None:
             raise BackendError("This backend decodes through its batch (open_batch).")
@@ -360,9 +254,10 @@ class LlamaBackend(Backend):
                 # llama.cpp's logits differ in the last bits between a token decoded alone and
                 # in a batch, so a reused prefix can change a sampled text. A seed asks for
                 # the same text every time: evaluate the whole prompt as a cold start would.
-                self._prefill(prompt, cancel, reuse=params.seed is None)
+                reused = self._prefill(prompt, cancel, reuse=params.seed is None)
         except _Aborted:
             return
+        yield Prefilled(reused)
         with _boundary("preparing the sampler"):
             chain = SamplerChain(
                 params, n_vocab=self.vocab_size, prompt=prompt, max_tokens=request.max_tokens
@@ -411,10 +306,13 @@ class LlamaBackend(Backend):
     def open_batch(self, limits: BatchLimits) -> Batch | None:
         """Sequences decoded together in a context of their own (batch.py). The context
         ``generate`` uses is freed: its KV cache would only hold memory from now on."""
-        from .batch import LlamaBatch
-
         batch = LlamaBatch(
-            self,
+            self._lc,
+            self.llm.model,
+            vocab_size=self.vocab_size,
+            n_ctx=self.context_length,
+            threads=self.threads,
+            on_cpu=self.device_kind == "cpu",
             max_batch=limits.max_batch,
             prefill_chunk=limits.prefill_chunk,
             prompt_cache_bytes=limits.prompt_cache_bytes,
@@ -430,22 +328,11 @@ class LlamaBackend(Backend):
         )
         return batch
 
-    # -- embeddings ------------------------------------------------------------------
-    def embed(self, inputs: list[list[int]] | list[str]) -> list[list[float]]:
-        if self.embedder is None:
-            raise NotSupported(embedding_mode_hint(self.model_id), param="model")
-        batch = [
-            self.embedder.tokenize(x) if isinstance(x, str) else self.embedder.frame(x)
-            for x in inputs
-        ]
-        return self.embedder.embed_tokens(batch).tolist()
-
     def close(self) -> None:
         if self._closed:
             return
         self._closed = True
-        if self.embedder is not None:
-            self.embedder.close()
+        super().close()  # the embedder first: it shares the model's weights
         self._lc.llama_batch_free(self._batch)
         self.llm.close()
 

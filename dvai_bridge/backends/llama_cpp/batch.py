@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
@@ -39,9 +39,6 @@ from ...core.types import GenerationRequest, SamplingParams, TokenChoice
 from ...errors import BackendError, ContextLengthExceeded, InvalidRequest
 from .kv import Snapshot, SnapshotOps, TokenBatch, open_context, restore_sequence, save_sequence
 from .sampling import REPETITION_WINDOW, SamplerChain, adjusted_logits, log_softmax, top_entries
-
-if TYPE_CHECKING:
-    from .backend import LlamaBackend
 
 log = logging.getLogger(__name__)
 
@@ -85,23 +82,35 @@ class _Seq:
 
 class LlamaBatch(Batch):
     def __init__(
-        self, backend: LlamaBackend, *, max_batch: int, prefill_chunk: int, prompt_cache_bytes: int
+        self,
+        lc: Any,
+        model: Any,
+        *,
+        vocab_size: int,
+        n_ctx: int,
+        threads: int,
+        on_cpu: bool,
+        max_batch: int,
+        prefill_chunk: int,
+        prompt_cache_bytes: int,
     ) -> None:
-        lc = self._lc = backend._lc
-        self.backend = backend
+        """``lc``: the ``llama_cpp`` module; ``model``: the loaded ``llama_model`` its context
+        is opened on."""
+        self._lc = lc
+        self.vocab_size = vocab_size
         self.n_seq = max(1, min(max_batch, int(lc.llama_max_parallel_sequences())))
         self.chunk = max(1, prefill_chunk)
-        self.n_ctx = backend.context_length
+        self.n_ctx = n_ctx
         n_batch = max(self.chunk, self.n_seq)
-        self.n_ubatch = n_batch if backend.device_kind != "cpu" else min(n_batch, CPU_UBATCH)
+        self.n_ubatch = min(n_batch, CPU_UBATCH) if on_cpu else n_batch
         self.ctx = open_context(
             lc,
-            backend.llm.model,
+            model,
             n_ctx=self.n_ctx,
             n_seq=self.n_seq,
             n_batch=n_batch,
             n_ubatch=self.n_ubatch,
-            threads=backend.threads,
+            threads=threads,
         )
         self.mem = lc.llama_get_memory(self.ctx)
         self.batch = TokenBatch(lc, max(self.chunk, self.n_seq))
@@ -113,13 +122,13 @@ class LlamaBatch(Batch):
 
     # -- joining and leaving -------------------------------------------------------------
     def add(self, key: int, request: GenerationRequest) -> int:
-        prompt = checked_prompt(request, self.backend.vocab_size, self.n_ctx)
+        prompt = checked_prompt(request, self.vocab_size, self.n_ctx)
         if not self._free:
             raise BackendError(f"All {self.n_seq} sequence slots are in use.")
         matcher = request.grammar.matcher() if request.grammar is not None else None
         chain = SamplerChain(
             request.sampling,
-            n_vocab=self.backend.vocab_size,
+            n_vocab=self.vocab_size,
             prompt=prompt,
             max_tokens=request.max_tokens,
         )
@@ -228,13 +237,13 @@ class LlamaBatch(Batch):
         row = None
         if seq.matcher is not None or seq.want >= 0 or seq.chain.argmax_only:
             ptr = self._lc.llama_get_logits_ith(self.ctx, idx)
-            row = np.ctypeslib.as_array(ptr, shape=(self.backend.vocab_size,))
+            row = np.ctypeslib.as_array(ptr, shape=(self.vocab_size,))
         if seq.chain.argmax_only and seq.matcher is None and seq.want < 0:
             token = int(np.argmax(row))
             seq.tokens.append(token)
             return TokenChoice(token)
         if seq.matcher is not None:  # -inf in place: the sampler and logprobs read it next
-            row[~seq.matcher.allowed(self.backend.vocab_size)] = -np.inf
+            row[~seq.matcher.allowed(self.vocab_size)] = -np.inf
         logprobs = None
         if seq.want >= 0:
             generated = seq.tokens[seq.n_prompt :]

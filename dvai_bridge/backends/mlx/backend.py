@@ -2,19 +2,16 @@
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import jinja2
-
-from ...core.backend import FALLBACK_CHAT_TEMPLATE, Backend, Batch, Capabilities, Message
-from ...core.types import BatchLimits, CancelToken, GenerationRequest, TokenChoice
-from ...errors import BackendError, BridgeError, InvalidRequest, ModelLoadFailed
+from ...core.backend import Backend, Batch, Capabilities, Step
+from ...core.types import BatchLimits, CancelToken, GenerationRequest
+from ...errors import BackendError, BridgeError, ModelLoadFailed
 from ...progress import ProgressEvent, ProgressHub
 from ...store.resolve import (
     EMBEDDED_ID,
@@ -24,9 +21,9 @@ from ...store.resolve import (
     is_remote_reference,
     is_repo_id,
 )
-from ..chat_text import ControlText, hf_control_strings
 from .device import MLXDevice, select_device
 from .logprobs import token_choice
+from .tokenizer import MLXTokenizer
 
 if TYPE_CHECKING:
     from .cpu_tuning import CpuTuning
@@ -92,26 +89,24 @@ def _device_memory() -> int | None:
 
 class MLXBackend(Backend):
     name = "mlx"
-    capabilities = Capabilities(chat=True, completions=True, embeddings=False, logprobs=True)
+    capabilities = Capabilities(chat=True, completions=True, logprobs=True)
 
     def __init__(
         self, model: Any, tokenizer: Any, *, model_id: str, context_length: int, device: MLXDevice
     ) -> None:
+        """``tokenizer``: mlx-lm's ``TokenizerWrapper`` (wrapped here in an ``MLXTokenizer``)."""
         self.model = model
-        self.tokenizer = tokenizer
         self.model_id = model_id
         self.context_length = context_length
         self.device = device
         self.device_kind = device.kind
         self.device_memory = _device_memory()
-        self.vocab_size = int(getattr(model.args, "vocab_size", 0)) or None
-        self.eos_token_ids = frozenset(int(t) for t in tokenizer.eos_token_ids)
+        self.tokenizer = MLXTokenizer(
+            tokenizer,
+            model_id=model_id,
+            vocab_size=int(getattr(model.args, "vocab_size", 0)) or None,
+        )
         self.cpu_tuning: CpuTuning | None = None  # the CPU device's tuning (cpu_tuning)
-        self._fallback = None
-        self._template_override: str | None = None
-        if not getattr(tokenizer, "chat_template", None):
-            log.warning("%s has no chat template; using the documented fallback", model_id)
-            self._fallback = jinja2.Environment().from_string(FALLBACK_CHAT_TEMPLATE)
 
     @classmethod
     def load(
@@ -145,88 +140,8 @@ class MLXBackend(Backend):
         backend.cpu_tuning = tuning
         return backend
 
-    # -- text <-> tokens ------------------------------------------------------------
-    @functools.cached_property
-    def control_text(self) -> ControlText:
-        return ControlText(hf_control_strings(self.tokenizer._tokenizer))
-
-    def chat_tokens(
-        self,
-        messages: list[Message],
-        tools: list[dict[str, Any]] | None = None,
-        template_kwargs: dict[str, Any] | None = None,
-    ) -> list[int]:
-        # Control-token strings in the request are tokenized as text (backends/chat_text.py).
-        masked = self.control_text.mask(messages, tools)
-        if masked is not None:
-            messages, tools = masked.messages, masked.tools
-        try:
-            if self._fallback is not None:
-                text = self._fallback.render(
-                    messages=messages, add_generation_prompt=True, **(template_kwargs or {})
-                )
-            else:
-                # A --chat-template goes straight to the HF tokenizer: mlx-lm's wrapper would
-                # set enable_thinking from the model's vocabulary, not the template's default.
-                render = (
-                    self.tokenizer._tokenizer.apply_chat_template
-                    if self._template_override is not None
-                    else self.tokenizer.apply_chat_template
-                )
-                extra = (
-                    {"chat_template": self._template_override}
-                    if self._template_override is not None
-                    else {}
-                )
-                text = render(
-                    messages,
-                    tools=tools or None,
-                    add_generation_prompt=True,
-                    tokenize=False,
-                    **extra,
-                    **(template_kwargs or {}),
-                )
-        except jinja2.TemplateError as exc:
-            raise InvalidRequest(
-                f"The model's chat template rejected the messages: {exc}", param="messages"
-            ) from None
-        encode = self.tokenizer.encode
-        if masked is None:
-            return list(encode(text, add_special_tokens=False))
-        return masked.tokenize(
-            text,
-            special=lambda s: list(encode(s, add_special_tokens=False)),
-            text=lambda s: list(encode(s, add_special_tokens=False, split_special_tokens=True)),
-        )
-
-    @property
-    def chat_template_source(self) -> str | None:
-        if self._template_override is not None:
-            return self._template_override
-        return None if self._fallback is not None else self.tokenizer.chat_template
-
-    def set_chat_template(self, source: str) -> None:
-        self._template_override = source
-        self._fallback = None
-
-    def text_tokens(self, text: str) -> list[int]:
-        return list(self.tokenizer.encode(text, add_special_tokens=False))
-
-    def _build_grammar_tokenizer(self) -> Any:
-        from llguidance.hf import from_tokenizer
-
-        return from_tokenizer(
-            self.tokenizer._tokenizer, n_vocab=self.vocab_size, eos_token=sorted(self.eos_token_ids)
-        )
-
-    def tokenize(self, text: str) -> list[int]:
-        return list(self.tokenizer.encode(text))
-
-    def decode(self, tokens: Sequence[int]) -> str:
-        return self.tokenizer.decode(list(tokens))
-
     # -- generation ------------------------------------------------------------------
-    def generate(self, request: GenerationRequest, cancel: CancelToken) -> Iterator[TokenChoice]:
+    def generate(self, request: GenerationRequest, cancel: CancelToken) -> Generator[Step]:
         import mlx.core as mx
         from mlx_lm.generate import generate_step
 
@@ -271,6 +186,7 @@ class MLXBackend(Backend):
         calls it on its own). The weights go with the backend object."""
         import mlx.core as mx
 
+        super().close()
         try:
             mx.synchronize()
             mx.clear_cache()

@@ -24,12 +24,13 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator
 from typing import Any
 
 import mlx.core as mx
 from mlx_lm.sample_utils import greedy_sampler
 
+from ....core.backend import Step
 from ....core.prompt_cache import PromptCache
 from ....core.types import (
     BatchLimits,
@@ -219,7 +220,7 @@ class GroupBackend(MLXBackend):
             )
         return LeaderBatch(self, limits)
 
-    def generate(self, request: GenerationRequest, cancel: CancelToken) -> Iterator[TokenChoice]:
+    def generate(self, request: GenerationRequest, cancel: CancelToken) -> Generator[Step]:
         raise BackendError(
             "Distributed serving runs sequences in a batch only "
             "(max_batch_size must be at least 2)."
