@@ -30,9 +30,10 @@ from .config import StartConfig
 from .core.backend import Backend
 from .core.types import BatchLimits
 from .defaults import SHUTDOWN_GRACE_S
+from .engine.async_engine import AsyncEngine
 from .engine.limits import describe, resolve_limits
 from .engine.model_set import ModelSet
-from .engine.scheduler import AsyncEngine, Scheduler
+from .engine.scheduler import Scheduler
 from .errors import AlreadyStarted, BridgeError, ConfigurationInvalid
 from .fdlimit import keep_file_limit
 from .http.app import create_app

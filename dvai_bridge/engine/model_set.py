@@ -27,7 +27,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import BridgeError, ModelLoadFailed
-from .scheduler import AsyncEngine, Scheduler
+from .async_engine import AsyncEngine
+from .scheduler import Scheduler
 
 log = logging.getLogger(__name__)
 

@@ -13,8 +13,8 @@ from typing import Any, TypeVar
 from ..core.backend import Tokenizer
 from ..core.grammar import Grammar
 from ..core.types import Finished, GenerationRequest, SamplingParams, TextDelta
+from ..engine.async_engine import AsyncEngine, EventStream
 from ..engine.metrics import EngineMetrics
-from ..engine.scheduler import AsyncEngine, EventStream
 from ..errors import (
     BackendError,
     BridgeError,

@@ -11,7 +11,8 @@ from fastapi.testclient import TestClient
 
 from dvai_bridge.backends.fake import FakeBackend
 from dvai_bridge.core.embedder import Embedder
-from dvai_bridge.engine.scheduler import AsyncEngine, Scheduler
+from dvai_bridge.engine.async_engine import AsyncEngine
+from dvai_bridge.engine.scheduler import Scheduler
 from dvai_bridge.http.app import create_app
 from dvai_bridge.protocol.service import OpenAIService
 
