@@ -186,7 +186,7 @@ class OpenAIService:
         if req.logprobs and not caps.logprobs:
             raise InvalidRequest("This backend cannot return logprobs.", param="logprobs")
         messages = normalize_messages(req.messages, vision=caps.vision)
-        choice = req.tool_choice
+        choice: Any = req.tool_choice
         if choice is not None and not isinstance(choice, str):
             choice = choice.model_dump()
         plan = ToolPlan.build(
@@ -337,9 +337,9 @@ class OpenAIService:
             reason: str = r.finish.reason  # or "tool_calls", which only this layer knows
             splitter = plan.splitter(stream=False) if plan is not None else None
             if splitter is not None:
-                head, tail = splitter.feed(text), splitter.finish()
-                calls = head.calls + tail.calls
-                content = head.content + tail.content
+                part, rest = splitter.feed(text), splitter.finish()
+                calls = part.calls + rest.calls
+                content = part.content + rest.content
                 # a forced reply is calls, never its markup
                 if calls or (plan is not None and plan.forced):
                     message["content"] = content if content.strip() else None
