@@ -11,9 +11,9 @@ for every item of every array, so the vocabulary alone takes seconds. Measured o
 SmolLM2-135M Q4_1 (98 MB, 49k-token vocabulary) 0.06-0.11 s here (0.02 s with
 ``arrays=False``), 1.9-2.2 s with ``GGUFReader``; llama.cpp's ggml-vocab-llama-bpe.gguf (128k
 tokens) 0.23-0.27 s here (0.05 s), 7.7-16 s with ``GGUFReader``. Both read the same metadata
-(tests/unit/test_gguf_import.py checks it against ``gguf``). The llama backend reads the
-metadata on every load and the importer once per file: the library would add seconds to each.
-The layout read here is the one the ``gguf`` package and llama.cpp's ``gguf.c`` define
+(tests/backends/mlx/gguf_import/test_import.py checks it against ``gguf``). The llama backend
+reads the metadata on every load and the importer once per file: the library would add seconds
+to each. The layout read here is the one the ``gguf`` package and llama.cpp's ``gguf.c`` define
 (versions 2 and 3, little-endian).
 """
 

@@ -140,7 +140,7 @@ def test_auto_picks_llama_for_gguf_unless_mlx_has_a_gpu(
             (object() if llama_installed else None) if name == "llama_cpp" else real_find_spec(name)
         ),
     )
-    # the probe (tests/unit/test_probe.py) says this llama build decodes here
+    # the probe (tests/backends/test_probe.py) says this llama build decodes here
     monkeypatch.setattr(probe, "installed", lambda backend: llama_installed)
     monkeypatch.setattr(
         probe, "probe", lambda backend, model: probe.ProbeResult(backend, True, "decoded")

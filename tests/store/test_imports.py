@@ -3,7 +3,7 @@ deleted with their GGUF, and kept while a bridge serves them.
 
 The folders are written here in the importer's layout (``config.json`` + ``dvai_import.json``
 with the source's path, size, mtime, importer version and the record of each file);
-tests/unit/test_gguf_import.py runs the same store functions over a real import, and
+tests/backends/mlx/gguf_import/test_import.py runs the same store functions over a real import, and
 test_import_leftovers.py over the temp folder of a real import killed midway.
 """
 

@@ -6,7 +6,7 @@ from dvai_bridge.backends.fake import FakeBackend, FakeBatch
 from dvai_bridge.core.types import BatchLimits, CancelToken, Prefilled
 from dvai_bridge.engine.scheduler import Scheduler
 from dvai_bridge.errors import BackendError, InvalidRequest
-from tests.unit.test_scheduler import Collector, request
+from tests.engine.test_scheduler import Collector, request
 
 
 class RaisingBatch(FakeBatch):

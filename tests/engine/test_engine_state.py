@@ -11,7 +11,7 @@ from dvai_bridge.backends.fake import FakeBackend, FakeBatch
 from dvai_bridge.core.types import BatchLimits, CancelToken
 from dvai_bridge.engine.scheduler import Scheduler
 from dvai_bridge.errors import BackendError, EngineFailed, ModelLoadFailed, ServerBusy
-from tests.unit.test_scheduler import Collector, request
+from tests.engine.test_scheduler import Collector, request
 from tests.waiting import wait_until
 
 
