@@ -77,8 +77,10 @@ class _Running:
         thread: threading.Thread,
         close: Callable[[], None],
         refs: list[str | None],
+        drain: Drain,
     ) -> None:
         self.bound, self.server, self.thread, self.close = bound, server, thread, close
+        self.drain = drain  # the app's, begun on stop
         self.refs = refs  # the model references it serves (None: the embedded default)
 
 
@@ -123,6 +125,7 @@ class Bridge:
             check_options(each)  # a bad backend option fails before the load
         sock = bind_port(config.host, config.http_base_port, config.http_max_port_attempts)
         close: Callable[[], None] | None = None
+        service: OpenAIService | ModelRouter
         try:
             if models is not None:
                 service, close, backend_name, model_id = self._model_set(config, models)
@@ -152,7 +155,6 @@ class Bridge:
                     http=guarded_h11(),
                 )
             )
-            server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
             thread = threading.Thread(
                 target=lambda: asyncio.run(serve(server, sock)), name="dvai-http", daemon=True
             )
@@ -174,7 +176,7 @@ class Bridge:
                 "ready", percent=100.0, message=f"Serving {bound.model_id} at {bound.base_url}"
             )
         )
-        return _Running(bound, server, thread, close, refs)
+        return _Running(bound, server, thread, close, refs, app.state.drain)
 
     def _one_model(self, config: StartConfig) -> tuple[OpenAIService, Callable[[], None]]:
         # The model loads on the engine's thread, which then runs every step on it.
@@ -228,7 +230,7 @@ class Bridge:
             running, self._running = self._running, None
         if running is None:
             return
-        _drain(running.server.config.app.state.drain)
+        _drain(running.drain)
         running.server.should_exit = True
         running.thread.join(SHUTDOWN_GRACE_S + 5)
         running.close()

@@ -75,7 +75,11 @@ class ProgressHub:
         """Events from now on, until (and including) the next ``ready`` or ``error``."""
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[ProgressEvent] = asyncio.Queue()
-        handle = self.add_listener(lambda e: loop.call_soon_threadsafe(queue.put_nowait, e))
+
+        def forward(event: ProgressEvent) -> None:
+            loop.call_soon_threadsafe(queue.put_nowait, event)
+
+        handle = self.add_listener(forward)
         try:
             while True:
                 event = await queue.get()

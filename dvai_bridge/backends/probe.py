@@ -23,6 +23,7 @@ import subprocess
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import cast
 
 from ..store.locations import bridge_cache_dir
 
@@ -170,8 +171,9 @@ def _child_mlx() -> str:
     import mlx.core as mx
 
     a = mx.random.normal((256, 256))
-    value = float(mx.sum(a @ a.T).item())
-    return f"mlx {mx.__version__}: device {device.kind}, a 256x256 matmul gave {value:.1f}"
+    value = cast(float, mx.sum(a @ a.T).item())  # a float32 scalar's item
+    version = mx.__version__  # type: ignore[attr-defined]  # runtime-only: not in the stubs
+    return f"mlx {version}: device {device.kind}, a 256x256 matmul gave {value:.1f}"
 
 
 def main(argv: list[str]) -> int:

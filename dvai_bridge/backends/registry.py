@@ -115,7 +115,7 @@ def _unless_llama_fails(ref: str | None, why: str) -> tuple[str, str]:
     from ..store.resolve import embedded_default_gguf
 
     try:  # the build is what is probed: the small embedded model is the fast witness
-        model = embedded_default_gguf()
+        model: Path | None = embedded_default_gguf()
     except BridgeError:
         model = Path(ref).expanduser() if ref and Path(ref).expanduser().is_file() else None
         if model is None:

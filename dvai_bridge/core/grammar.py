@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -70,6 +70,27 @@ def check_grammar(spec: str) -> None:
 
 def lark_grammar(lark: str) -> str:
     return str(_llg().LLMatcher.grammar_from_lark(lark))
+
+
+class Matcher(Protocol):
+    """One sequence's matcher as decoding uses it: a ``TokenMatcher``, or reasoning's
+    ``ReasoningGate`` (reasoning first, then a grammar)."""
+
+    def allowed(self, n_vocab: int) -> np.ndarray: ...
+
+    def advance(self, token_id: int) -> None: ...
+
+    @property
+    def done(self) -> bool: ...
+
+    @property
+    def error(self) -> str | None: ...
+
+
+class MatcherSource(Protocol):
+    """What gives each sequence its matcher: a ``Grammar``, or reasoning's ``GatedGrammar``."""
+
+    def matcher(self) -> Matcher: ...
 
 
 @dataclass(frozen=True)

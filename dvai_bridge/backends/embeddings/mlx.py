@@ -13,7 +13,7 @@ import importlib.util
 import json
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -129,7 +129,8 @@ class MLXEmbedder(Embedder):
         if not weights_file.is_file():
             raise ModelLoadFailed(f"{self.model_id}: no model.safetensors in {folder}.")
         model = BertModel(config)
-        weights = BertModel.sanitize(mx.load(str(weights_file)))
+        # mx.load of a .safetensors without return_metadata is a dict of arrays
+        weights = BertModel.sanitize(cast(dict[str, mx.array], mx.load(str(weights_file))))
         try:
             model.load_weights([(k, v.astype(mx.float32)) for k, v in weights.items()])
         except ValueError as exc:
@@ -138,6 +139,7 @@ class MLXEmbedder(Embedder):
         model.eval()
         self.model = model
 
+        tok: Tokenizer | BertWordPieceTokenizer
         if (folder / "tokenizer.json").is_file():
             tok = Tokenizer.from_file(str(folder / "tokenizer.json"))
         elif (folder / "vocab.txt").is_file():

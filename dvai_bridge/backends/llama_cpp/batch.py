@@ -204,7 +204,7 @@ class LlamaBatch(Batch):
         """Lay out the next decode: (sequence, first position, tokens, logits index)."""
         batch = self.batch
         batch.clear()
-        rows = []
+        rows: list[tuple[_Seq, int, int, int | None]] = []
         running = sorted((s for s in self._seqs.values() if not s.waiting), key=lambda s: s.order)
         for seq in running:  # generating: one token each
             if len(seq.tokens) - seq.n_kv == 1:
@@ -234,18 +234,20 @@ class LlamaBatch(Batch):
         log.info("KV pool full: a sequence of %d tokens waits for room", len(newest.tokens))
 
     def _sample(self, seq: _Seq, idx: int) -> TokenChoice:
+        # The logits row is read only when something looks at it (each use below is under
+        # one of these conditions, so `row is not None` there changes nothing).
         row = None
         if seq.matcher is not None or seq.want >= 0 or seq.chain.argmax_only:
             ptr = self._lc.llama_get_logits_ith(self.ctx, idx)
             row = np.ctypeslib.as_array(ptr, shape=(self.vocab_size,))
-        if seq.chain.argmax_only and seq.matcher is None and seq.want < 0:
+        if row is not None and seq.chain.argmax_only and seq.matcher is None and seq.want < 0:
             token = int(np.argmax(row))
             seq.tokens.append(token)
             return TokenChoice(token)
-        if seq.matcher is not None:  # -inf in place: the sampler and logprobs read it next
+        if row is not None and seq.matcher is not None:  # -inf in place: read by what follows
             row[~seq.matcher.allowed(self.vocab_size)] = -np.inf
         logprobs = None
-        if seq.want >= 0:
+        if row is not None and seq.want >= 0:
             generated = seq.tokens[seq.n_prompt :]
             recent = seq.tokens[-REPETITION_WINDOW:] if seq.params.repetition_penalty != 1.0 else ()
             logprobs = log_softmax(adjusted_logits(row, seq.params, generated, recent))

@@ -7,7 +7,7 @@ import logging
 from collections.abc import Generator, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from ...core.backend import Backend, Batch, Capabilities, Step
 from ...core.types import BatchLimits, CancelToken, GenerationRequest
@@ -118,7 +118,8 @@ class MLXBackend(Backend):
         try:
             from mlx_lm import load
 
-            model, tokenizer = load(str(folder))
+            # without return_config, load returns the (model, tokenizer) pair
+            model, tokenizer = cast(tuple[Any, Any], load(str(folder)))
         except BridgeError:
             raise
         except Exception as exc:

@@ -76,7 +76,7 @@ class MLXBatch(Batch):
         (uid,) = self.gen.insert(
             [rest],
             max_tokens=[request.max_tokens],
-            caches=[snapshot],
+            caches=[snapshot],  # type: ignore[list-item]  # None per row: mlx-lm's own default
             all_tokens=[tokens[:cached]],
             samplers=[self._sampler(key, request)],
             logits_processors=[self._processors(key, request)],

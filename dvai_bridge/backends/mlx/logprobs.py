@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 from ...core.types import TokenChoice
 
@@ -19,5 +19,6 @@ def token_choice(token: int, logprobs: Any, top_n: int) -> TokenChoice:
     idx = mx.argpartition(-logprobs, kth=top_n - 1)[:top_n]
     vals = logprobs[idx]
     order = mx.argsort(-vals)
-    top = tuple(zip(idx[order].tolist(), vals[order].tolist(), strict=True))
+    ids = cast(list[int], idx[order].tolist())  # 1-d arrays: plain lists of Python numbers
+    top = tuple(zip(ids, cast(list[float], vals[order].tolist()), strict=True))
     return TokenChoice(token, chosen, top)

@@ -25,11 +25,12 @@ from __future__ import annotations
 import math
 import secrets
 from collections.abc import Callable
+from typing import cast
 
 import mlx.core as mx
 from mlx_lm.sample_utils import greedy_sampler, make_repetition_penalty
 
-from ...core.grammar import Grammar, TokenMatcher
+from ...core.grammar import Matcher, MatcherSource
 from ...core.types import SamplingParams
 
 Sampler = Callable[[mx.array], mx.array]
@@ -102,7 +103,7 @@ def min_p_filter(logprobs: mx.array, min_p: float) -> mx.array:
     return mx.where(logprobs < floor, mx.array(-math.inf, logprobs.dtype), logprobs)
 
 
-def grammar_mask(matcher: TokenMatcher) -> LogitsProcessor:
+def grammar_mask(matcher: Matcher) -> LogitsProcessor:
     """Constrained decoding: tokens the grammar forbids get -inf.
 
     Called once per step with the context so far; from the second call on, the context's last
@@ -117,7 +118,7 @@ def grammar_mask(matcher: TokenMatcher) -> LogitsProcessor:
         if state["first"]:
             state["first"] = False
         else:
-            matcher.advance(int(tokens[-1].item()))
+            matcher.advance(cast(int, tokens[-1].item()))  # an int array's item is an int
         allowed = mx.array(matcher.allowed(logits.shape[-1]))
         return mx.where(allowed, logits, mx.array(-float("inf"), dtype=logits.dtype))
 
@@ -151,7 +152,7 @@ def make_sequence_sampler(params: SamplingParams) -> Sampler:
 
 
 def logits_processors(
-    params: SamplingParams, prompt_len: int, grammar: Grammar | None = None
+    params: SamplingParams, prompt_len: int, grammar: MatcherSource | None = None
 ) -> list[LogitsProcessor]:
     """The logits processors one request asks for (in the order OpenAI applies them); a
     grammar's mask goes last, so nothing can lift a forbidden token back."""

@@ -124,7 +124,7 @@ def _enable() -> str | None:
             log.warning("loaded %s but could not route libmlx's cblas_sgemm to it", path)
             return None
         sgemm = ctypes.cast(lib.cblas_sgemm, ctypes.c_void_p).value
-        real = next((m[3] for m in read_maps() if m[0] <= sgemm < m[1]), path)
+        real = next((m[3] for m in read_maps() if sgemm is not None and m[0] <= sgemm < m[1]), path)
         desc = f"{real} ({_config(lib) or 'BLAS'}, {threads or '?'} threads)"
         log.info("MLX CPU BLAS: %s", desc)
         return desc

@@ -30,7 +30,7 @@ import math
 import os
 import sys
 from functools import partial
-from typing import Any
+from typing import Any, cast
 
 import mlx.core as mx
 
@@ -57,7 +57,7 @@ def _pow2_fraction(f: mx.array) -> mx.array:
 @partial(mx.compile, shapeless=True)
 def _exp_parts(x: mx.array | float, shift: mx.array | float) -> tuple[mx.array, mx.array]:
     """exp(x - shift) as (2**f, the bits of 2**n); their product is the value."""
-    t = mx.clip((x - shift) * _LOG2E, -126.0, 127.4)
+    t = mx.clip(mx.subtract(x, shift) * _LOG2E, -126.0, 127.4)  # one of the two is an array
     n = (t + _ROUND) - _ROUND
     return _pow2_fraction(t - n), mx.left_shift((n + 127.0).astype(mx.int32), 23)
 
@@ -160,10 +160,13 @@ _originals: dict[str, Any] = {}
 def _original(name: str) -> Any:
     if name not in _originals:
         if name == "swiglu":
-            from mlx_lm.models.activations import swiglu as fn
+            from mlx_lm.models import activations
+
+            _originals[name] = activations.swiglu
         else:
-            from mlx_lm.models.base import scaled_dot_product_attention as fn
-        _originals[name] = fn
+            from mlx_lm.models import base
+
+            _originals[name] = base.scaled_dot_product_attention
     return _originals[name]
 
 
@@ -194,7 +197,7 @@ def self_check() -> str | None:
             ),
         ]
         for name, ours, ref in checks:
-            scale = mx.max(mx.abs(ref)).item()
+            scale = cast(float, mx.max(mx.abs(ref)).item())  # a float array's item
             if not mx.allclose(ours, ref, rtol=1e-5, atol=1e-6 * scale).item():
                 err = mx.max(mx.abs(ours - ref)).item()
                 return f"the fast {name} differs from MLX's by up to {err:.2e}"
@@ -210,7 +213,7 @@ def install(model: Any) -> bool:
         return False
     module = sys.modules.get(type(model).__module__)
     names = [n for n in _PATCHED if module is not None and n in vars(module)]
-    if not names:
+    if module is None or not names:
         return False
     problem = self_check()
     if problem is not None:

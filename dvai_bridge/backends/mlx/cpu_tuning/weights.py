@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Any
+from typing import Any, cast
 
 from .blas import fast_blas_active
 
@@ -47,7 +47,8 @@ def prepare_model_for_cpu(model: Any, *, memory_budget_bytes: int | None = None)
     ]
     fp32_bytes = sum(m["weight"].size * 32 // m.bits * 4 for m in quant)
     quant_ids = {id(m["weight"]) for m in quant}
-    for _, p in tree_flatten(model.parameters()):
+    # tree_flatten returns a list of (key, leaf) pairs unless given a dict `destination`
+    for _, p in cast(list[tuple[str, Any]], tree_flatten(model.parameters())):
         if id(p) not in quant_ids:
             fp32_bytes += p.size * (4 if mx.issubdtype(p.dtype, mx.floating) else p.itemsize)
     budget = default_memory_budget() if memory_budget_bytes is None else memory_budget_bytes

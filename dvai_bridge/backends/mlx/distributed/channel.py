@@ -23,7 +23,7 @@ import logging
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, cast
 
 import mlx.core as mx
 
@@ -102,7 +102,7 @@ class Channel:
                 out = mx.distributed.all_sum(
                     mx.array(words, dtype=mx.int32), group=self.group, stream=self.stream
                 )
-                return out.tolist()
+                return cast(list[int], out.tolist())  # a 1-d int32 array's list
         except Exception as exc:  # whatever the backend raised, the group is gone
             raise self.fail(exc) from exc
 

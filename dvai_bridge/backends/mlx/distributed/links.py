@@ -44,7 +44,7 @@ def hostfile_endpoints(path: str) -> set[Endpoint]:
             host, _, port = address.rpartition(":")
             host = host.strip("[]")
             try:
-                ips = {info[4][0] for info in socket.getaddrinfo(host, None)}
+                ips = {str(info[4][0]) for info in socket.getaddrinfo(host, None)}  # an IP string
             except OSError:
                 ips = {host}
             out |= {(_ip(ip), int(port)) for ip in ips}

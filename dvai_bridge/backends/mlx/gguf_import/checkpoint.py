@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import pathlib
 from collections import Counter
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -73,7 +73,8 @@ def _load_weights(path: pathlib.Path, header: GGUFHeader, n_heads: int, n_kv: in
     import mlx.core as mx
 
     try:
-        raw = mx.load(str(path))
+        # a .gguf without return_metadata loads as a dict of arrays
+        raw = cast(dict[str, mx.array], mx.load(str(path)))
     except Exception as e:  # mlx raises RuntimeError/ValueError with its own wording
         raise ModelLoadFailed(f"cannot load tensors of {path}: {e}") from e
     for t in header.tensors.values():  # mlx converts BF16 to F16 (lossy): read those raw

@@ -132,6 +132,7 @@ def _bpe_tokenizer(md: dict[str, Any], tokens: list[str]) -> tuple[Any, bool]:
     vocab = {text: i for i, text in enumerate(tokens)}
     model = models.BPE(vocab=vocab, merges=merges, ignore_merges=ignore_merges, fuse_unk=False)
     tok = Tokenizer(model)
+    splits: list[pre_tokenizers.PreTokenizer]
     splits = [pre_tokenizers.Split(Regex(r), behavior="isolated") for r in regexes]
     splits.append(pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False))
     tok.pre_tokenizer = pre_tokenizers.Sequence(splits)
@@ -205,9 +206,11 @@ def build_tokenizer_files(md: dict[str, Any]) -> dict[str, str]:
 
     n = len(tokens)
     ids = {name: _token_id(md, name, n) for name in ("bos", "eos", "unknown", "padding")}
-    add_bos = bool(_get(md, "tokenizer.ggml.add_bos_token", add_bos)) and ids["bos"] is not None
-    add_eos = bool(_get(md, "tokenizer.ggml.add_eos_token", False)) and ids["eos"] is not None
-    bos, eos = tokens[ids["bos"]] if add_bos else None, tokens[ids["eos"]] if add_eos else None
+    bos_id, eos_id = ids["bos"], ids["eos"]
+    add_bos = bool(_get(md, "tokenizer.ggml.add_bos_token", add_bos)) and bos_id is not None
+    add_eos = bool(_get(md, "tokenizer.ggml.add_eos_token", False)) and eos_id is not None
+    bos = tokens[bos_id] if add_bos and bos_id is not None else None
+    eos = tokens[eos_id] if add_eos and eos_id is not None else None
 
     def seq(var: str, type_id: int) -> str:
         parts = [bos] if bos else []
@@ -223,7 +226,8 @@ def build_tokenizer_files(md: dict[str, Any]) -> dict[str, str]:
         )
 
     def text(name: str) -> str | None:
-        return tokens[ids[name]] if ids[name] is not None else None
+        i = ids[name]
+        return tokens[i] if i is not None else None
 
     config: dict[str, Any] = {
         "tokenizer_class": "PreTrainedTokenizerFast",
