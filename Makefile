@@ -13,7 +13,7 @@ lint:  ## style and layering: ruff, ruff format, the import contract, mypy
 	.venv/bin/ruff check .
 	.venv/bin/ruff format --check .
 	.venv/bin/lint-imports
-	.venv/bin/mypy dvai_bridge/core dvai_bridge/engine
+	.venv/bin/mypy  # the whole package; strict on core and engine ([tool.mypy] in pyproject.toml)
 
 test-fast:  ## the tests that need no real model
 	.venv/bin/python -m pytest -q -m "not e2e and not llama"
