@@ -4,36 +4,29 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from contextlib import AsyncExitStack
 from typing import Any, TypeVar
 
 from ..core.backend import Tokenizer
-from ..core.grammar import Grammar
-from ..core.types import Finished, GenerationRequest, SamplingParams, TextDelta
+from ..core.types import Finished, GenerationRequest, TextDelta
 from ..engine.async_engine import AsyncEngine, EventStream
 from ..engine.metrics import EngineMetrics
 from ..errors import (
     BackendError,
     BridgeError,
-    ContextLengthExceeded,
-    InvalidRequest,
     NotSupported,
 )
 from .embeddings import create_embeddings
 from .embeddings import unavailable as embeddings_unavailable
-from .messages import normalize_messages
 from .model_names import ModelNames
+from .prepare import Preparation
 from .preprocess import Preprocessor
-from .prompt_size import PromptBound
 from .reasoning import ReasoningOptions
-from .reasoning_plan import ReasoningPlan, template_kwargs
+from .reasoning_plan import ReasoningPlan
 from .responses import ChunkFactory, CompletionLogprobs, chat_logprobs, new_id, usage
 from .schema import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
-from .structured import check_grammar_text, compile_grammar, grammar_text, response_schema
-from .text import require_text
 from .tool_stream import Split
 from .tools import ToolPlan, new_call_id, openai_call
 
@@ -101,7 +94,6 @@ class OpenAIService:
         self.engine = engine
         self.prep = prep or Preprocessor()
         self.reasoning = reasoning or ReasoningOptions()
-        self._prompt_bound: PromptBound | None = None
         embedder = engine.embedder
         self.names = ModelNames(
             engine.model_id,
@@ -110,6 +102,7 @@ class OpenAIService:
             strict=strict_model_names,
         )
         self.served_name = served_name or engine.model_id  # the answers' ``model``
+        self.prepare = Preparation(engine, self.reasoning, self.check_model)
 
     @property
     def tokenizer(self) -> Tokenizer:
@@ -161,135 +154,15 @@ class OpenAIService:
         )
 
     # -- prompts -----------------------------------------------------------------------
-    # Everything from here to the engine runs on the pre-processing pool (preprocess.py):
-    # limits first, then templating, tokenizing and grammar compilation, off the event loop.
-    def _bound(self) -> PromptBound:
-        if self._prompt_bound is None:
-            self._prompt_bound = PromptBound(self.tokenizer, self.engine.context_length)
-        return self._prompt_bound
-
+    # Everything from the request to the engine runs on the pre-processing pool
+    # (preprocess.py, prepare.py): limits, templating, tokenizing, grammar compilation.
     async def _chat_generation(
         self, req: ChatCompletionRequest
     ) -> tuple[GenerationRequest, ToolPlan | None, ReasoningPlan | None]:
-        return await self.prep.run(self._prepare_chat, req)
-
-    def _prepare_chat(
-        self, req: ChatCompletionRequest
-    ) -> tuple[GenerationRequest, ToolPlan | None, ReasoningPlan | None]:
-        self.check_model(req.model)
-        require_text(req)
-        req.check_supported()
-        self._check_sampling(req.sampling())
-        caps = self.engine.capabilities
-        if not caps.chat:
-            raise NotSupported("This model does not do chat completions.", param="messages")
-        if req.logprobs and not caps.logprobs:
-            raise InvalidRequest("This backend cannot return logprobs.", param="logprobs")
-        messages = normalize_messages(req.messages, vision=caps.vision)
-        choice: Any = req.tool_choice
-        if choice is not None and not isinstance(choice, str):
-            choice = choice.model_dump()
-        plan = ToolPlan.build(
-            req.tools,
-            choice,
-            req.parallel_tool_calls,
-            self.tokenizer.chat_template_source,
-            any(m["role"] == "tool" or m.get("tool_calls") for m in messages),
-        )
-        schema = response_schema(req.response_format)
-        tools = None
-        if plan is not None:
-            messages, tools = plan.messages(messages), plan.template_tools()
-        # What the template will render at least: the contents, the calls in the history and
-        # the tool definitions (in a Hermes system prompt, or as the template's ``tools``).
-        rendered = [m["content"] for m in messages] + ([json.dumps(tools)] if tools else [])
-        rendered += [json.dumps(m["tool_calls"]) for m in messages if m.get("tool_calls")]
-        rendered += [m["reasoning_content"] for m in messages if m.get("reasoning_content")]
-        if req.chat_template_kwargs:
-            rendered.append(json.dumps(req.chat_template_kwargs))
-        self._bound().check(rendered, "messages")
-        kwargs = template_kwargs(
-            req.reasoning_effort, req.chat_template_kwargs, self.tokenizer.chat_template_source
-        )
-        prompt = self.tokenizer.chat_tokens(messages, tools, kwargs)
-        constrained = schema is not None or (plan is not None and plan.forced)
-        prompt, thinking = ReasoningPlan.build(
-            self.tokenizer, prompt, req.reasoning_effort, self.reasoning, constrained
-        )
-        gen = req.to_generation(prompt, self.engine.context_length)
-        calls = None  # auto with a response_format: the reply is calls or the JSON answer
-        if plan is not None and plan.active and (plan.forced or schema is not None):
-            calls = plan.calls_grammar()
-        if plan is not None and plan.forced:
-            schema = None  # the reply is calls only; response_format applies to content
-        text = grammar_text(schema, calls)
-        if text is not None:
-            gen = dataclasses.replace(gen, grammar=self._grammar(*text))
-        if thinking is not None:
-            gen = thinking.apply(gen, self.tokenizer)
-        return gen, plan, thinking
-
-    def _grammar(self, text: str, param: str) -> Grammar:
-        try:
-            tokenizer = self.tokenizer.grammar_tokenizer()
-        except NotSupported as exc:
-            check_grammar_text(text, param)
-            raise InvalidRequest(exc.message, param=param) from None
-        return compile_grammar(text, param, tokenizer)
-
-    def _check_sampling(self, sampling: SamplingParams) -> None:
-        """Sampling fields that depend on the model: token ids a client sent (logit_bias
-        keys) must exist in the vocabulary, and top_k cannot exceed it."""
-        vocab = self.tokenizer.vocab_size
-        if vocab:
-            if sampling.top_k > vocab:
-                raise InvalidRequest(
-                    f"top_k must be between 0 (off) and the vocabulary size, {vocab}; got "
-                    f"{sampling.top_k}.",
-                    param="top_k",
-                )
-            bad = [t for t, _ in sampling.logit_bias if not 0 <= t < vocab]
-            if bad:
-                raise InvalidRequest(
-                    f"logit_bias names token ids outside the vocabulary (0-{vocab - 1}): "
-                    f"{bad[:5]}.",
-                    param="logit_bias",
-                )
+        return await self.prep.run(self.prepare.chat, req)
 
     async def _completion_generations(self, req: CompletionRequest) -> list[GenerationRequest]:
-        return await self.prep.run(self._prepare_completion, req)
-
-    def _prepare_completion(self, req: CompletionRequest) -> list[GenerationRequest]:
-        self.check_model(req.model)
-        require_text(req)
-        req.check_supported()
-        self._check_sampling(req.sampling())
-        if not self.engine.capabilities.completions:
-            raise NotSupported("This model does not do text completions.", param="prompt")
-        context = self.engine.context_length
-        prompts = req.prompts()
-        self._bound().check((p for p in prompts if isinstance(p, str)), "prompt")
-        gens: list[GenerationRequest] = []
-        vocab = self.tokenizer.vocab_size
-        for prompt in prompts:
-            if isinstance(prompt, str):
-                tokens = self.tokenizer.tokenize(prompt)
-                if not tokens:
-                    raise InvalidRequest("prompt has no tokens: give some text.", param="prompt")
-            else:
-                if len(prompt) >= context:  # before looking at each id
-                    raise ContextLengthExceeded(
-                        f"This model's maximum context length is {context} tokens; the "
-                        f"prompt has {len(prompt)} tokens.",
-                        param="prompt",
-                    )
-                if vocab and any(not 0 <= t < vocab for t in prompt):
-                    raise InvalidRequest(
-                        "prompt holds token ids outside the vocabulary.", param="prompt"
-                    )
-                tokens = list(prompt)
-            gens.append(req.to_generation(tokens, context))
-        return gens
+        return await self.prep.run(self.prepare.completion, req)
 
     def _open(self, gens: list[GenerationRequest]) -> list[EventStream]:
         streams: list[EventStream] = []

@@ -42,7 +42,7 @@ class TokenService:
     @staticmethod
     def _tokenize(service: OpenAIService, req: TokenizeRequest) -> dict[str, Any]:
         tokenizer = service.tokenizer
-        service._bound().check([req.content], "content")
+        service.prepare.bound().check([req.content], "content")
         tokens = tokenizer.tokenize(req.content)
         if not req.add_special:  # what the model puts before any prompt (BOS), if anything
             prefix = tokenizer.tokenize("")
