@@ -155,12 +155,17 @@ class Scheduler:
         try:
             if not isinstance(backend, Backend):
                 backend = backend()
-            limits = self._limits
-            self.limits = limits(backend) if callable(limits) else limits or BatchLimits()
-            self.backend = backend
         except BaseException as exc:
             self._loaded.set_exception(exc)
             return
+        try:
+            limits = self._limits
+            self.limits = limits(backend) if callable(limits) else limits or BatchLimits()
+        except BaseException as exc:  # refused after the load: free the model here, on its
+            _release(backend, None)  # thread (an MLX group's rank 0 aborted at exit without)
+            self._loaded.set_exception(exc)
+            return
+        self.backend = backend
         self._loaded.set_result(backend)
         batch = None
         try:
@@ -173,13 +178,7 @@ class Scheduler:
         except BaseException as exc:
             self._fail(exc)
         finally:
-            try:
-                if batch is not None:
-                    batch.close()
-                backend.close()
-            except Exception:
-                log.exception("backend close failed")
-            backend.end_thread()
+            _release(backend, batch)
 
     def _fail(self, exc: BaseException) -> None:
         log.critical("the engine failed; it serves nothing until restarted", exc_info=exc)
@@ -364,3 +363,15 @@ class _BatchLoop:
             log.error("removing a sequence from the batch failed: %s", exc)
         state.finish(reason, error)
         self.s.metrics.running = len(self.active)
+
+
+def _release(backend: Backend, batch: Batch | None) -> None:
+    """Close the batch and the backend, then let the backend drop what it keeps per thread
+    (MLX's streams): on the engine thread, its last act."""
+    try:
+        if batch is not None:
+            batch.close()
+        backend.close()
+    except Exception:
+        log.exception("backend close failed")
+    backend.end_thread()
