@@ -16,6 +16,7 @@ import time
 import httpx
 import pytest
 
+from tests.test_cli import serving
 from tests.waiting import wait_until
 
 from .conftest import cfg, events, text_of, user
@@ -193,29 +194,9 @@ def test_a_signal_past_the_grace_period_ends_streams_with_an_error_frame():
 
 
 def test_plain_fake_serve_frees_its_port_on_sigterm():
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "dvai_bridge",
-            "serve",
-            "--backend",
-            "fake",
-            "--port",
-            "0",
-            "--log-level",
-            "warning",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        base = re.search(r"at (http://127\.0\.0\.1:\d+/v1)", proc.stdout.readline()).group(1)
+    with serving() as (proc, base):
         r = httpx.post(base + "/chat/completions", json=user("bye"), timeout=10)
         assert r.json()["choices"][0]["message"]["content"] == "echo: bye"
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=20) == 0
         assert_port_released(int(base.rsplit(":", 1)[1].split("/")[0]))
-    finally:
-        proc.kill()
